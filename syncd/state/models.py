@@ -1,0 +1,241 @@
+"""The state database: what voxares-syncd remembers between runs.
+
+One SQLAlchemy 2.0 declarative model per table. Alembic migrations in `migrations/` must
+produce exactly this schema (a test compares them). Timestamps are timezone-aware UTC.
+Rows that hold patient data (the mirror's `payload`, message content, outbox payloads) stay
+in this database, which is created mode 0600; nothing here is ever logged.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# SQLite only autoincrements INTEGER PRIMARY KEY; BigInteger elsewhere.
+BigIntPK = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class PatientMirror(Base):
+    """One patient as last pushed to Voxares, keyed by the EHR's (provider, provider_id)."""
+
+    __tablename__ = "patient_mirror"
+    __table_args__ = (UniqueConstraint("provider", "provider_id"),)
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    provider: Mapped[str] = mapped_column(String(128))
+    provider_id: Mapped[str] = mapped_column(String(128))
+    # Voxares patient UUID, known once a push succeeded.
+    voxares_patient_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    # sha256 of the normalised payload that Voxares holds now; decides "changed".
+    payload_hash: Mapped[str] = mapped_column(String(64))
+    # sha256 of the raw source row; lets an unchanged row skip normalisation.
+    source_row_hash: Mapped[str | None] = mapped_column(String(64))
+    # The normalised payload as pushed (JSON); the SMS path needs names and mobile from it.
+    payload: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16), default="active")  # active | inactive
+    first_pushed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_pushed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # The job run that last saw this row in the source; rows not seen by a complete run
+    # are the ones that disappeared.
+    last_seen_run_id: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class QuarantinedRow(Base):
+    """A source row that could not be pushed, with the row and field named."""
+
+    __tablename__ = "quarantine"
+    __table_args__ = (UniqueConstraint("source", "row_key"),)
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    source: Mapped[str] = mapped_column(String(128))
+    # The row's providerId when it has one, otherwise "line:<n>".
+    row_key: Mapped[str] = mapped_column(String(256))
+    line_number: Mapped[int | None] = mapped_column(Integer)
+    field: Mapped[str | None] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(String(512))  # never contains the field's value
+    row_hash: Mapped[str] = mapped_column(String(64))
+    first_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    seen_count: Mapped[int] = mapped_column(Integer, default=1)
+
+
+class JobRun(Base):
+    """One run of one job: when, how it ended, and its counts."""
+
+    __tablename__ = "job_runs"
+    __table_args__ = (Index("ix_job_runs_job_started", "job", "started_at"),)
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    job: Mapped[str] = mapped_column(String(64))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    outcome: Mapped[str] = mapped_column(String(16))  # running | ok | failed | interrupted
+    counts: Mapped[str] = mapped_column(Text, default="{}")  # JSON object of counters
+    error: Mapped[str | None] = mapped_column(String(1024))  # exception class and id-only text
+
+
+class JobLock(Base):
+    """A lease that keeps two daemons on one SQLite database from running the same job.
+
+    PostgreSQL uses advisory locks instead; the table exists on both for a uniform schema.
+    """
+
+    __tablename__ = "job_locks"
+
+    job: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(128))
+    acquired_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class PollerState(Base):
+    """Where a poller stands: its watermark, and the window it is working on."""
+
+    __tablename__ = "poller_state"
+
+    stream: Mapped[str] = mapped_column(String(64), primary_key=True)
+    watermark: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The window saved before it is fetched, so a crash resumes the same window.
+    window_start: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    window_end: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class OutboxEvent(Base):
+    """An event for downstream systems, written in the transaction that caused it."""
+
+    __tablename__ = "outbox_events"
+
+    seq: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    # Stable public id (the Standard Webhooks `webhook-id`), a UUID string.
+    event_id: Mapped[str] = mapped_column(String(64), unique=True)
+    event_type: Mapped[str] = mapped_column(String(64), index=True)
+    # Ordering key for per-patient order (the EHR providerId or the Voxares patient id).
+    ordering_key: Mapped[str | None] = mapped_column(String(256))
+    payload: Mapped[str] = mapped_column(Text)  # JSON
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class SubmissionVersion(Base):
+    """A form-submission version already turned into an outbox event (dedupe record)."""
+
+    __tablename__ = "submission_versions"
+
+    submission_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # The API's updatedAt exactly as received (ISO text), part of the version identity.
+    updated_at: Mapped[str] = mapped_column(String(40), primary_key=True)
+    content_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    event_seq: Mapped[int] = mapped_column(BigInteger, ForeignKey("outbox_events.seq"))
+    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class OutboxDelivery(Base):
+    """Delivery state of one event to one sink; sinks never wait on each other."""
+
+    __tablename__ = "outbox_deliveries"
+    __table_args__ = (Index("ix_outbox_deliveries_due", "sink", "state", "next_attempt_at"),)
+
+    event_seq: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("outbox_events.seq", ondelete="CASCADE"), primary_key=True
+    )
+    sink: Mapped[str] = mapped_column(String(64), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16))  # pending | delivered | dead
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # A claim is a lease: a worker that dies leaves it to expire.
+    claimed_by: Mapped[str | None] = mapped_column(String(128))
+    claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str | None] = mapped_column(String(1024))
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SinkCursor(Base):
+    """How far the fan-out has turned events into deliveries for one sink."""
+
+    __tablename__ = "sink_cursors"
+
+    sink: Mapped[str] = mapped_column(String(64), primary_key=True)
+    last_seq: Mapped[int] = mapped_column(BigInteger)
+    disabled_reason: Mapped[str | None] = mapped_column(String(256))  # e.g. webhook 410
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class MessageRequest(Base):
+    """One SMS request, keyed by its caller-chosen unique key; sent at most once."""
+
+    __tablename__ = "message_requests"
+    __table_args__ = (Index("ix_message_requests_state", "state"),)
+
+    key: Mapped[str] = mapped_column(String(256), primary_key=True)
+    origin: Mapped[str] = mapped_column(String(64))  # cli | source:<name> | api
+    provider: Mapped[str] = mapped_column(String(128))
+    provider_id: Mapped[str] = mapped_column(String(128))
+    content: Mapped[str | None] = mapped_column(Text)
+    template_id: Mapped[str | None] = mapped_column(String(64))
+    # pending | sending | sent | failed | unknown | cancelled
+    state: Mapped[str] = mapped_column(String(16))
+    message_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    delivery_status: Mapped[str | None] = mapped_column(String(16))  # Voxares status
+    error: Mapped[str | None] = mapped_column(String(1024))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    sending_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    status_checked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ContentItem(Base):
+    """A practice template, form or document as last seen in Voxares."""
+
+    __tablename__ = "content_items"
+
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)  # template | form | document
+    item_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(512))
+    content_hash: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[str] = mapped_column(Text)  # JSON as received
+    first_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    removed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class AuditEntry(Base):
+    """An id-only trail of what was pushed, received and delivered: who, what, when."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_log_at", "at"),)
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    actor: Mapped[str] = mapped_column(String(64))  # the job name, or cli
+    run_id: Mapped[int | None] = mapped_column(BigInteger)
+    action: Mapped[str] = mapped_column(String(64))  # patient.pushed, event.delivered, ...
+    object_type: Mapped[str] = mapped_column(String(32))
+    object_id: Mapped[str] = mapped_column(String(256))
+    detail: Mapped[str | None] = mapped_column(String(256))  # ids and counts only
