@@ -1,0 +1,275 @@
+"""Window arithmetic and paging decisions for the form-submission poller (pure, no I/O).
+
+The list endpoint pages by offset, in an undocumented order, with inclusive
+`updatedFrom`/`updatedTo` bounds, while the server keeps updating and inserting
+submissions. The poller therefore reads the stream as a sequence of closed time windows
+`[start, end]` (API time, millisecond resolution) and only trusts a window's listing when
+a paging pass over it was provably complete:
+
+* the `count` was the same on every page (nothing entered or left the window meanwhile), and
+* the number of distinct ids seen equals that count (no item was skipped or shown twice
+  because the order shifted between page requests).
+
+An unstable window is listed again a few times, then split in two halves in time; a window
+that holds more items than can be paged safely is split at once. A window whose end lies at
+least `settle` before the server's clock can only lose items (an update moves an item to the
+server's "now", past the window; an insert is stamped "now" too), so a later window always
+catches what moved out of this one.
+
+Everything here takes and returns plain values; the poller does the I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+MILLISECOND = timedelta(milliseconds=1)
+
+
+def floor_ms(moment: datetime) -> datetime:
+    """Truncate an aware datetime to the API's resolution (milliseconds), in UTC."""
+    if moment.tzinfo is None:
+        raise ValueError("window arithmetic needs timezone-aware datetimes")
+    utc = moment.astimezone(UTC)
+    return utc.replace(microsecond=utc.microsecond // 1000 * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A closed interval `[start, end]` of API `updatedAt` values, both bounds inclusive."""
+
+    start: datetime
+    end: datetime
+
+    def __post_init__(self) -> None:
+        if self.start.tzinfo is None or self.end.tzinfo is None:
+            raise ValueError("window bounds must be timezone-aware")
+        if self.end < self.start:
+            raise ValueError("window end precedes its start")
+
+    @property
+    def width_ms(self) -> int:
+        """Width in whole milliseconds (0 for a window holding a single timestamp)."""
+        return (self.end - self.start) // MILLISECOND
+
+    @property
+    def splittable(self) -> bool:
+        """Whether the window spans more than one millisecond timestamp."""
+        return self.width_ms > 0
+
+    def halves(self) -> tuple[Window, Window]:
+        """Split into two disjoint, adjacent windows that together cover this one.
+
+        Bounds are inclusive, so the second half starts one millisecond after the first
+        ends: no timestamp is covered twice and none is left out.
+        """
+        if not self.splittable:
+            raise ValueError("a zero-width window cannot be split")
+        mid = self.start + (self.width_ms // 2) * MILLISECOND
+        return Window(self.start, mid), Window(mid + MILLISECOND, self.end)
+
+
+def next_window(
+    *,
+    watermark: datetime | None,
+    start_from: datetime,
+    server_now: datetime,
+    overlap: timedelta,
+    settle: timedelta,
+    max_window: timedelta,
+) -> Window | None:
+    """The next window to poll, or None when the stream is caught up.
+
+    The window runs from `watermark - overlap` (first run: `start_from`) to
+    `server_now - settle`, capped at `max_window` wide. `server_now` is the API's clock,
+    never ours. The overlap re-reads a margin already covered (versions already emitted
+    are deduplicated downstream); the settle keeps the window's end far enough in the
+    past that no write in flight on the server can still be stamped inside it.
+    """
+    if max_window <= overlap:
+        raise ValueError("max_window must be larger than overlap, or windows cannot advance")
+    horizon = floor_ms(server_now - settle)
+    if watermark is None:
+        start = floor_ms(start_from)
+        if horizon < start:
+            return None
+    else:
+        if horizon <= watermark:
+            return None
+        start = floor_ms(watermark - overlap)
+    return Window(start, min(horizon, start + max_window))
+
+
+@dataclass(frozen=True, slots=True)
+class Listed:
+    """One list item as far as the poller cares: its id and the `updatedAt` listed."""
+
+    submission_id: str
+    updated_at: datetime
+
+
+def _merge(into: dict[str, Listed], items: Iterable[Listed]) -> None:
+    """Add items, keeping the newest listed version of an id seen more than once."""
+    for item in items:
+        seen = into.get(item.submission_id)
+        if seen is None or item.updated_at > seen.updated_at:
+            into[item.submission_id] = item
+
+
+@dataclass(slots=True)
+class PagingPass:
+    """One pass over a window's pages, 0, 1, 2, ..., accumulated until it can be judged.
+
+    The pass expects `ceil(count / page_size)` pages (at least one), where `count` is the
+    first page's total. It ends early as soon as a page reports another count.
+    """
+
+    page_size: int
+    count: int | None = None
+    pages: int = 0
+    count_changed: bool = False
+    listed: dict[str, Listed] = field(default_factory=dict)
+
+    def record(self, count: int, items: Iterable[Listed]) -> None:
+        """Take the next page's total `count` and items."""
+        if self.count is None:
+            self.count = count
+        elif count != self.count:
+            self.count_changed = True
+        self.pages += 1
+        _merge(self.listed, items)
+
+    @property
+    def expected_pages(self) -> int | None:
+        """How many pages the first page's count implies, once known."""
+        if self.count is None:
+            return None
+        return max(1, math.ceil(self.count / self.page_size))
+
+    @property
+    def next_page(self) -> int | None:
+        """The zero-based page to fetch next, or None when the pass is over."""
+        expected = self.expected_pages
+        if expected is None:
+            return 0
+        if self.count_changed or self.pages >= expected:
+            return None
+        return self.pages
+
+    @property
+    def stable(self) -> bool:
+        """Whether the pass is over and proves a complete listing of the window."""
+        return self.next_page is None and not self.count_changed and len(self.listed) == self.count
+
+
+class Verdict(enum.Enum):
+    """What the poller does after recording a page."""
+
+    NEXT_PAGE = "next_page"  # the pass goes on
+    ACCEPT = "accept"  # the listing is complete: fetch the details
+    RELIST = "relist"  # start a new pass over the same window
+    SPLIT = "split"  # poll the two halves instead
+    GIVE_UP = "give_up"  # fail the window; the watermark stays, the next run retries
+
+
+@dataclass(frozen=True, slots=True)
+class PagingPolicy:
+    """Limits that decide between re-listing, splitting and giving up."""
+
+    page_size: int
+    # A window reporting more items than this is split before it is paged through.
+    max_window_items: int
+    # Passes repeated on an unstable splittable window before it is split.
+    max_relists: int = 2
+    # Passes tried on a window that cannot be split before the run fails.
+    max_unsplittable_passes: int = 25
+
+    def __post_init__(self) -> None:
+        if self.page_size < 1 or self.max_window_items < 1:
+            raise ValueError("page_size and max_window_items must be positive")
+
+
+class WindowPaging:
+    """The paging state machine for one window: ask `next_page`, feed `record`, obey it.
+
+    A window that cannot be split (all its items share one millisecond) is paged with
+    retries until it is listed completely, because no narrower filter exists. That loop
+    terminates in practice: the bounds are inclusive and lie in the settled past, so the
+    window's set is fixed except for updates, which move items OUT of it (to a later
+    `updatedAt` that the next window catches). Each departure changes the count once;
+    between departures, passes see the same set. For such a window the ids of every page
+    that reported the same count are also pooled across passes: with the count unchanged
+    nothing left, so once the pool holds `count` distinct ids it is the whole set, even if
+    the server's order shifts between requests so that no single pass sees every id.
+    """
+
+    def __init__(self, window: Window, policy: PagingPolicy) -> None:
+        self.window = window
+        self.policy = policy
+        self.passes = 1
+        self.current = PagingPass(policy.page_size)
+        self._pool: dict[str, Listed] = {}
+        self._pool_count: int | None = None
+        self._accepted: dict[str, Listed] | None = None
+
+    @property
+    def relists(self) -> int:
+        """Passes started after the first."""
+        return self.passes - 1
+
+    @property
+    def next_page(self) -> int:
+        """The page the caller must fetch next."""
+        page = self.current.next_page
+        if page is None:
+            raise RuntimeError("the pass is over: obey the last verdict")
+        return page
+
+    @property
+    def listed(self) -> Mapping[str, Listed]:
+        """The complete listing, once the verdict was ACCEPT."""
+        if self._accepted is None:
+            raise RuntimeError("the window has not been accepted")
+        return self._accepted
+
+    def record(self, count: int, items: list[Listed]) -> Verdict:
+        """Take one page (its total count and items) and say what to do next."""
+        self.current.record(count, items)
+        if not self.window.splittable:
+            self._pool_page(count, items)
+            if self._pool_count is not None and len(self._pool) == self._pool_count:
+                self._accepted = dict(self._pool)
+                return Verdict.ACCEPT
+        elif count > self.policy.max_window_items:
+            return Verdict.SPLIT
+        if self.current.next_page is not None:
+            return Verdict.NEXT_PAGE
+        if self.current.stable:
+            self._accepted = dict(self.current.listed)
+            return Verdict.ACCEPT
+        return self._after_unstable_pass()
+
+    def _pool_page(self, count: int, items: list[Listed]) -> None:
+        if count != self._pool_count:
+            # The set changed: ids pooled under the old count may have left the window.
+            self._pool = {}
+            self._pool_count = count
+        _merge(self._pool, items)
+
+    def _after_unstable_pass(self) -> Verdict:
+        if self.window.splittable:
+            if self.relists < self.policy.max_relists:
+                return self._relist()
+            return Verdict.SPLIT
+        if self.passes < self.policy.max_unsplittable_passes:
+            return self._relist()
+        return Verdict.GIVE_UP
+
+    def _relist(self) -> Verdict:
+        self.passes += 1
+        self.current = PagingPass(self.policy.page_size)
+        return Verdict.RELIST

@@ -1,0 +1,287 @@
+"""Window arithmetic and paging decisions of the submission poller, with plain values."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from syncd.submissions.window import (
+    MILLISECOND,
+    Listed,
+    PagingPass,
+    PagingPolicy,
+    Verdict,
+    Window,
+    WindowPaging,
+    floor_ms,
+    next_window,
+)
+
+T0 = datetime(2025, 5, 20, 9, 0, 0, tzinfo=UTC)
+MIN = timedelta(minutes=1)
+
+
+def items(*ids: str, at: datetime = T0) -> list[Listed]:
+    return [Listed(i, at) for i in ids]
+
+
+def nw(
+    *,
+    watermark: datetime | None = None,
+    server_now: datetime = T0 + 10 * MIN,
+    max_window: timedelta = 60 * MIN,
+) -> Window | None:
+    """next_window with overlap 30 s, settle 5 s and start_from T0."""
+    return next_window(
+        watermark=watermark,
+        start_from=T0,
+        server_now=server_now,
+        overlap=timedelta(seconds=30),
+        settle=timedelta(seconds=5),
+        max_window=max_window,
+    )
+
+
+# --- next_window -------------------------------------------------------------------------
+
+
+def test_first_window_starts_at_start_from_and_ends_settle_before_server_now() -> None:
+    """With no watermark the window is [start_from, server_now - settle]."""
+    assert nw() == Window(T0, T0 + 10 * MIN - timedelta(seconds=5))
+
+
+def test_later_window_starts_overlap_before_the_watermark() -> None:
+    """With a watermark the window starts `overlap` before it."""
+    got = nw(watermark=T0 + 2 * MIN)
+    assert got == Window(T0 + 2 * MIN - timedelta(seconds=30), T0 + 10 * MIN - timedelta(seconds=5))
+
+
+def test_window_is_capped_by_max_window() -> None:
+    """A long backlog is read in windows at most max_window wide."""
+    got = nw(server_now=T0 + 1000 * MIN, max_window=5 * MIN)
+    assert got == Window(T0, T0 + 5 * MIN)
+
+
+def test_caught_up_when_the_horizon_does_not_pass_the_watermark() -> None:
+    """No window once server_now - settle is at or before the watermark."""
+    wm = T0 + 10 * MIN - timedelta(seconds=5)
+    assert nw(watermark=wm) is None
+    # A server clock that went backwards yields nothing either.
+    assert nw(watermark=wm, server_now=T0) is None
+
+
+def test_first_window_waits_when_start_from_is_in_the_servers_future() -> None:
+    """start_from after the server's horizon yields no window (our clock is not theirs)."""
+    assert nw(server_now=T0 - MIN) is None
+
+
+def test_every_window_advances_past_the_watermark() -> None:
+    """Capped windows still move the watermark forward by max_window - overlap."""
+    wm = T0
+    for _ in range(5):
+        got = nw(watermark=wm, server_now=T0 + 1000 * MIN, max_window=MIN)
+        assert got is not None
+        assert got.end == wm + timedelta(seconds=30)
+        wm = got.end
+
+
+def test_max_window_not_larger_than_overlap_is_refused() -> None:
+    """A configuration that could never advance is rejected."""
+    with pytest.raises(ValueError, match="max_window"):
+        nw(max_window=timedelta(seconds=30))
+
+
+def test_bounds_are_floored_to_milliseconds() -> None:
+    """Windows use the API's millisecond resolution."""
+    got = nw(server_now=T0 + MIN + timedelta(microseconds=5999))
+    assert got is not None
+    assert got.end.microsecond == 5000
+    assert floor_ms(T0 + timedelta(microseconds=999)) == T0
+
+
+def test_naive_datetimes_are_refused() -> None:
+    """Window arithmetic never guesses a timezone."""
+    with pytest.raises(ValueError, match="timezone"):
+        floor_ms(datetime(2025, 1, 1))
+
+
+# --- Window.halves -----------------------------------------------------------------------
+
+
+def test_halves_are_adjacent_disjoint_and_cover_the_window() -> None:
+    """Splitting leaves no millisecond out and none covered twice (bounds are inclusive)."""
+    for width in (1, 2, 3, 1000, 12345):
+        w = Window(T0, T0 + width * MILLISECOND)
+        a, b = w.halves()
+        assert a.start == w.start
+        assert b.end == w.end
+        assert b.start == a.end + MILLISECOND
+        assert a.width_ms + b.width_ms + 2 == w.width_ms + 1
+
+
+def test_zero_width_window_cannot_be_split() -> None:
+    """A window holding one timestamp is not splittable."""
+    w = Window(T0, T0)
+    assert not w.splittable
+    with pytest.raises(ValueError, match="zero-width"):
+        w.halves()
+
+
+def test_inverted_window_is_refused() -> None:
+    """End before start is a programming error."""
+    with pytest.raises(ValueError, match="precedes"):
+        Window(T0, T0 - MILLISECOND)
+
+
+# --- PagingPass --------------------------------------------------------------------------
+
+
+def test_pass_is_stable_when_counts_agree_and_ids_cover_the_count() -> None:
+    """Three consistent pages with all distinct ids make a stable pass."""
+    p = PagingPass(page_size=2)
+    assert p.next_page == 0
+    p.record(5, items("a", "b"))
+    assert p.next_page == 1
+    p.record(5, items("c", "d"))
+    p.record(5, items("e"))
+    assert p.next_page is None
+    assert p.stable
+
+
+def test_pass_with_a_duplicate_and_a_missing_id_is_unstable() -> None:
+    """A shifted order shows one id twice and hides another: not stable."""
+    p = PagingPass(page_size=2)
+    p.record(4, items("a", "b"))
+    p.record(4, items("b", "c"))
+    assert p.next_page is None
+    assert not p.stable
+
+
+def test_pass_ends_early_when_the_count_changes() -> None:
+    """A different count on a later page ends the pass as unstable."""
+    p = PagingPass(page_size=2)
+    p.record(6, items("a", "b"))
+    p.record(5, items("c", "d"))
+    assert p.count_changed
+    assert p.next_page is None
+    assert not p.stable
+
+
+def test_empty_window_is_one_stable_page() -> None:
+    """count 0 needs exactly one page."""
+    p = PagingPass(page_size=100)
+    p.record(0, [])
+    assert p.next_page is None
+    assert p.stable
+
+
+def test_pass_keeps_the_newest_listed_version_of_an_id() -> None:
+    """An id listed twice keeps its latest updatedAt."""
+    p = PagingPass(page_size=1)
+    p.record(2, [Listed("a", T0 + MIN)])
+    p.record(2, [Listed("a", T0)])
+    assert p.listed["a"].updated_at == T0 + MIN
+
+
+# --- WindowPaging ------------------------------------------------------------------------
+
+WIDE = Window(T0, T0 + MIN)
+POINT = Window(T0, T0)
+
+
+def test_stable_pass_is_accepted() -> None:
+    """A consistent complete pass is accepted with every id."""
+    paging = WindowPaging(WIDE, PagingPolicy(page_size=2, max_window_items=10))
+    assert paging.record(3, items("a", "b")) is Verdict.NEXT_PAGE
+    assert paging.next_page == 1
+    assert paging.record(3, items("c")) is Verdict.ACCEPT
+    assert set(paging.listed) == {"a", "b", "c"}
+
+
+def test_unstable_splittable_window_is_relisted_then_split() -> None:
+    """Up to max_relists new passes, then a split."""
+    paging = WindowPaging(WIDE, PagingPolicy(page_size=2, max_window_items=10, max_relists=2))
+    verdicts = []
+    for _ in range(3):
+        paging.record(3, items("a", "b"))
+        verdicts.append(paging.record(3, items("b")))
+    assert verdicts == [Verdict.RELIST, Verdict.RELIST, Verdict.SPLIT]
+    assert paging.relists == 2
+
+
+def test_too_many_items_split_after_the_first_page() -> None:
+    """count > max_window_items splits before paging through."""
+    paging = WindowPaging(WIDE, PagingPolicy(page_size=2, max_window_items=3))
+    assert paging.record(4, items("a", "b")) is Verdict.SPLIT
+
+
+def test_unsplittable_window_over_max_items_is_paged_anyway() -> None:
+    """A zero-width window too large for max_window_items is still paged."""
+    paging = WindowPaging(POINT, PagingPolicy(page_size=2, max_window_items=1))
+    assert paging.record(3, items("a", "b")) is Verdict.NEXT_PAGE
+    assert paging.record(3, items("c")) is Verdict.ACCEPT
+
+
+def test_unsplittable_window_pools_ids_across_passes_with_one_count() -> None:
+    """Shuffled passes with an unchanged count together prove the complete set."""
+    paging = WindowPaging(POINT, PagingPolicy(page_size=2, max_window_items=10))
+    paging.record(4, items("a", "b"))
+    assert paging.record(4, items("a", "c")) is Verdict.RELIST
+    assert paging.record(4, items("d", "a")) is Verdict.ACCEPT
+    assert set(paging.listed) == {"a", "b", "c", "d"}
+
+
+def test_unsplittable_pool_restarts_when_the_count_changes() -> None:
+    """Ids pooled before an item left are not trusted to make up the new count."""
+    paging = WindowPaging(POINT, PagingPolicy(page_size=2, max_window_items=10))
+    paging.record(4, items("a", "b"))
+    # Pooled with the old {a, b}, these would "cover" the new count of 3.
+    assert paging.record(3, items("c")) is Verdict.RELIST
+    assert paging.record(3, items("c", "d")) is Verdict.NEXT_PAGE
+    assert paging.record(3, items("a")) is Verdict.ACCEPT
+    assert set(paging.listed) == {"a", "c", "d"}
+
+
+def test_unsplittable_window_gives_up_after_max_passes() -> None:
+    """A window that never lists completely fails instead of looping forever."""
+    policy = PagingPolicy(page_size=1, max_window_items=10, max_unsplittable_passes=3)
+    paging = WindowPaging(POINT, policy)
+    verdicts = []
+    for _ in range(3):
+        assert paging.record(2, items("x")) is Verdict.NEXT_PAGE
+        verdicts.append(paging.record(2, items("x")))
+    assert verdicts == [Verdict.RELIST, Verdict.RELIST, Verdict.GIVE_UP]
+
+
+def test_shuffled_offset_paging_of_a_point_window_converges() -> None:
+    """250 items sharing one timestamp, reshuffled on every request, are all listed."""
+    rng = random.Random(7)
+    ids = [f"s{i:03d}" for i in range(250)]
+    paging = WindowPaging(POINT, PagingPolicy(page_size=100, max_window_items=100))
+    requests = 0
+    while True:
+        page = paging.next_page
+        order = ids[:]
+        rng.shuffle(order)
+        requests += 1
+        verdict = paging.record(len(ids), items(*order[page * 100 : page * 100 + 100]))
+        if verdict is Verdict.ACCEPT:
+            break
+        assert verdict in {Verdict.NEXT_PAGE, Verdict.RELIST}
+    assert set(paging.listed) == set(ids)
+    assert requests < 60
+
+
+def test_listed_before_accept_is_an_error() -> None:
+    """Reading an unaccepted listing is a programming error."""
+    paging = WindowPaging(WIDE, PagingPolicy(page_size=2, max_window_items=10))
+    with pytest.raises(RuntimeError):
+        _ = paging.listed
+
+
+def test_policy_refuses_nonpositive_sizes() -> None:
+    """A zero page size cannot page."""
+    with pytest.raises(ValueError, match="positive"):
+        PagingPolicy(page_size=0, max_window_items=1)
