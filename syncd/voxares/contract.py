@@ -69,6 +69,41 @@ PATIENT_FIELDS: Final = (
     "dateOfBirth",
 )
 
+# ASSUMED: the fields PATCH /patients/:provider/:providerId may change (the external id and
+# provider name are the address, not content); anything else is 400.
+PATIENT_PATCH_FIELDS: Final = ("firstName", "lastName", "mobileNumber", "email", "dateOfBirth")
+
+# ASSUMED: an upsert (POST /patients) that omits an optional field leaves the stored value as it
+# is; an explicit null clears it.
+UPSERT_KEEPS_ABSENT_FIELDS: Final = True
+
+# The documented E.164 shape of mobileNumber.
+E164_PATTERN: Final = r"^\+[1-9]\d{6,14}$"
+
+# ASSUMED: a body that fails validation is answered 400 with a NestJS-style list of messages.
+VALIDATION_ERROR_STATUS: Final = 400
+
+# ASSUMED: the fields a POST /messages/send body may carry; anything else is 400.
+MESSAGE_SEND_FIELDS: Final = (
+    "providerId",
+    "content",
+    "practiceTemplateId",
+    "provider",
+    "firstName",
+    "lastName",
+    "mobileNumber",
+    "email",
+    "dateOfBirth",
+)
+
+# ASSUMED: sending to a patient that does not exist, without the names and mobile number needed
+# to create it (or to a patient without a mobile number), is answered 422.
+MESSAGE_PATIENT_UNUSABLE_STATUS: Final = 422
+
+# ASSUMED: in a form submission, these fields are null until the patient answers (Completed or
+# Rejected): `receivedAt`, and `data` in the detail.
+SUBMISSION_FIELDS_NULL_UNTIL_ANSWERED: Final = ("receivedAt", "data")
+
 # Timestamps: ISO 8601 UTC with milliseconds, e.g. 2025-05-20T09:15:00.000Z.
 
 
