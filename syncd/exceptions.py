@@ -23,7 +23,10 @@ these at the adapter boundary.
     │       ├── RateLimited          429
     │       └── ServerError          5xx
     ├── SinkError                    a downstream sink refused or failed a delivery
-    └── MessageRequestError          an SMS request that cannot be sent as asked
+    ├── MessageRequestError          an SMS request that cannot be sent as asked
+    └── PollWindowFailed             a poller window not completed (watermark kept, retried)
+        ├── StaleSubmission          a detail stayed older than its listed version
+        └── WindowUnstable           a window never listed completely
 """
 
 from __future__ import annotations
@@ -160,3 +163,15 @@ class SinkError(SyncdError):
 
 class MessageRequestError(SyncdError):
     """The SMS request cannot be sent as asked."""
+
+
+class PollWindowFailed(SyncdError):
+    """A poller window could not be completed; its watermark stays and the next run retries."""
+
+
+class StaleSubmission(PollWindowFailed):
+    """A submission's detail stayed older than the version the list showed."""
+
+
+class WindowUnstable(PollWindowFailed):
+    """A poller window never produced a complete listing."""
