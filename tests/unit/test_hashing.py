@@ -1,0 +1,96 @@
+"""Canonical JSON and the row/payload hashes that decide "unchanged"."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from syncd.hashing import canonical_json, payload_hash, row_hash, sha256_hex
+
+ROW = {
+    "providerId": "P-1",
+    "firstName": "Željka",
+    "lastName": "Horvat",
+    "mobileNumber": None,
+    "email": "z@example.com",
+    "dateOfBirth": "1980-02-13",
+}
+# Pinned: if this changes, every mirror row looks changed after an upgrade.
+ROW_HASH = "8eef7c9bfd636d4de6fc96637b4214c10d5c0bd46c7e7710b226484031003433"
+
+# Any code point, lone surrogates included (what undecodable CSV bytes turn into).
+any_text = st.text(st.characters(exclude_categories=()))
+field_values = st.one_of(st.none(), any_text)
+row_fields = st.dictionaries(st.text(max_size=20), field_values, max_size=8)
+
+
+def test_canonical_json_sorts_keys_without_whitespace_in_utf8() -> None:
+    """Keys are sorted at every level, separators carry no spaces, non-ASCII stays UTF-8."""
+    assert canonical_json({"b": 1, "a": {"d": [1, 2], "c": "š"}}) == (
+        '{"a":{"c":"š","d":[1,2]},"b":1}'.encode()
+    )
+
+
+def test_canonical_json_escapes_lone_surrogates_instead_of_failing() -> None:
+    """Undecodable source bytes (lone surrogates) become JSON escapes, still valid UTF-8 JSON."""
+    encoded = canonical_json({"a": "x\udc80"})
+    assert encoded == b'{"a":"x\\udc80"}'
+    assert json.loads(encoded) == {"a": "x\udc80"}
+
+
+def test_sha256_hex_hashes_text_as_utf8() -> None:
+    """Text and its UTF-8 bytes hash alike, to the well-known SHA-256 digest."""
+    empty = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    assert sha256_hex("") == sha256_hex(b"") == empty
+    assert sha256_hex("š") == sha256_hex("š".encode())
+
+
+def test_row_hash_ignores_field_order() -> None:
+    """The same fields in another insertion order hash the same."""
+    assert row_hash(dict(reversed(list(ROW.items())))) == row_hash(ROW)
+
+
+def test_row_hash_tells_none_from_empty_and_values_apart() -> None:
+    """None, an empty string and a changed value give three different hashes."""
+    hashes = {row_hash({"a": None}), row_hash({"a": ""}), row_hash({"a": "null"})}
+    assert len(hashes) == 3
+    assert row_hash({"a": "x", "b": "y"}) != row_hash({"a": "xb", "": "y"})
+
+
+def test_row_hash_is_pinned() -> None:
+    """The hash of a known row is a fixed constant (stable across releases)."""
+    assert row_hash(ROW) == ROW_HASH
+
+
+def test_row_hash_is_stable_across_processes() -> None:
+    """Another interpreter with a different hash seed computes the same row hash."""
+    code = f"from syncd.hashing import row_hash; print(row_hash({ROW!r}))"
+    for seed in ("0", "12345"):
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        )
+        assert out.stdout.strip() == row_hash(ROW)
+
+
+@given(row_fields)
+def test_row_hash_equals_hash_of_canonical_json(fields: dict[str, str | None]) -> None:
+    """The hand-built row encoding is byte-identical to canonical JSON, for any text."""
+    assert row_hash(fields) == sha256_hex(canonical_json(fields))
+
+
+@given(st.dictionaries(st.text(max_size=10), st.text(max_size=10), min_size=1))
+def test_payload_hash_changes_with_any_value(payload: dict[str, str]) -> None:
+    """Changing one value of a payload changes its hash; reordering keys does not."""
+    key = next(iter(payload))
+    changed = {**payload, key: payload[key] + "!"}
+    assert payload_hash(changed) != payload_hash(payload)
+    assert payload_hash(dict(reversed(list(payload.items())))) == payload_hash(payload)
