@@ -8,7 +8,7 @@ validate or normalise values: that is `syncd.normalize`, pure and shared by ever
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 
@@ -19,7 +19,8 @@ class SourceRow:
     # Where the row is: the CSV line number (header = line 1) or the SQL row ordinal.
     line: int
     # Contract field name -> raw text as read (None where the column is empty or NULL).
-    fields: Mapping[str, str | None]
+    # Patient data: kept out of the repr.
+    fields: Mapping[str, str | None] = field(repr=False)
     # sha256 hex of the raw mapped values; equal hashes mean an unchanged row.
     raw_hash: str
     # A structural problem that makes the row unusable (e.g. wrong column count); the
@@ -27,6 +28,9 @@ class SourceRow:
     problem: str | None = None
     # The field `problem` is about, when it is about one.
     problem_field: str | None = None
+    # Which part of the source the row came from when there are several (the CSV file
+    # name of a glob); `line` counts within it.
+    origin: str | None = None
 
 
 class Source(Protocol):
