@@ -1,0 +1,563 @@
+"""The async client of the Voxares integration API: the only code that talks HTTP to Voxares.
+
+Every call goes through one pipeline: limiter slot (concurrency, then rate) → one HTTP
+attempt → status/transport translation → retry decision (`retry.py`, waited by stamina).
+What leaves the client is a parsed model or an exception from `syncd.exceptions`; httpx
+exceptions do not escape, and errors name the path *template*, never ids or search terms.
+
+SMS sends are the exception to retrying: `POST /messages/send` has no idempotency key, so
+once the request may have reached the server (read or write timeout, dropped connection,
+5xx, malformed or truncated 2xx) the client raises `SendOutcomeUnknown` after that single
+attempt. It retries a send only when the request provably did not get through: a refused
+or timed-out connect, a pool timeout, or 429.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from types import TracebackType
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import httpx
+import stamina
+import structlog
+from pydantic import BaseModel, SecretStr, ValidationError
+from pydantic.alias_generators import to_camel
+
+from syncd import metrics
+from syncd.exceptions import (
+    ConfigError,
+    RateLimited,
+    SendOutcomeUnknown,
+    ServerError,
+    VoxaresError,
+    VoxaresMalformedResponse,
+)
+from syncd.voxares import contract
+from syncd.voxares.errors import (
+    api_message_of,
+    error_for_status,
+    reached_server,
+    transport_error,
+    validation_summary,
+)
+from syncd.voxares.limits import ClientLimits, Limiter, limiter_for
+from syncd.voxares.models import (
+    Document,
+    Form,
+    Message,
+    Page,
+    Patient,
+    PatientUpsert,
+    PracticeTemplate,
+    SendMessage,
+    SubmissionDetail,
+    SubmissionFilters,
+    SubmissionSummary,
+    UpsertResult,
+)
+from syncd.voxares.retry import RetryPolicy, next_delay, parse_retry_after
+
+log = structlog.get_logger(__name__)
+
+M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T", bound=BaseModel)
+
+USER_AGENT = "voxares-syncd"
+_LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+# An API key travels in a header: printable ASCII without spaces.
+_KEY_SHAPE = re.compile(r"[\x21-\x7e]+")
+# Wire names of patient fields, so that `patch_patient` callers may use snake_case.
+_PATIENT_WIRE_NAMES = frozenset(contract.PATIENT_FIELDS)
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds allowed for each phase of one attempt.
+
+    connect/read/write/pool are httpx's (read and write per network operation); `attempt`
+    caps one whole attempt, which also holds for in-process transports that ignore the others.
+    """
+
+    connect: float = 5.0
+    read: float = 30.0
+    write: float = 30.0
+    pool: float = 10.0
+    attempt: float = 90.0
+
+    def to_httpx(self) -> httpx.Timeout:
+        """The httpx form of these timeouts."""
+        return httpx.Timeout(connect=self.connect, read=self.read, write=self.write, pool=self.pool)
+
+
+@dataclass(frozen=True)
+class _Reply:
+    """One HTTP answer, parsed: status, JSON body, the server's `Date`."""
+
+    status: int
+    body: Any
+    server_date: datetime | None
+
+
+class AttemptDeadlineExceeded(Exception):
+    """The whole-attempt deadline passed (stands in for an httpx timeout)."""
+
+
+def check_base_url(base_url: str, *, transport_injected: bool) -> None:
+    """Refuse a base URL that would send the key in clear text to a real network host.
+
+    https is required, except for localhost/127.0.0.1/::1 and, when a transport is injected
+    (in-process sandbox, mock), a single-label host such as `http://sandbox`.
+    """
+    try:
+        url = httpx.URL(base_url)
+    except httpx.InvalidURL:
+        raise ConfigError(["voxares.base_url is not a valid URL"]) from None
+    if url.scheme == "https" and url.host:
+        pass
+    elif url.scheme == "http" and url.host:
+        single_label = "." not in url.host and ":" not in url.host
+        if url.host not in _LOCAL_HOSTS and not (transport_injected and single_label):
+            raise ConfigError(
+                ["voxares.base_url must use https:// (plain http only for localhost)"]
+            )
+    else:
+        raise ConfigError(["voxares.base_url must be an https:// URL with a host"])
+    if url.userinfo or url.query or url.fragment:
+        raise ConfigError(["voxares.base_url must not carry credentials, a query or a fragment"])
+
+
+def path_segment(value: str) -> str:
+    """Percent-encode one path segment: `/`, `?`, `#`, `%` and dot-segments included.
+
+    "." and ".." would be resolved away by URL normalisation and reach another endpoint.
+    """
+    if not value:
+        raise ValueError("a path segment must not be empty")
+    if value in {".", ".."}:
+        return value.replace(".", "%2E")
+    return quote(value, safe="")
+
+
+def render_path(template: str, **segments: str) -> str:
+    """A path template filled with percent-encoded segments."""
+    return template.format(**{name: path_segment(value) for name, value in segments.items()})
+
+
+def _check_page(page: int, page_size: int) -> None:
+    if page < 0:
+        raise ValueError("page must be >= 0")
+    if not 1 <= page_size <= contract.MAX_PAGE_SIZE:
+        raise ValueError(f"page_size must be between 1 and {contract.MAX_PAGE_SIZE}")
+
+
+def _http_date(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if moment.tzinfo is None:
+        return None
+    return moment.astimezone(UTC)
+
+
+class VoxaresClient:
+    """The Voxares integration API, one method per endpoint.
+
+    Build one per API key and share it (the daemon's compose step does); clients built with
+    the same key in one event loop share one limiter anyway (see `limits.py`). Use it as an
+    async context manager or call `aclose()`.
+    """
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        api_key: SecretStr | str,
+        transport: httpx.AsyncBaseTransport | None = None,
+        limits: ClientLimits | None = None,
+        timeouts: Timeouts | None = None,
+        retry: RetryPolicy | None = None,
+        limiter: Limiter | None = None,
+    ) -> None:
+        check_base_url(base_url, transport_injected=transport is not None)
+        key = api_key if isinstance(api_key, SecretStr) else SecretStr(api_key)
+        if not _KEY_SHAPE.fullmatch(key.get_secret_value()):
+            raise ConfigError(["voxares.api_key is empty or holds characters a header cannot"])
+        self._api_key = key
+        self._base_url = base_url
+        self._limits = limits or ClientLimits()
+        self._timeouts = timeouts or Timeouts()
+        self._retry = retry or RetryPolicy()
+        self._limiter = limiter
+        self._server_date: datetime | None = None
+        self._http = httpx.AsyncClient(
+            base_url=base_url,
+            transport=transport,
+            timeout=self._timeouts.to_httpx(),
+            limits=httpx.Limits(
+                max_connections=self._limits.max_concurrency,
+                max_keepalive_connections=self._limits.max_concurrency,
+            ),
+            headers={"Accept": "application/json", "User-Agent": USER_AGENT},
+            follow_redirects=False,
+        )
+
+    def __repr__(self) -> str:
+        return f"VoxaresClient(base_url={self._base_url!r}, api_key='**********')"
+
+    async def __aenter__(self) -> VoxaresClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._http.aclose()
+
+    def server_time(self) -> datetime | None:
+        """The server's clock as of the last response (its `Date` header), if any."""
+        return self._server_date
+
+    # Patients
+
+    async def upsert_patient(self, patient: PatientUpsert) -> UpsertResult:
+        """Create the patient, or update the one with the same (provider, providerId)."""
+        reply = await self._call("POST", contract.PATIENTS, body=patient.to_body())
+        stored = self._parse(Patient, reply, "POST", contract.PATIENTS)
+        return UpsertResult(patient=stored, created=reply.status == contract.PATIENT_CREATED_STATUS)
+
+    async def list_patients(
+        self,
+        *,
+        search_term: str | None = None,
+        page: int = 0,
+        page_size: int = contract.DEFAULT_PAGE_SIZE,
+    ) -> Page[Patient]:
+        """One page of patients, optionally matching a full-text search term."""
+        extra = {"searchTerm": search_term} if search_term is not None else {}
+        return await self._list(Patient, contract.PATIENTS, page, page_size, extra)
+
+    async def get_patient(self, provider: str, provider_id: str) -> Patient:
+        """The patient with this external id; `NotFound` if there is none."""
+        template = contract.PATIENT_BY_EXTERNAL_ID
+        path = render_path(template, provider=provider, provider_id=provider_id)
+        reply = await self._call("GET", template, path=path)
+        return self._parse(Patient, reply, "GET", template)
+
+    async def patch_patient(
+        self, provider: str, provider_id: str, changes: Mapping[str, Any]
+    ) -> Patient:
+        """Change only the given fields (snake_case or camelCase names) of one patient."""
+        template = contract.PATIENT_BY_EXTERNAL_ID
+        path = render_path(template, provider=provider, provider_id=provider_id)
+        body = {_wire_name(name): value for name, value in changes.items()}
+        reply = await self._call("PATCH", template, path=path, body=body)
+        return self._parse(Patient, reply, "PATCH", template)
+
+    # Messages
+
+    async def send_message(self, message: SendMessage) -> Message:
+        """Send one SMS. Never retried once it may have reached Voxares: then it raises
+        `SendOutcomeUnknown`, and only a human or a status check may decide what happened.
+        """
+        template = contract.MESSAGES_SEND
+        reply = await self._call("POST", template, body=message.to_body(), send=True)
+        try:
+            return Message.model_validate(reply.body)
+        except ValidationError as exc:
+            raise self._send_unknown(
+                f"The send was answered {reply.status} with a body that does not match the "
+                f"contract ({validation_summary(exc)}).",
+                status=reply.status,
+            ) from None
+
+    async def get_message(self, message_id: str) -> Message:
+        """One sent message and its delivery status."""
+        template = contract.MESSAGE_BY_ID
+        path = render_path(template, message_id=message_id)
+        reply = await self._call("GET", template, path=path)
+        return self._parse(Message, reply, "GET", template)
+
+    # Content
+
+    async def list_practice_templates(
+        self, *, page: int = 0, page_size: int = contract.DEFAULT_PAGE_SIZE
+    ) -> Page[PracticeTemplate]:
+        """One page of practice templates."""
+        return await self._list(PracticeTemplate, contract.PRACTICE_TEMPLATES, page, page_size)
+
+    async def list_forms(
+        self, *, page: int = 0, page_size: int = contract.DEFAULT_PAGE_SIZE
+    ) -> Page[Form]:
+        """One page of forms."""
+        return await self._list(Form, contract.FORMS, page, page_size)
+
+    async def list_documents(
+        self, *, page: int = 0, page_size: int = contract.DEFAULT_PAGE_SIZE
+    ) -> Page[Document]:
+        """One page of documents."""
+        return await self._list(Document, contract.DOCUMENTS, page, page_size)
+
+    # Form submissions
+
+    async def list_form_submissions(
+        self,
+        filters: SubmissionFilters | None = None,
+        *,
+        page: int = 0,
+        page_size: int = contract.MAX_PAGE_SIZE,
+    ) -> Page[SubmissionSummary]:
+        """One page of form submissions (without answers) matching the filters."""
+        extra = filters.to_params() if filters is not None else {}
+        return await self._list(
+            SubmissionSummary, contract.FORM_SUBMISSIONS, page, page_size, extra
+        )
+
+    async def get_form_submission(self, submission_id: str) -> SubmissionDetail:
+        """One form submission with the patient's answers."""
+        template = contract.FORM_SUBMISSION_BY_ID
+        path = render_path(template, submission_id=submission_id)
+        reply = await self._call("GET", template, path=path)
+        return self._parse(SubmissionDetail, reply, "GET", template)
+
+    # Pagination
+
+    async def iter_pages(
+        self, method: Callable[..., Awaitable[Page[T]]], /, **kwargs: Any
+    ) -> AsyncIterator[Page[T]]:
+        """Walk a list method page by page from page 0 until `count` items were seen.
+
+        `method` is one of this client's list methods; `kwargs` are its other arguments
+        (`page_size` defaults to the maximum). Stops early on an empty page, so a shrinking
+        list cannot loop forever. Offset pages shift when items change meanwhile: callers
+        that need completeness (the poller) must allow for that.
+        """
+        kwargs.setdefault("page_size", contract.MAX_PAGE_SIZE)
+        page_number = 0
+        seen = 0
+        while True:
+            page = await method(page=page_number, **kwargs)
+            yield page
+            seen += len(page.data)
+            if not page.data or seen >= page.count:
+                return
+            page_number += 1
+
+    # The pipeline
+
+    async def _list(
+        self,
+        item: type[T],
+        template: str,
+        page: int,
+        page_size: int,
+        extra: Mapping[str, str] | None = None,
+    ) -> Page[T]:
+        _check_page(page, page_size)
+        params = {"page": str(page), "pageSize": str(page_size), **(extra or {})}
+        reply = await self._call("GET", template, params=params)
+        result = self._parse(Page[item], reply, "GET", template)  # type: ignore[valid-type]
+        result.server_date = reply.server_date
+        return result
+
+    def _parse(self, model: type[M], reply: _Reply, method: str, template: str) -> M:
+        try:
+            return model.model_validate(reply.body)
+        except ValidationError as exc:
+            raise VoxaresMalformedResponse(
+                f"The body does not match the contract ({validation_summary(exc)}).",
+                method=method,
+                path=template,
+                status=reply.status,
+            ) from None
+
+    async def _call(
+        self,
+        method: str,
+        template: str,
+        *,
+        path: str | None = None,
+        params: Mapping[str, str] | None = None,
+        body: Mapping[str, Any] | None = None,
+        send: bool = False,
+    ) -> _Reply:
+        """One API call with its retries. `template` names the call in errors, logs, metrics."""
+        started = time.monotonic()
+        failures = 0
+
+        def decide(error: Exception) -> bool | float:
+            nonlocal failures
+            failures += 1
+            delay = next_delay(
+                error,
+                policy=self._retry,
+                retry_number=failures,
+                elapsed=time.monotonic() - started,
+            )
+            if delay is None:
+                return False
+            metrics.API_RETRIES.labels(template).inc()
+            log.info(
+                "voxares.retry_scheduled",
+                method=method,
+                endpoint=template,
+                attempt=failures,
+                delay_s=round(delay, 3),
+                caused_by=type(error).__name__,
+                status=getattr(error, "status", None),
+            )
+            return delay if self._retry.wait else 0.0
+
+        async for attempt in stamina.retry_context(
+            on=decide, attempts=self._retry.attempts, timeout=None
+        ):
+            with attempt:
+                return await self._attempt(
+                    method, template, path or template, params, body, send, attempt.num
+                )
+        raise AssertionError("unreachable: stamina re-raises the last failure")
+
+    async def _attempt(
+        self,
+        method: str,
+        template: str,
+        path: str,
+        params: Mapping[str, str] | None,
+        body: Mapping[str, Any] | None,
+        send: bool,
+        number: int,
+    ) -> _Reply:
+        if self._limiter is None:
+            self._limiter = limiter_for(self._api_key.get_secret_value(), self._limits)
+        async with self._limiter.slot():
+            started = time.monotonic()
+            try:
+                async with asyncio.timeout(self._timeouts.attempt):
+                    response = await self._http.request(
+                        method,
+                        path,
+                        params=params,
+                        json=body,
+                        headers={"Authorization": f"Bearer {self._api_key.get_secret_value()}"},
+                    )
+            except TimeoutError:
+                failure: BaseException = AttemptDeadlineExceeded()
+            except (httpx.HTTPError, httpx.InvalidURL, OSError) as exc:
+                failure = exc
+            except Exception as exc:
+                if not send:
+                    raise
+                failure = exc  # an unknown fault mid-send leaves the outcome unknown too
+            else:
+                return self._reply(response, method, template, send, number, started)
+        elapsed_ms = round((time.monotonic() - started) * 1000)
+        metrics.API_CALLS.labels(method, template, "0").inc()
+        log.debug(
+            "voxares.request",
+            method=method,
+            endpoint=template,
+            status=0,
+            error=type(failure).__name__,
+            elapsed_ms=elapsed_ms,
+            attempt=number,
+        )
+        if send and reached_server(failure):
+            raise self._send_unknown(
+                f"The send got no complete answer ({type(failure).__name__})."
+            ) from None
+        raise transport_error(failure, method=method, path=template) from None
+
+    def _reply(
+        self,
+        response: httpx.Response,
+        method: str,
+        template: str,
+        send: bool,
+        number: int,
+        started: float,
+    ) -> _Reply:
+        status = response.status_code
+        metrics.API_CALLS.labels(method, template, str(status)).inc()
+        log.debug(
+            "voxares.request",
+            method=method,
+            endpoint=template,
+            status=status,
+            elapsed_ms=round((time.monotonic() - started) * 1000),
+            attempt=number,
+        )
+        server_date = _http_date(response.headers.get("Date"))
+        if server_date is not None:
+            self._server_date = server_date
+        body = _json_or_none(response)
+        if status >= 300:
+            retry_after = parse_retry_after(
+                response.headers.get("Retry-After"), now=server_date or datetime.now(UTC)
+            )
+            error = error_for_status(
+                status,
+                method=method,
+                path=template,
+                api_message=api_message_of(body),
+                retry_after=retry_after,
+            )
+            if isinstance(error, RateLimited) and retry_after and self._limiter is not None:
+                self._limiter.defer(retry_after)
+            if send and isinstance(error, ServerError):
+                raise self._send_unknown(
+                    "The send was answered with a server error.", status=status
+                ) from None
+            raise error
+        if body is _NOT_JSON:
+            if send:
+                raise self._send_unknown(
+                    f"The send was answered {status} with a body that is not JSON.", status=status
+                )
+            raise VoxaresMalformedResponse(
+                "The body is not JSON.", method=method, path=template, status=status
+            )
+        return _Reply(status=status, body=body, server_date=server_date)
+
+    def _send_unknown(self, detail: str, *, status: int | None = None) -> VoxaresError:
+        log.error("voxares.send_outcome_unknown", endpoint=contract.MESSAGES_SEND, status=status)
+        return SendOutcomeUnknown(
+            f"{detail} The SMS may or may not have been sent; it is not retried.",
+            method="POST",
+            path=contract.MESSAGES_SEND,
+            status=status,
+        )
+
+
+_NOT_JSON: Any = object()
+
+
+def _json_or_none(response: httpx.Response) -> Any:
+    """The response's JSON, None for an empty body, `_NOT_JSON` when it does not parse."""
+    if not response.content:
+        return None
+    try:
+        return response.json()
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError both
+        return _NOT_JSON
+
+
+def _wire_name(name: str) -> str:
+    """A patient field's wire name; unknown names pass through for the API to judge."""
+    camel = to_camel(name)
+    return camel if camel in _PATIENT_WIRE_NAMES else name
