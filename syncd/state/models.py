@@ -8,7 +8,8 @@ in this database, which is created mode 0600; nothing here is ever logged.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -21,7 +22,9 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -30,6 +33,35 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC timestamp on every backend.
+
+    SQLite has no timezone type: plain `DateTime(timezone=True)` stores an aware value's
+    local wall time without its offset and reads back a naive datetime. This type stores
+    UTC and always reads back an aware UTC datetime; a naive datetime is refused rather
+    than guessed at.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: the state database stores aware UTC timestamps")
+        utc = value.astimezone(UTC)
+        return utc.replace(tzinfo=None) if dialect.name == "sqlite" else utc
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)  # type: ignore[no-any-return]
+        return value.astimezone(UTC)  # type: ignore[no-any-return]
+
 
 # SQLite only autoincrements INTEGER PRIMARY KEY; BigInteger elsewhere.
 BigIntPK = BigInteger().with_variant(Integer(), "sqlite")
@@ -57,9 +89,9 @@ class PatientMirror(Base):
     # The normalised payload as pushed (JSON); the SMS path needs names and mobile from it.
     payload: Mapped[str] = mapped_column(Text)
     state: Mapped[str] = mapped_column(String(16), default="active")  # active | inactive
-    first_pushed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    last_pushed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    first_pushed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_pushed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime())
     # The job run that last saw this row in the source; rows not seen by a complete run
     # are the ones that disappeared.
     last_seen_run_id: Mapped[int | None] = mapped_column(BigInteger)
@@ -79,8 +111,8 @@ class QuarantinedRow(Base):
     field: Mapped[str | None] = mapped_column(String(64))
     reason: Mapped[str] = mapped_column(String(512))  # never contains the field's value
     row_hash: Mapped[str] = mapped_column(String(64))
-    first_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime())
     seen_count: Mapped[int] = mapped_column(Integer, default=1)
 
 
@@ -92,8 +124,8 @@ class JobRun(Base):
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
     job: Mapped[str] = mapped_column(String(64))
-    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     outcome: Mapped[str] = mapped_column(String(16))  # running | ok | failed | interrupted
     counts: Mapped[str] = mapped_column(Text, default="{}")  # JSON object of counters
     error: Mapped[str | None] = mapped_column(String(1024))  # exception class and id-only text
@@ -109,8 +141,8 @@ class JobLock(Base):
 
     job: Mapped[str] = mapped_column(String(64), primary_key=True)
     owner: Mapped[str] = mapped_column(String(128))
-    acquired_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    acquired_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class PollerState(Base):
@@ -119,11 +151,11 @@ class PollerState(Base):
     __tablename__ = "poller_state"
 
     stream: Mapped[str] = mapped_column(String(64), primary_key=True)
-    watermark: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    watermark: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # The window saved before it is fetched, so a crash resumes the same window.
-    window_start: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    window_end: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    window_start: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    window_end: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class OutboxEvent(Base):
@@ -138,7 +170,7 @@ class OutboxEvent(Base):
     # Ordering key for per-patient order (the EHR providerId or the Voxares patient id).
     ordering_key: Mapped[str | None] = mapped_column(String(256))
     payload: Mapped[str] = mapped_column(Text)  # JSON
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
 
 
 class SubmissionVersion(Base):
@@ -151,7 +183,7 @@ class SubmissionVersion(Base):
     updated_at: Mapped[str] = mapped_column(String(40), primary_key=True)
     content_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     event_seq: Mapped[int] = mapped_column(BigInteger, ForeignKey("outbox_events.seq"))
-    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class OutboxDelivery(Base):
@@ -166,13 +198,13 @@ class OutboxDelivery(Base):
     sink: Mapped[str] = mapped_column(String(64), primary_key=True)
     state: Mapped[str] = mapped_column(String(16))  # pending | delivered | dead
     attempts: Mapped[int] = mapped_column(Integer, default=0)
-    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime())
     # A claim is a lease: a worker that dies leaves it to expire.
     claimed_by: Mapped[str | None] = mapped_column(String(128))
-    claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_error: Mapped[str | None] = mapped_column(String(1024))
-    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class SinkCursor(Base):
@@ -183,7 +215,7 @@ class SinkCursor(Base):
     sink: Mapped[str] = mapped_column(String(64), primary_key=True)
     last_seq: Mapped[int] = mapped_column(BigInteger)
     disabled_reason: Mapped[str | None] = mapped_column(String(256))  # e.g. webhook 410
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class MessageRequest(Base):
@@ -203,11 +235,11 @@ class MessageRequest(Base):
     message_id: Mapped[str | None] = mapped_column(String(64), index=True)
     delivery_status: Mapped[str | None] = mapped_column(String(16))  # Voxares status
     error: Mapped[str | None] = mapped_column(String(1024))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    sending_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    status_checked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    sending_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    status_checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class ContentItem(Base):
@@ -220,9 +252,9 @@ class ContentItem(Base):
     name: Mapped[str | None] = mapped_column(String(512))
     content_hash: Mapped[str] = mapped_column(String(64))
     payload: Mapped[str] = mapped_column(Text)  # JSON as received
-    first_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    removed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class AuditEntry(Base):
@@ -232,7 +264,7 @@ class AuditEntry(Base):
     __table_args__ = (Index("ix_audit_log_at", "at"),)
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
     actor: Mapped[str] = mapped_column(String(64))  # the job name, or cli
     run_id: Mapped[int | None] = mapped_column(BigInteger)
     action: Mapped[str] = mapped_column(String(64))  # patient.pushed, event.delivered, ...
