@@ -1,0 +1,250 @@
+"""Opening the state database, and keeping its schema at the code's revision.
+
+Two backends:
+
+- SQLite (the default): one file, created mode 0600 before the first connection because it
+  holds patient data. WAL journal, `synchronous=FULL` (an SMS is sent only after the commit
+  that records it is on disk), a busy timeout, foreign keys on. SQLAlchemy emits
+  `BEGIN IMMEDIATE` itself instead of the sqlite3 driver's legacy transaction handling, so a
+  transaction is a real transaction (its SELECTs included) and two writers wait for each
+  other through the busy timeout instead of failing with "database is locked" when a read
+  transaction tries to become a write.
+- PostgreSQL through psycopg 3 (`postgresql+psycopg://`; a plain `postgresql://` URL is
+  taken to mean psycopg 3), `synchronous_commit=on`, sessions in UTC.
+
+Schema changes are Alembic migrations in the top-level `migrations/` directory of the
+checkout, shipped in the wheel as `syncd/migrations` (see `[tool.setuptools]`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import structlog
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+import syncd
+from syncd.exceptions import DatabaseNotMigrated, StateError
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_BUSY_TIMEOUT_MS = 30_000
+# A PostgreSQL advisory-lock key that serialises concurrent `upgrade()` calls.
+_UPGRADE_LOCK_KEY = int.from_bytes(b"syncdMig", "big")
+_UPGRADE_HINT = "run `syncd db upgrade`"
+
+
+def normalize_url(url: str | URL) -> URL:
+    """Parse a database URL; `postgresql://` means psycopg 3. Refuses other backends."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise StateError("database.url is not a valid database URL") from exc
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return parsed
+    if backend == "postgresql":
+        driver = parsed.get_driver_name()
+        if parsed.drivername == "postgresql":
+            return parsed.set(drivername="postgresql+psycopg")
+        if driver != "psycopg":
+            raise StateError(f"database.url: driver {driver} is not supported, use psycopg")
+        return parsed
+    raise StateError(f"database.url: backend {backend} is not supported (sqlite or postgresql)")
+
+
+def make_engine(url: str | URL, *, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS) -> Engine:
+    """An engine for the state database, set up for durability (see the module docstring).
+
+    Statement parameters are hidden from SQLAlchemy's error messages and logs, since they
+    can hold patient data.
+    """
+    parsed = normalize_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return _sqlite_engine(parsed, busy_timeout_ms)
+    return create_engine(
+        parsed,
+        hide_parameters=True,
+        pool_pre_ping=True,
+        connect_args={
+            "options": "-c synchronous_commit=on -c timezone=UTC",
+            "application_name": "voxares-syncd",
+        },
+    )
+
+
+def _sqlite_engine(url: URL, busy_timeout_ms: int) -> Engine:
+    path = sqlite_path(url)
+    if path is not None:
+        _create_private_file(path)
+    engine = create_engine(url, hide_parameters=True)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Take transaction control away from the sqlite3 driver: `_on_begin` emits BEGIN.
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+            cursor.execute("PRAGMA foreign_keys=ON")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        if conn.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def sqlite_path(url: str | URL) -> Path | None:
+    """The file of a SQLite URL, or None for an in-memory database."""
+    parsed = make_url(url)
+    database = parsed.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database)
+
+
+def _create_private_file(path: Path) -> None:
+    """Create the database file mode 0600 (its folder 0700 if missing) before SQLite does.
+
+    SQLite creates the `-wal` and `-shm` files with the permissions of the database file, so
+    they are private too. An existing file readable by others is tightened.
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            os.chmod(path, mode & 0o700)
+            log.warning("state.db_permissions_tightened", old_mode=oct(mode))
+        return
+    os.close(fd)
+    log.info("state.db_created")
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions on `engine` that keep loaded objects usable after commit."""
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+# --- migrations ---------------------------------------------------------------------------
+
+
+def migrations_path() -> Path:
+    """The Alembic script directory: packaged in the wheel, or the checkout's `migrations/`."""
+    package_dir = Path(syncd.__file__).resolve().parent
+    for candidate in (package_dir / "migrations", package_dir.parent / "migrations"):
+        if (candidate / "env.py").is_file():
+            return candidate
+    raise StateError("the Alembic migrations are missing from this installation")
+
+
+def alembic_config(url: str | URL | None = None) -> Config:
+    """An Alembic configuration for our migrations, with no ini file and no logging setup."""
+    config = Config()
+    config.set_main_option("script_location", str(migrations_path()))
+    if url is not None:
+        rendered = normalize_url(url).render_as_string(hide_password=False)
+        config.set_main_option("sqlalchemy.url", rendered.replace("%", "%%"))
+    return config
+
+
+def head_revisions() -> tuple[str, ...]:
+    """The revision(s) the code expects the database to be at."""
+    return tuple(ScriptDirectory.from_config(alembic_config()).get_heads())
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The database's revision, or None when no migration ever ran on it."""
+    try:
+        with engine.connect() as conn:
+            heads = MigrationContext.configure(conn).get_current_heads()
+    except SQLAlchemyError as exc:
+        raise StateError(f"cannot read the state database ({type(exc).__name__})") from exc
+    if len(heads) > 1:
+        raise StateError(f"the state database has several revisions: {','.join(sorted(heads))}")
+    return heads[0] if heads else None
+
+
+def check_migrated(engine: Engine) -> None:
+    """Raise `DatabaseNotMigrated` unless the database is at the code's head revision."""
+    current = current_revision(engine)
+    heads = head_revisions()
+    if current is not None and current in heads:
+        return
+    if current is None:
+        raise DatabaseNotMigrated(f"the state database has no schema: {_UPGRADE_HINT}")
+    script = ScriptDirectory.from_config(alembic_config())
+    known = {rev.revision for rev in script.walk_revisions()}
+    if current not in known:
+        raise DatabaseNotMigrated(
+            f"the state database is at revision {current}, unknown to this version of syncd "
+            "(written by a newer version?)"
+        )
+    raise DatabaseNotMigrated(
+        f"the state database is at revision {current}, the code needs {','.join(heads)}: "
+        f"{_UPGRADE_HINT}"
+    )
+
+
+def upgrade(target: str | URL | Engine, revision: str = "head") -> None:
+    """Migrate the database to `revision` (default: the newest). Safe to run twice at once."""
+    _run_migration(target, lambda config: command.upgrade(config, revision))
+    log.info("state.db_upgraded", revision=revision)
+
+
+def downgrade(target: str | URL | Engine, revision: str) -> None:
+    """Migrate the database back to `revision` (`base` drops every table)."""
+    _run_migration(target, lambda config: command.downgrade(config, revision))
+    log.info("state.db_downgraded", revision=revision)
+
+
+def _run_migration(target: str | URL | Engine, step: Callable[[Config], None]) -> None:
+    with _engine_for(target) as engine:
+        config = alembic_config()
+        try:
+            # One transaction around the whole step: Alembic sees an external transaction
+            # and runs inside it; on PostgreSQL an advisory lock makes a second concurrent
+            # upgrade wait and then find nothing to do.
+            with engine.begin() as conn:
+                if conn.dialect.name == "postgresql":
+                    conn.execute(
+                        text("SELECT pg_advisory_xact_lock(:key)"), {"key": _UPGRADE_LOCK_KEY}
+                    )
+                config.attributes["connection"] = conn
+                step(config)
+        except SQLAlchemyError as exc:
+            raise StateError(f"migration failed ({type(exc).__name__})") from exc
+        except CommandError as exc:
+            raise StateError(f"migration failed: {exc}") from exc
+
+
+@contextlib.contextmanager
+def _engine_for(target: str | URL | Engine) -> Iterator[Engine]:
+    if isinstance(target, Engine):
+        yield target
+        return
+    engine = make_engine(target)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
