@@ -1,0 +1,1 @@
+"""Pure conversions of outbox event payloads into standard formats (FHIR, ...)."""
