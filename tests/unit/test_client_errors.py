@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import MutableMapping
 from typing import Any
 
 import httpx
@@ -223,7 +224,7 @@ async def test_whole_attempt_deadline_holds_for_a_hanging_transport() -> None:
     assert info.value.reached_server is True
 
 
-def retry_events(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def retry_events(logs: list[MutableMapping[str, Any]]) -> list[MutableMapping[str, Any]]:
     """The client's retry decisions among captured log entries."""
     return [e for e in logs if e["event"] == "voxares.retry_scheduled"]
 

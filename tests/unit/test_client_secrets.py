@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import httpx
@@ -88,7 +88,7 @@ def answer_with(make: Callable[[], Step]) -> Callable[[httpx.Request], httpx.Res
     return step
 
 
-async def provoke_every_failure() -> tuple[list[BaseException], list[dict[str, Any]]]:
+async def provoke_every_failure() -> tuple[list[BaseException], list[MutableMapping[str, Any]]]:
     """Run every call against every failure; return the errors raised and the logs."""
     caught: list[BaseException] = []
     with capture_logs() as logs:
