@@ -162,6 +162,9 @@ def configure_logging(
             *_shared_processors(),
             structlog.stdlib.PositionalArgumentsFormatter(),
             structlog.processors.StackInfoRenderer(),
+            # Redact before the event leaves structlog, so no other handler sees it raw;
+            # the formatter redacts again (exception text, stdlib records).
+            redact_patient_data,
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],
         logger_factory=structlog.stdlib.LoggerFactory(),
