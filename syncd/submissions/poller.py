@@ -1,0 +1,318 @@
+"""The form-submission poller: every submission version into the outbox, once.
+
+One run reads the server's clock (the `Date` header of a cheap list call), then polls
+windows `[watermark - overlap, server_now - settle]` (see `window.py`) until caught up:
+
+1. save the window in `poller_state` BEFORE fetching it; a crashed run's window is resumed
+   as saved, so no time range is skipped whatever the clock says by then;
+2. list it until a paging pass is provably complete (re-list, split, see `WindowPaging`);
+3. fetch the details, a bounded number at a time; a detail older than its listed version
+   (a lagging read) is fetched again a few times and otherwise fails the window;
+4. emit one outbox event per version not yet recorded, each in the transaction of its
+   `submission_versions` row (one transaction per batch of details);
+5. only when every item of the window is done, move the watermark to the window's end and
+   clear the saved window, in one transaction.
+
+A failure anywhere leaves the watermark where it was: the next run repeats the window, and
+the version records make the repeat emit nothing twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from typing import Final
+
+import stamina
+import structlog
+from sqlalchemy import Engine
+
+from syncd import metrics, testing_hooks
+from syncd.exceptions import StaleSubmission, VoxaresMalformedResponse, WindowUnstable
+from syncd.submissions.store import PollerStore, Recorded
+from syncd.submissions.window import (
+    Listed,
+    PagingPolicy,
+    Verdict,
+    Window,
+    WindowPaging,
+    next_window,
+)
+from syncd.voxares import contract
+from syncd.voxares.client import VoxaresClient
+from syncd.voxares.models import SubmissionDetail, SubmissionFilters
+
+log = structlog.get_logger(__name__)
+
+# Crash points (`syncd.testing_hooks`), in the order a window reaches them.
+STEP_WINDOW_SAVED: Final = "poller.window_saved"
+STEP_AFTER_PAGE: Final = "poller.after_page"
+STEP_AFTER_DETAIL: Final = "poller.after_detail"
+STEP_AFTER_OUTBOX_INSERT: Final = "poller.after_outbox_insert"
+STEP_BEFORE_WATERMARK: Final = "poller.before_watermark"
+STEP_AFTER_WATERMARK: Final = "poller.after_watermark"
+
+
+@dataclass(slots=True)
+class PollCounts:
+    """What one run did, for the job run record and the logs."""
+
+    windows: int = 0
+    pages: int = 0
+    listed: int = 0
+    details: int = 0
+    emitted: int = 0
+    duplicates_skipped: int = 0
+    stale_details: int = 0
+    relists: int = 0
+    splits: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        """The counters as a plain mapping."""
+        return asdict(self)
+
+
+class _StillStale(Exception):
+    """Internal: the detail read is older than the listed version (retried by stamina)."""
+
+
+def _as_timedelta(value: float | timedelta) -> timedelta:
+    return value if isinstance(value, timedelta) else timedelta(seconds=value)
+
+
+class SubmissionPoller:
+    """Polls `GET /form-submissions` into `form_submission.updated` outbox events.
+
+    `overlap` and `settle` are durations (seconds or timedelta) on the server's clock;
+    `start_from` is where a stream without a watermark begins; `provider` is this
+    daemon's provider name, preferred when resolving a patient's EHR id through the mirror.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        client: VoxaresClient,
+        *,
+        overlap: float | timedelta,
+        settle: float | timedelta,
+        page_size: int,
+        max_window_seconds: float,
+        max_window_items: int,
+        detail_concurrency: int,
+        start_from: datetime,
+        provider: str,
+        stream: str = "form_submissions",
+        max_relists: int = 2,
+        max_unsplittable_passes: int = 25,
+        stale_attempts: int = 4,
+        stale_wait: float = 0.25,
+    ) -> None:
+        if start_from.tzinfo is None:
+            raise ValueError("start_from must be timezone-aware")
+        if not 1 <= page_size <= contract.MAX_PAGE_SIZE:
+            raise ValueError(f"page_size must be between 1 and {contract.MAX_PAGE_SIZE}")
+        if detail_concurrency < 1 or stale_attempts < 1:
+            raise ValueError("detail_concurrency and stale_attempts must be positive")
+        self._client = client
+        self._store = PollerStore(engine, stream, provider=provider)
+        self._overlap = _as_timedelta(overlap)
+        self._settle = _as_timedelta(settle)
+        self._max_window = timedelta(seconds=max_window_seconds)
+        if self._max_window <= self._overlap:
+            raise ValueError("max_window_seconds must exceed overlap")
+        self._start_from = start_from
+        self._page_size = page_size
+        self._policy = PagingPolicy(
+            page_size=page_size,
+            max_window_items=max_window_items,
+            max_relists=max_relists,
+            max_unsplittable_passes=max_unsplittable_passes,
+        )
+        self._detail_slots = asyncio.Semaphore(detail_concurrency)
+        self._stale_attempts = stale_attempts
+        self._stale_wait = stale_wait
+        self.stream = stream
+
+    async def run(self, run_id: int | None) -> PollCounts:
+        """Poll windows until caught up with the server's clock; return what was done.
+
+        Raises `PollWindowFailed` (stale detail, unstable window), `VoxaresError` or
+        `StateError` with the watermark unmoved; the next run resumes the same window.
+        """
+        counts = PollCounts()
+        state = await asyncio.to_thread(self._store.load)
+        window = state.window
+        resumed = window is not None
+        server_now: datetime | None = None
+        if window is None:
+            server_now = await self._server_now()
+            window = self._next(state.watermark, server_now)
+        watermark = state.watermark
+        while window is not None:
+            if resumed:
+                log.info(
+                    "poller.window_resumed",
+                    stream=self.stream,
+                    run_id=run_id,
+                    window_start=contract.format_timestamp(window.start),
+                    window_end=contract.format_timestamp(window.end),
+                )
+            else:
+                await asyncio.to_thread(self._store.save_window, window)
+                testing_hooks.step(STEP_WINDOW_SAVED)
+            await self._poll_window(window, counts, run_id)
+            testing_hooks.step(STEP_BEFORE_WATERMARK)
+            await asyncio.to_thread(self._store.finish_window, window)
+            testing_hooks.step(STEP_AFTER_WATERMARK)
+            counts.windows += 1
+            watermark = window.end
+            log.info(
+                "poller.window_done",
+                stream=self.stream,
+                run_id=run_id,
+                window_start=contract.format_timestamp(window.start),
+                window_end=contract.format_timestamp(window.end),
+            )
+            if server_now is None:
+                server_now = await self._server_now()
+            window, resumed = self._next(watermark, server_now), False
+        if watermark is not None and server_now is not None:
+            lag = (server_now - watermark).total_seconds()
+            metrics.WATERMARK_LAG.labels(stream=self.stream).set(max(0.0, lag))
+        log.info("poller.run_done", stream=self.stream, run_id=run_id, **counts.as_dict())
+        return counts
+
+    def _next(self, watermark: datetime | None, server_now: datetime) -> Window | None:
+        return next_window(
+            watermark=watermark,
+            start_from=self._start_from,
+            server_now=server_now,
+            overlap=self._overlap,
+            settle=self._settle,
+            max_window=self._max_window,
+        )
+
+    async def _server_now(self) -> datetime:
+        """The server's clock, from the `Date` header of a one-item list call."""
+        page = await self._client.list_form_submissions(None, page=0, page_size=1)
+        if page.server_date is None:
+            raise VoxaresMalformedResponse(
+                "The answer has no usable Date header; the poller needs the server's clock.",
+                method="GET",
+                path=contract.FORM_SUBMISSIONS,
+            )
+        return page.server_date
+
+    async def _poll_window(self, window: Window, counts: PollCounts, run_id: int | None) -> None:
+        """List and emit a window, splitting it (earlier half first) as the listing demands."""
+        pending = [window]
+        while pending:
+            part = pending.pop()
+            listed = await self._list(part, counts)
+            if listed is None:
+                first, second = part.halves()
+                pending += [second, first]
+                counts.splits += 1
+                log.info("poller.window_split", stream=self.stream, width_ms=part.width_ms)
+                continue
+            counts.listed += len(listed)
+            in_order = sorted(listed.values(), key=lambda i: (i.updated_at, i.submission_id))
+            await self._emit(in_order, counts, run_id)
+
+    async def _list(self, window: Window, counts: PollCounts) -> Mapping[str, Listed] | None:
+        """The window's complete listing, or None when it must be split."""
+        paging = WindowPaging(window, self._policy)
+        filters = SubmissionFilters(updated_from=window.start, updated_to=window.end)
+        while True:
+            page = await self._client.list_form_submissions(
+                filters, page=paging.next_page, page_size=self._page_size
+            )
+            counts.pages += 1
+            testing_hooks.step(STEP_AFTER_PAGE)
+            verdict = paging.record(
+                page.count, [Listed(item.id, item.updated_at) for item in page.data]
+            )
+            if verdict is Verdict.ACCEPT:
+                return paging.listed
+            if verdict is Verdict.SPLIT:
+                return None
+            if verdict is Verdict.RELIST:
+                counts.relists += 1
+                log.info(
+                    "poller.window_relisted",
+                    stream=self.stream,
+                    width_ms=window.width_ms,
+                    passes=paging.passes,
+                    count=page.count,
+                )
+            elif verdict is Verdict.GIVE_UP:
+                raise WindowUnstable(
+                    f"stream={self.stream} window of {window.width_ms} ms did not list "
+                    f"completely in {paging.passes} passes"
+                )
+
+    async def _emit(self, items: Sequence[Listed], counts: PollCounts, run_id: int | None) -> None:
+        """Fetch details a page-size batch at a time and record each batch in one commit."""
+        for offset in range(0, len(items), self._page_size):
+            batch = items[offset : offset + self._page_size]
+            results = await asyncio.gather(
+                *(self._detail(item, counts) for item in batch), return_exceptions=True
+            )
+            details = [r for r in results if isinstance(r, SubmissionDetail)]
+            # Record what was fetched even when some failed: the work is kept, and the
+            # failed ones fail the window below (the watermark stays for the next run).
+            if details:
+                recorded: Recorded = await asyncio.to_thread(self._store.record, details, run_id)
+                counts.emitted += recorded.emitted
+                counts.duplicates_skipped += recorded.duplicates
+                testing_hooks.step(STEP_AFTER_OUTBOX_INSERT)
+                log.info(
+                    "poller.batch_recorded",
+                    stream=self.stream,
+                    details=len(details),
+                    emitted=recorded.emitted,
+                    duplicates=recorded.duplicates,
+                    first_seq=min(recorded.event_seqs, default=None),
+                    last_seq=max(recorded.event_seqs, default=None),
+                )
+            failures = [r for r in results if isinstance(r, BaseException)]
+            if failures:
+                raise failures[0]
+
+    async def _detail(self, item: Listed, counts: PollCounts) -> SubmissionDetail:
+        """The detail of a listed item, at least as new as listed (or StaleSubmission)."""
+        detail: SubmissionDetail | None = None
+        try:
+            async for attempt in stamina.retry_context(
+                on=_StillStale,
+                attempts=self._stale_attempts,
+                timeout=None,
+                wait_initial=self._stale_wait,
+                wait_max=max(self._stale_wait, 2.0),
+                wait_jitter=0,
+            ):
+                with attempt:
+                    async with self._detail_slots:
+                        detail = await self._client.get_form_submission(item.submission_id)
+                    counts.details += 1
+                    testing_hooks.step(STEP_AFTER_DETAIL)
+                    # Newer than listed is fine: that version is emitted (and its own
+                    # listing later is a duplicate). Older means a lagging read.
+                    if detail.updated_at < item.updated_at:
+                        counts.stale_details += 1
+                        log.warning(
+                            "poller.detail_stale",
+                            stream=self.stream,
+                            submission_id=item.submission_id,
+                            attempt=attempt.num,
+                        )
+                        raise _StillStale
+        except _StillStale:
+            raise StaleSubmission(
+                f"stream={self.stream} submission={item.submission_id} stayed older than "
+                f"listed after {self._stale_attempts} reads"
+            ) from None
+        assert detail is not None
+        return detail
