@@ -320,7 +320,7 @@ _JSON = st.recursive(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(answers=st.dictionaries(st.text(), _JSON, max_size=6))
 def test_any_json_answers_give_a_valid_resource(answers: dict[str, Any]) -> None:
     """Whatever JSON a form sends (odd keys, whitespace, huge numbers, data URLs), it validates."""
