@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from syncd.sandbox.clock import ManualClock
 from syncd.sandbox.errors import ApiError
 from syncd.sandbox.records import ApiKey
 from syncd.sandbox.state import (
@@ -17,30 +18,17 @@ from syncd.sandbox.state import (
 )
 from syncd.voxares.contract import parse_timestamp
 
-START = datetime(2025, 5, 20, 9, 15, tzinfo=UTC)
-
-
-class FakeClock:
-    """A clock that only moves when told to."""
-
-    def __init__(self, start: datetime = START) -> None:
-        self.now = start
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
+START = datetime(2025, 5, 20, 9, 15, tzinfo=UTC)  # ManualClock's default start
 
 
 @pytest.fixture
-def clock() -> FakeClock:
+def clock() -> ManualClock:
     """A manual clock at 2025-05-20T09:15:00Z."""
-    return FakeClock()
+    return ManualClock()
 
 
 @pytest.fixture
-def sandbox(clock: FakeClock) -> Sandbox:
+def sandbox(clock: ManualClock) -> Sandbox:
     """A fresh sandbox on the manual clock."""
     return Sandbox(seed=1, clock=clock)
 
@@ -83,7 +71,7 @@ def test_same_seed_gives_same_ids() -> None:
 
 
 def test_upsert_creates_then_updates_by_provider_and_provider_id(
-    sandbox: Sandbox, key: ApiKey, clock: FakeClock
+    sandbox: Sandbox, key: ApiKey, clock: ManualClock
 ) -> None:
     """The first POST creates, the second with the same external id updates the same patient."""
     created, patient = sandbox.upsert_patient(key, _patient(mobileNumber="+385991234567"))
@@ -155,7 +143,9 @@ def test_list_cache_sees_changes(sandbox: Sandbox, key: ApiKey) -> None:
     assert sandbox.list_patients(key, {"searchTerm": "ana"})["count"] == 1
 
 
-def test_message_status_follows_the_clock(sandbox: Sandbox, key: ApiKey, clock: FakeClock) -> None:
+def test_message_status_follows_the_clock(
+    sandbox: Sandbox, key: ApiKey, clock: ManualClock
+) -> None:
     """Pending at first, Sent after 1 s (sentOn set), Delivered after 3 s."""
     message = sandbox.send_message(key, _patient(mobileNumber="+385991234567", content="Hi"))
     assert message.to_api(sandbox.now())["status"] == "Pending"
@@ -168,7 +158,7 @@ def test_message_status_follows_the_clock(sandbox: Sandbox, key: ApiKey, clock: 
     assert message.to_api(sandbox.now())["status"] == "Delivered"
 
 
-def test_failing_messages_end_failed(clock: FakeClock) -> None:
+def test_failing_messages_end_failed(clock: ManualClock) -> None:
     """With a failure rate of 1 every message ends Failed."""
     sandbox = Sandbox(clock=clock, message_timing=MessageTiming(0.5, 1.0, failure_rate=1.0))
     key = sandbox.authenticate(DEMO_API_KEY)
@@ -293,7 +283,7 @@ def test_tick_is_deterministic_and_moves_submissions_along() -> None:
     """Two sandboxes with one seed tick through identical histories."""
     histories = []
     for _ in range(2):
-        sandbox = Sandbox(seed=3, clock=FakeClock())
+        sandbox = Sandbox(seed=3, clock=ManualClock())
         sandbox.seed_patients(sandbox.demo_practice_id, 10)
         assert sandbox.tick(200) == 200
         histories.append(sandbox.submission_versions())
