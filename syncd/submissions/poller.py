@@ -130,6 +130,7 @@ class SubmissionPoller:
             max_relists=max_relists,
             max_unsplittable_passes=max_unsplittable_passes,
         )
+        self._detail_concurrency = detail_concurrency
         self._detail_slots = asyncio.Semaphore(detail_concurrency)
         self._stale_attempts = stale_attempts
         self._stale_wait = stale_wait
@@ -142,6 +143,8 @@ class SubmissionPoller:
         `StateError` with the watermark unmoved; the next run resumes the same window.
         """
         counts = PollCounts()
+        # A semaphore belongs to the event loop that first waits on it: one per run.
+        self._detail_slots = asyncio.Semaphore(self._detail_concurrency)
         state = await asyncio.to_thread(self._store.load)
         window = state.window
         resumed = window is not None

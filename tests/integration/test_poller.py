@@ -7,6 +7,7 @@ was emitted twice.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -420,6 +421,42 @@ async def test_detail_newer_than_listed_is_emitted_as_read(world: World) -> None
         assert newest[submission_id] == format_timestamp(current)
     await world.catch_up()
     assert_latest_versions_emitted_once(world)
+
+
+class InFlight(httpx.AsyncBaseTransport):
+    """Wraps the sandbox transport to measure how many detail reads run at once."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.inner = inner
+        self.now = 0
+        self.peak = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if "/form-submissions/" not in request.url.path:
+            return await self.inner.handle_async_request(request)
+        self.now += 1
+        self.peak = max(self.peak, self.now)
+        try:
+            await asyncio.sleep(0.002)
+            return await self.inner.handle_async_request(request)
+        finally:
+            self.now -= 1
+
+
+async def test_detail_reads_are_concurrent_but_bounded(world: World) -> None:
+    """Details are fetched in parallel, never more than detail_concurrency at once."""
+    world.activity(20)
+    meter = InFlight(httpx.ASGITransport(app=world.app))
+    world.client = VoxaresClient(
+        base_url="http://sandbox" + API_PREFIX,
+        api_key=DEMO_API_KEY,
+        transport=meter,
+        limits=ClientLimits(requests_per_second=None, max_concurrency=16),
+        retry=RetryPolicy.no_wait(),
+    )
+    counts = await world.poller(detail_concurrency=3).run(None)
+    assert counts.details > 3
+    assert meter.peak == 3
 
 
 # --- logs and PostgreSQL -----------------------------------------------------------------
