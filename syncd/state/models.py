@@ -167,8 +167,9 @@ class OutboxEvent(Base):
     # Stable public id (the Standard Webhooks `webhook-id`), a UUID string.
     event_id: Mapped[str] = mapped_column(String(64), unique=True)
     event_type: Mapped[str] = mapped_column(String(64), index=True)
-    # Ordering key for per-patient order (the EHR providerId or the Voxares patient id).
-    ordering_key: Mapped[str | None] = mapped_column(String(256))
+    # Ordering key for per-patient order (the EHR providerId or the Voxares patient id);
+    # indexed for the delivery claim's "no earlier undelivered event of this key" check.
+    ordering_key: Mapped[str | None] = mapped_column(String(256), index=True)
     payload: Mapped[str] = mapped_column(Text)  # JSON
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
 
@@ -182,7 +183,11 @@ class SubmissionVersion(Base):
     # The API's updatedAt exactly as received (ISO text), part of the version identity.
     updated_at: Mapped[str] = mapped_column(String(40), primary_key=True)
     content_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
-    event_seq: Mapped[int] = mapped_column(BigInteger, ForeignKey("outbox_events.seq"))
+    # The event this version became; NULL once retention pruned the event. The row stays:
+    # it is what keeps the same version from being emitted again.
+    event_seq: Mapped[int | None] = mapped_column(
+        BigInteger, ForeignKey("outbox_events.seq", ondelete="SET NULL")
+    )
     recorded_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
