@@ -1,0 +1,98 @@
+"""The sandbox served by uvicorn in a subprocess, over real TCP on a loopback port."""
+
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from syncd.sandbox.faults import FaultConfig, FaultRule
+from syncd.sandbox.server import ServedSandbox
+from syncd.sandbox.state import DEMO_API_KEY
+
+AUTH = {"Authorization": f"Bearer {DEMO_API_KEY}"}
+PATIENT = {
+    "providerId": "E-1",
+    "firstName": "Ana",
+    "lastName": "Horvat",
+    "mobileNumber": "+385991234567",
+}
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[ServedSandbox]:
+    """One served sandbox for the module (starting a process costs about a second)."""
+    with ServedSandbox(seed=3) as sandbox:
+        yield sandbox
+
+
+@pytest.fixture
+def fresh(served: ServedSandbox) -> ServedSandbox:
+    """The served sandbox, reset to its seed data with faults off."""
+    served.admin.reset()
+    return served
+
+
+def test_serves_the_contract_over_tcp(fresh: ServedSandbox) -> None:
+    """Upsert, read back and list over a real socket, with the Date header set."""
+    assert fresh.base_url.endswith("/api/v1/integration")
+    assert fresh.base_url.startswith("http://127.0.0.1:")
+    with httpx.Client(base_url=fresh.base_url, headers=AUTH, timeout=5) as api:
+        created = api.post("/patients", json=PATIENT)
+        assert created.status_code == 201
+        assert "date" in created.headers
+        assert "server" not in created.headers
+        assert api.get("/patients/syncd-demo/E-1").json()["id"] == created.json()["id"]
+        assert api.get("/openapi.json").json()["openapi"].startswith("3.")
+    assert fresh.admin.stats()["requests"]["POST /patients 201"] == 1
+
+
+def test_dropped_connection_over_tcp_is_a_transport_error(fresh: ServedSandbox) -> None:
+    """A drop after processing closes the socket mid-answer; the SMS was still accepted."""
+    rule = FaultRule(method="POST", path_prefix="/messages/send", drop_rate=1.0, drop_phase="after")
+    fresh.admin.set_faults(FaultConfig(rules=[rule]))
+    with httpx.Client(base_url=fresh.base_url, headers=AUTH, timeout=5) as api:
+        with pytest.raises(httpx.RemoteProtocolError):
+            api.post("/messages/send", json={**PATIENT, "content": "Hi"})
+        assert api.get("/patients/syncd-demo/E-1").status_code == 200
+    stats = fresh.admin.stats()
+    assert stats["sendsAccepted"] == 1
+    assert stats["requests"]["POST /messages/send dropped"] == 1
+
+
+def test_hang_after_processing_times_the_client_out(fresh: ServedSandbox) -> None:
+    """A hang after processing: the client's read timeout fires, the upsert happened."""
+    fresh.admin.set_faults(FaultConfig(hang_rate=1.0, hang_seconds=3, hang_phase="after"))
+    with (
+        httpx.Client(base_url=fresh.base_url, headers=AUTH, timeout=0.3) as api,
+        pytest.raises(httpx.ReadTimeout),
+    ):
+        api.post("/patients", json=PATIENT)
+    assert fresh.admin.stats()["patients"] == 1
+
+
+def test_admin_helper_seeds_and_ticks(fresh: ServedSandbox) -> None:
+    """The admin client seeds data, runs the simulator and reads versions."""
+    fresh.admin.seed_patients(10)
+    ids = fresh.admin.seed_submissions(5)
+    fresh.admin.transition(ids[0], "Completed")
+    assert fresh.admin.tick(20) == 20
+    versions = fresh.admin.submission_versions()
+    assert {"Pending", "Completed"} <= {v["status"] for v in versions}
+    assert fresh.admin.faults() == FaultConfig()
+
+
+def test_state_survives_a_restart_with_a_persist_path(tmp_path: Path) -> None:
+    """With persist_path, a patient created before a restart is there after it."""
+    path = tmp_path / "sandbox.db"
+    with ServedSandbox(persist_path=path) as sandbox:
+        with httpx.Client(base_url=sandbox.base_url, headers=AUTH, timeout=5) as api:
+            patient_id = api.post("/patients", json=PATIENT).json()["id"]
+        port = sandbox.port
+        # SIGTERM: uvicorn shuts down gracefully (snapshot), then re-raises the signal.
+        assert sandbox.stop() in (0, -signal.SIGTERM)
+        sandbox.start()
+        assert sandbox.port == port
+        with httpx.Client(base_url=sandbox.base_url, headers=AUTH, timeout=5) as api:
+            assert api.get("/patients/syncd-demo/E-1").json()["id"] == patient_id
