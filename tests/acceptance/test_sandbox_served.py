@@ -1,6 +1,7 @@
 """The sandbox served by uvicorn in a subprocess, over real TCP on a loopback port."""
 
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -81,6 +82,29 @@ def test_admin_helper_seeds_and_ticks(fresh: ServedSandbox) -> None:
     versions = fresh.admin.submission_versions()
     assert {"Pending", "Completed"} <= {v["status"] for v in versions}
     assert fresh.admin.faults() == FaultConfig()
+
+
+def test_activity_simulator_runs_in_the_background(fresh: ServedSandbox) -> None:
+    """Switched on, the simulator creates and moves submissions without being asked."""
+    fresh.admin.seed_patients(5)
+    fresh.admin.set_activity(True, rate=200)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and fresh.admin.stats()["submissions"] < 20:
+        time.sleep(0.1)
+    fresh.admin.set_activity(False)
+    assert fresh.admin.stats()["submissions"] >= 20
+
+
+def test_faults_given_at_start_apply() -> None:
+    """Faults passed on the command line are active from the first request."""
+    faults = FaultConfig(error_rates={503: 1.0}, retry_after_seconds=2)
+    with (
+        ServedSandbox(faults=faults) as sandbox,
+        httpx.Client(base_url=sandbox.base_url, headers=AUTH, timeout=5) as api,
+    ):
+        response = api.get("/forms")
+        assert (response.status_code, response.headers["retry-after"]) == (503, "2")
+        assert sandbox.admin.faults() == faults
 
 
 def test_state_survives_a_restart_with_a_persist_path(tmp_path: Path) -> None:
