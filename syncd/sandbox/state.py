@@ -380,7 +380,11 @@ class Sandbox:
     # ----------------------------------------------------------------- messages
 
     def send_message(self, key: ApiKey, body: Mapping[str, Any]) -> Message:
-        """`POST /messages/send`: one SMS, inline or from a template; the patient may be created."""
+        """`POST /messages/send`: one SMS, inline or from a template; the patient may be created.
+
+        The patient fields of the body are used only to create a missing patient; an existing
+        patient is not updated by a send (the contract documents them for creation only).
+        """
         clean = validate_body(body, allowed=MESSAGE_SEND_FIELDS, required=("providerId",))
         if ("content" in clean) == ("practiceTemplateId" in clean):
             raise invalid(
