@@ -132,7 +132,7 @@ class CsvSource:
     def _read_file(self, path: str) -> Iterator[SourceRow]:
         """Stream one file's rows (see the class docstring for what `line` means)."""
         try:
-            handle = open(  # noqa: SIM115 - closed by the `with` below, after the header
+            handle = open(  # noqa: SIM115 - `with handle:` below closes it
                 path, encoding=self._encoding, errors="surrogateescape", newline=""
             )
         except OSError as exc:

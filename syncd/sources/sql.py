@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import date, datetime, time
 from decimal import Decimal
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy import Executable, create_engine, text
 from sqlalchemy.engine import URL, Connection, make_url
@@ -25,7 +25,7 @@ from syncd.sources import REQUIRED_SOURCE_FIELDS, SOURCE_FIELDS
 from syncd.sources.base import SourceRow
 
 # Per dialect, the statement that makes the coming transaction read-only.
-_READ_ONLY: dict[str, str] = {
+_READ_ONLY: Final[dict[str, str]] = {
     "postgresql": "SET TRANSACTION READ ONLY",
     "mysql": "SET TRANSACTION READ ONLY",
     "mariadb": "SET TRANSACTION READ ONLY",
