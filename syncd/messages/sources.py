@@ -27,6 +27,7 @@ from typing import Any, Final
 import structlog
 from sqlalchemy import Engine, create_engine, select, text
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.pool import NullPool
 
 from syncd.config import CsvMessageSource, MessageSource, SqlMessageSource
 from syncd.exceptions import MessageRequestError, SourceError, StateError
@@ -40,6 +41,7 @@ from syncd.messages.requests import (
     new_row,
     template_problem,
 )
+from syncd.sources.sql import _READ_ONLY, as_text
 from syncd.state.db import session_factory
 from syncd.state.models import MessageRequest
 
@@ -267,28 +269,45 @@ def read_csv(source: CsvMessageSource) -> Iterator[MessageRow]:
 
 
 def read_sql(source: SqlMessageSource) -> Iterator[MessageRow]:
-    """Stream the rows of a SQL message source (server-side cursor where the driver has one);
-    `line` is the row's ordinal, from 1."""
+    """Stream the rows of a SQL message source (server-side cursor, read-only transaction,
+    always rolled back, as `syncd.sources.sql` does); `line` is the row's ordinal, from 1."""
     try:
-        engine = create_engine(source.url, hide_parameters=True)
+        engine = create_engine(source.url, poolclass=NullPool, hide_parameters=True)
     except (SQLAlchemyError, ImportError) as exc:
         raise SourceError(
             f"message source {source.name}: cannot open the database ({type(exc).__name__})"
         ) from None
     try:
         with engine.connect() as conn:
-            result = conn.execution_options(stream_results=True, yield_per=BATCH_SIZE).execute(
-                text(source.query)
-            )
-            indices = _indices(source, list(result.keys()), "the query's result")
-            for ordinal, values in enumerate(result, start=1):
-                yield _row(ordinal, tuple(values), indices)
-    except (SQLAlchemyError, ImportError) as exc:
+            read_only = _READ_ONLY.get(conn.dialect.name)
+            if read_only is not None:
+                conn.exec_driver_sql(read_only)
+            result = conn.execution_options(yield_per=BATCH_SIZE).execute(text(source.query))
+            try:
+                indices = _indices(source, list(result.keys()), "the query's result")
+                for ordinal, values in enumerate(result, start=1):
+                    yield _sql_row(ordinal, tuple(values), indices)
+            finally:
+                result.close()
+                conn.rollback()
+    except SQLAlchemyError as exc:
         raise SourceError(
             f"message source {source.name}: the query failed ({type(exc).__name__})"
         ) from None
     finally:
         engine.dispose()
+
+
+def _sql_row(line: int, values: Sequence[Any], indices: list[int | None]) -> MessageRow:
+    """A database row: ids as text (numbers and dates as a CSV would hold them)."""
+    try:
+        texts = [None if i is None else as_text(values[i]) for i in indices[:2]]
+    except Exception:  # a binary value that is not UTF-8 (`as_text` refuses it)
+        return MessageRow(line, None, None, None, "holds a binary value that is not text")
+    send_at = None if indices[2] is None else values[indices[2]]
+    if isinstance(send_at, str):
+        send_at = _clean(send_at)
+    return MessageRow(line, texts[0], texts[1], send_at)
 
 
 def read_rows(source: MessageSource) -> Iterator[MessageRow]:
