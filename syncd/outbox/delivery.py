@@ -1,0 +1,374 @@
+"""The delivery job: outbox events to every configured sink, at least once.
+
+One run fans out new events into per-sink deliveries, then delivers each sink's due
+deliveries until none is due or the run's time budget is spent. Sinks are independent:
+each has its own task, its own batches and its own timeout on every `deliver` call, so a
+slow or failing sink never delays another. Within a sink a failing event is rescheduled
+(`syncd.outbox.backoff`) and the events behind it go on: no head-of-line blocking, except
+between the events of one patient when `keep_order_per_patient` asks for exactly that.
+
+Outcomes (see `syncd.sinks.base`): `Delivered` is recorded with an audit entry; `Retry`
+waits `max(Retry-After, backoff)` until `max_attempts` or `max_age`, then the delivery is
+dead; `DeadLetter` is dead at once; `DisableSink` disables the sink (its deliveries stay
+pending until an operator runs `syncd outbox retry --sink NAME`).
+
+At least once, with a stable id: a crash (or a lost lease) between a sink's answer and its
+record means the event goes out again once the lease expires, with the same `event_id`
+(webhook-id, AMQP message-id, NDJSON `id`); receivers deduplicate on it.
+
+Crash points (`syncd.testing_hooks.step`): `delivery.after_claim`,
+`delivery.after_http_before_mark`, `delivery.after_mark`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import socket
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime, timedelta
+
+import structlog
+from sqlalchemy import Engine
+
+from syncd import metrics
+from syncd.outbox import store
+from syncd.outbox.backoff import BackoffPolicy, GiveUp, after_failure
+from syncd.outbox.routing import Route
+from syncd.outbox.store import (
+    Again,
+    ClaimedDelivery,
+    Dead,
+    Decision,
+    Done,
+    Release,
+)
+from syncd.sinks.base import (
+    DeadLetter,
+    Delivered,
+    DeliveryOutcome,
+    DisableSink,
+    EventEnvelope,
+    Retry,
+    Sink,
+)
+from syncd.testing_hooks import step
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_NAME = "deliver_outbox"
+
+
+@dataclass(slots=True)
+class DeliveryCounts:
+    """What one run did (the job-run record's counters)."""
+
+    fanned_out: int = 0
+    claimed: int = 0
+    delivered: int = 0
+    retried: int = 0
+    dead: int = 0
+    released: int = 0  # left pending because their sink was disabled
+    lease_lost: int = 0
+    sinks_disabled: int = 0
+    sinks_skipped: int = 0  # disabled before the run
+
+    def add(self, other: DeliveryCounts) -> None:
+        """Add `other`'s counters to these."""
+        for item in fields(self):
+            setattr(self, item.name, getattr(self, item.name) + getattr(other, item.name))
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def decide(
+    claimed: ClaimedDelivery,
+    outcome: DeliveryOutcome,
+    *,
+    now: datetime,
+    max_attempts: int,
+    max_age: timedelta,
+    policy: BackoffPolicy,
+    rand: Callable[[], float] = random.random,
+) -> Decision:
+    """What to record for one delivery given the sink's outcome (pure)."""
+    attempts = claimed.attempts + 1
+    match outcome:
+        case Delivered():
+            return Done(claimed.seq, claimed.event_id, attempts)
+        case DeadLetter(reason=reason):
+            return Dead(claimed.seq, claimed.event_id, attempts, reason)
+        case DisableSink(reason=reason):
+            return Release(claimed.seq, f"sink disabled: {reason}")
+        case Retry(reason=reason, after_seconds=after):
+            plan = after_failure(
+                attempts=attempts,
+                reason=reason,
+                retry_after=after,
+                queued_at=claimed.queued_at,
+                now=now,
+                max_attempts=max_attempts,
+                max_age=max_age,
+                policy=policy,
+                rand=rand,
+            )
+            if isinstance(plan, GiveUp):
+                return Dead(claimed.seq, claimed.event_id, attempts, plan.reason)
+            return Again(claimed.seq, attempts, plan.at, reason)
+    raise TypeError(f"not a delivery outcome: {type(outcome).__name__}")
+
+
+def envelope_for(route: Route, claimed: ClaimedDelivery) -> EventEnvelope:
+    """The envelope a sink gets; raises ValueError/TypeError when the payload cannot be
+    rendered in the sink's format (field names only in the message, never values)."""
+    payload = json.loads(claimed.payload)
+    if not isinstance(payload, dict):
+        raise TypeError("the stored payload is not a JSON object")
+    return EventEnvelope(
+        event_id=claimed.event_id,
+        event_type=claimed.event_type,
+        created_at=claimed.event_created_at,
+        payload=route.render(claimed.event_type, payload),
+    )
+
+
+class OutboxDeliveryJob:
+    """Fans out and delivers outbox events to every configured sink; see the module doc."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        sinks: Mapping[str, Sink],
+        routes: Mapping[str, Route],
+        *,
+        batch_size: int = 100,
+        max_attempts: int = 12,
+        max_age: timedelta = timedelta(hours=72),
+        lease_seconds: float = 120.0,
+        keep_order_per_patient: bool = False,
+        name: str = DEFAULT_NAME,
+        backoff: BackoffPolicy | None = None,
+        time_budget_seconds: float = 60.0,
+        deliver_timeout_seconds: float | None = None,
+        gap_grace: timedelta = store.DEFAULT_GAP_GRACE,
+        worker_id: str | None = None,
+        clock: Callable[[], datetime] = _utcnow,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        if set(sinks) != set(routes):
+            raise ValueError(
+                "sinks and routes must name the same sinks: "
+                f"{sorted(set(sinks) ^ set(routes))} differ"
+            )
+        if batch_size < 1 or max_attempts < 1 or lease_seconds <= 0:
+            raise ValueError("batch_size, max_attempts and lease_seconds must be positive")
+        timeout = lease_seconds / 2 if deliver_timeout_seconds is None else deliver_timeout_seconds
+        if not 0 < timeout < lease_seconds:
+            # A sink call outliving its lease would let another worker deliver the same
+            # events at the same time.
+            raise ValueError("deliver_timeout_seconds must be positive and below lease_seconds")
+        self.name = name
+        self._engine = engine
+        self._sinks = dict(sinks)
+        self._routes = dict(routes)
+        self._batch_size = batch_size
+        self._max_attempts = max_attempts
+        self._max_age = max_age
+        self._lease = timedelta(seconds=lease_seconds)
+        self._keep_order = keep_order_per_patient
+        self._policy = backoff or BackoffPolicy()
+        self._budget = time_budget_seconds
+        self._deliver_timeout = timeout
+        self._gap_grace = gap_grace
+        self._clock = clock
+        self._rand = rand
+        self.worker_id = worker_id or (
+            f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        )
+
+    def __repr__(self) -> str:
+        return f"OutboxDeliveryJob(name={self.name!r}, sinks={sorted(self._sinks)!r})"
+
+    async def run(self, run_id: int | None = None) -> DeliveryCounts:
+        """Fan out, then deliver every sink's due deliveries concurrently; then refresh the
+        backlog metrics. A sink's failure (e.g. the database) does not stop the others; the
+        first such error is raised once every sink is done."""
+        deadline = time.monotonic() + self._budget
+        counts = DeliveryCounts()
+        for route in self._routes.values():
+            counts.fanned_out += await asyncio.to_thread(
+                store.fan_out, self._engine, route, now=self._clock(), gap_grace=self._gap_grace
+            )
+        states = await asyncio.to_thread(store.sink_states, self._engine)
+        active = []
+        for name in sorted(self._sinks):
+            state = states.get(name)
+            if state is not None and state.disabled_reason is not None:
+                counts.sinks_skipped += 1
+                log.warning("outbox.sink_skipped_disabled", sink=name)
+                continue
+            active.append(name)
+        results = await asyncio.gather(
+            *(self._deliver_sink(name, run_id, deadline) for name in active),
+            return_exceptions=True,
+        )
+        failure: BaseException | None = None
+        for name, result in zip(active, results, strict=True):
+            if isinstance(result, DeliveryCounts):
+                counts.add(result)
+            else:
+                log.error("outbox.sink_failed", sink=name, error=type(result).__name__)
+                failure = failure or result
+        await asyncio.to_thread(self._publish_backlog)
+        if failure is not None:
+            raise failure
+        return counts
+
+    async def _deliver_sink(self, name: str, run_id: int | None, deadline: float) -> DeliveryCounts:
+        """One sink's loop: claim a batch, deliver it, record it; until none is due."""
+        counts = DeliveryCounts()
+        while time.monotonic() < deadline:
+            batch = await asyncio.to_thread(
+                store.claim,
+                self._engine,
+                name,
+                worker=self.worker_id,
+                limit=self._batch_size,
+                lease=self._lease,
+                keep_order_per_patient=self._keep_order,
+                now=self._clock(),
+            )
+            if not batch:
+                break
+            step("delivery.after_claim")
+            counts.claimed += len(batch)
+            decisions, disable_reason = await self._deliver_batch(name, batch)
+            recorded = await asyncio.to_thread(
+                store.record,
+                self._engine,
+                name,
+                worker=self.worker_id,
+                decisions=decisions,
+                disable_reason=disable_reason,
+                actor=self.name,
+                run_id=run_id,
+                now=self._clock(),
+            )
+            step("delivery.after_mark")
+            applied = set(recorded.applied)
+            for decision in decisions:
+                if isinstance(decision, Dead) and decision.seq in applied:
+                    log.warning(
+                        "outbox.dead_lettered",
+                        sink=name,
+                        seq=decision.seq,
+                        event_id=decision.event_id,
+                        reason=decision.reason,
+                    )
+            batch_counts = _count(decisions, recorded)
+            counts.add(batch_counts)
+            metrics.EVENTS_DELIVERED.labels(name).inc(batch_counts.delivered)
+            log.info(
+                "outbox.batch",
+                sink=name,
+                claimed=len(batch),
+                delivered=batch_counts.delivered,
+                retried=batch_counts.retried,
+                dead=batch_counts.dead,
+                lease_lost=len(recorded.lease_lost),
+            )
+            if recorded.lease_lost:
+                # Another worker re-claimed them after our lease expired: it records them.
+                log.warning("outbox.lease_lost", sink=name, seqs=list(recorded.lease_lost))
+            if disable_reason is not None:
+                counts.sinks_disabled += 1
+                log.error("outbox.sink_disabled", sink=name, reason=disable_reason)
+                break
+        return counts
+
+    async def _deliver_batch(
+        self, name: str, batch: Sequence[ClaimedDelivery]
+    ) -> tuple[list[Decision], str | None]:
+        """Render, call the sink once for the batch, and decide each delivery's fate."""
+        route = self._routes[name]
+        decisions: dict[int, Decision] = {}
+        sendable: list[tuple[ClaimedDelivery, EventEnvelope]] = []
+        for claimed in batch:
+            try:
+                sendable.append((claimed, envelope_for(route, claimed)))
+            except (ValueError, TypeError) as exc:
+                reason = f"cannot render as {route.format} ({type(exc).__name__})"
+                decisions[claimed.seq] = Dead(
+                    claimed.seq, claimed.event_id, claimed.attempts + 1, reason
+                )
+        outcomes = await self._call_sink(name, sendable) if sendable else []
+        step("delivery.after_http_before_mark")
+        now = self._clock()
+        disable_reason: str | None = None
+        for (claimed, _), outcome in zip(sendable, outcomes, strict=True):
+            if isinstance(outcome, DisableSink) and disable_reason is None:
+                disable_reason = outcome.reason
+            decisions[claimed.seq] = decide(
+                claimed,
+                outcome,
+                now=now,
+                max_attempts=self._max_attempts,
+                max_age=self._max_age,
+                policy=self._policy,
+                rand=self._rand,
+            )
+        return [decisions[claimed.seq] for claimed in batch], disable_reason
+
+    async def _call_sink(
+        self, name: str, sendable: Sequence[tuple[ClaimedDelivery, EventEnvelope]]
+    ) -> list[DeliveryOutcome]:
+        """The sink's outcomes, bounded by the deliver timeout; a sink that times out,
+        raises or answers the wrong number of outcomes gets the whole batch retried."""
+        sink = self._sinks[name]
+        envelopes = [envelope for _, envelope in sendable]
+        attempts = [claimed.attempts + 1 for claimed, _ in sendable]
+        try:
+            async with asyncio.timeout(self._deliver_timeout):
+                outcomes = await sink.deliver(envelopes, attempts=attempts)
+        except TimeoutError:
+            log.warning("outbox.sink_timed_out", sink=name, seconds=self._deliver_timeout)
+            return [Retry(f"sink timed out after {self._deliver_timeout:g}s")] * len(sendable)
+        except Exception as exc:  # a sink bug must not strand the claimed batch
+            log.error("outbox.sink_raised", sink=name, error=type(exc).__name__)
+            return [Retry(f"sink raised {type(exc).__name__}")] * len(sendable)
+        if len(outcomes) != len(sendable):
+            log.error("outbox.sink_miscounted", sink=name, events=len(sendable))
+            return [Retry("sink answered a wrong number of outcomes")] * len(sendable)
+        return outcomes
+
+    def _publish_backlog(self) -> None:
+        for name, (pending, oldest, dead) in store.backlog(self._engine, now=self._clock()).items():
+            metrics.OUTBOX_BACKLOG.labels(name).set(pending)
+            metrics.OUTBOX_OLDEST_AGE.labels(name).set(oldest)
+            metrics.DEAD_LETTERS.labels(name).set(dead)
+
+
+def _count(decisions: Sequence[Decision], recorded: store.Recorded) -> DeliveryCounts:
+    """Counters for the decisions that applied (a lost lease's decision did not)."""
+    applied = set(recorded.applied)
+    counts = DeliveryCounts(lease_lost=len(recorded.lease_lost))
+    for decision in decisions:
+        if decision.seq not in applied:
+            continue
+        match decision:
+            case Done():
+                counts.delivered += 1
+            case Again():
+                counts.retried += 1
+            case Dead():
+                counts.dead += 1
+            case Release():
+                counts.released += 1
+    return counts
