@@ -16,6 +16,9 @@ At least once, with a stable id: a crash (or a lost lease) between a sink's answ
 record means the event goes out again once the lease expires, with the same `event_id`
 (webhook-id, AMQP message-id, NDJSON `id`); receivers deduplicate on it.
 
+With `retention`, a run also deletes delivered events older than that (`store.prune`), at
+most once per `prune_every`; the backlog metrics are refreshed at the end of every run.
+
 Crash points (`syncd.testing_hooks.step`): `delivery.after_claim`,
 `delivery.after_http_before_mark`, `delivery.after_mark`.
 """
@@ -77,6 +80,7 @@ class DeliveryCounts:
     lease_lost: int = 0
     sinks_disabled: int = 0
     sinks_skipped: int = 0  # disabled before the run
+    pruned: int = 0  # events deleted by retention
 
     def add(self, other: DeliveryCounts) -> None:
         """Add `other`'s counters to these."""
@@ -140,7 +144,16 @@ def envelope_for(route: Route, claimed: ClaimedDelivery) -> EventEnvelope:
 
 
 class OutboxDeliveryJob:
-    """Fans out and delivers outbox events to every configured sink; see the module doc."""
+    """Fans out and delivers outbox events to every configured sink; see the module doc.
+
+    `sinks` and `routes` name the same sinks; the caller owns the sinks (and closes them).
+    `lease_seconds` must outlast a whole sink call: each `deliver` call is cut off after
+    `deliver_timeout_seconds` (default: half the lease) and its batch retried whole, so size
+    the lease for a batch's worst case (for a webhook sink, about
+    `ceil(batch_size / max_concurrency) * (connect_timeout + read_timeout)`, doubled).
+    `time_budget_seconds` bounds one run; `backoff`, `clock` and `rand` are for tuning and
+    tests; `gap_grace` is the fan-out's wait at a seq gap (see `syncd.outbox.store`).
+    """
 
     def __init__(
         self,
@@ -159,6 +172,8 @@ class OutboxDeliveryJob:
         deliver_timeout_seconds: float | None = None,
         gap_grace: timedelta = store.DEFAULT_GAP_GRACE,
         worker_id: str | None = None,
+        retention: timedelta | None = None,
+        prune_every: timedelta = timedelta(hours=1),
         clock: Callable[[], datetime] = _utcnow,
         rand: Callable[[], float] = random.random,
     ) -> None:
@@ -189,6 +204,9 @@ class OutboxDeliveryJob:
         self._gap_grace = gap_grace
         self._clock = clock
         self._rand = rand
+        self._retention = retention
+        self._prune_every = prune_every
+        self._pruned_at: datetime | None = None
         self.worker_id = worker_id or (
             f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         )
@@ -226,6 +244,8 @@ class OutboxDeliveryJob:
             else:
                 log.error("outbox.sink_failed", sink=name, error=type(result).__name__)
                 failure = failure or result
+        if failure is None:
+            counts.pruned = await asyncio.to_thread(self._prune_if_due, run_id)
         await asyncio.to_thread(self._publish_backlog)
         if failure is not None:
             raise failure
@@ -347,6 +367,25 @@ class OutboxDeliveryJob:
             log.error("outbox.sink_miscounted", sink=name, events=len(sendable))
             return [Retry("sink answered a wrong number of outcomes")] * len(sendable)
         return outcomes
+
+    def _prune_if_due(self, run_id: int | None) -> int:
+        """Apply retention at most once per `prune_every` (the first run prunes)."""
+        now = self._clock()
+        if self._retention is None or (
+            self._pruned_at is not None and now - self._pruned_at < self._prune_every
+        ):
+            return 0
+        pruned = store.prune(
+            self._engine,
+            self._retention.total_seconds() / 86_400,
+            actor=self.name,
+            run_id=run_id,
+            now=now,
+        )
+        self._pruned_at = now
+        if pruned:
+            log.info("outbox.pruned", events=pruned)
+        return pruned
 
     def _publish_backlog(self) -> None:
         for name, (pending, oldest, dead) in store.backlog(self._engine, now=self._clock()).items():

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine, text, update
 from sqlalchemy.orm import Session
 from standardwebhooks import Webhook, WebhookVerificationError
 from structlog.testing import capture_logs
@@ -36,6 +36,7 @@ from syncd.sinks.base import DeliveryOutcome, EventEnvelope, Sink
 from syncd.sinks.ndjson import NdjsonFileSink
 from syncd.sinks.webhook import WebhookSink
 from syncd.state.db import make_engine, upgrade
+from syncd.state.models import OutboxEvent
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 PATIENT_NAME = "Ana Horvat"
@@ -597,3 +598,37 @@ async def test_fhir_sink_gets_questionnaire_responses(
     assert record["data"]["resourceType"] == "QuestionnaireResponse"
     rows = delivery_rows(sqlite_engine, "fhir")
     assert (rows[bad].state, rows[bad].last_error) == ("dead", "cannot render as fhir (ValueError)")
+
+
+async def test_retention_prunes_old_delivered_events_once_per_period(
+    sqlite_engine: Engine, receiver: Receiver, sinks: list[Sink]
+) -> None:
+    """With retention, a run deletes delivered events past it, at most once per period."""
+    now = [datetime.now(UTC)]
+
+    def add_old_and_one_new(old: int) -> list[str]:
+        ids = add_events(sqlite_engine, [{} for _ in range(old + 1)])
+        with sqlite_engine.begin() as conn:
+            conn.execute(
+                update(OutboxEvent)
+                .where(OutboxEvent.event_id.in_(ids[:old]))
+                .values(created_at=now[0] - timedelta(days=20))
+            )
+        return ids[:old]
+
+    first = add_old_and_one_new(3)
+    delivery = job(
+        sqlite_engine,
+        {"s": webhook(sinks, "s", receiver.url())},
+        retention=timedelta(days=14),
+        prune_every=timedelta(hours=1),
+        clock=lambda: now[0],
+    )
+    assert (await delivery.run(None)).pruned == 3  # delivered, then pruned in the same run
+    assert store.show_event(sqlite_engine, first[0]) is None
+    second = add_old_and_one_new(2)
+    now[0] += timedelta(minutes=30)
+    assert (await delivery.run(None)).pruned == 0  # pruned less than an hour ago
+    assert store.show_event(sqlite_engine, second[0]) is not None
+    now[0] += timedelta(minutes=31)
+    assert (await delivery.run(None)).pruned == 2
