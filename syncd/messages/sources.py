@@ -41,6 +41,7 @@ from syncd.messages.requests import (
     new_row,
     template_problem,
 )
+from syncd.messages.states import refresh_metrics
 from syncd.sources.sql import _READ_ONLY, as_text
 from syncd.state.db import session_factory
 from syncd.state.models import MessageRequest
@@ -458,6 +459,10 @@ class MessageSourcesJob:
                 continue
             for name in ("rows", "created", "existing", "deferred", "rejected"):
                 totals[name] += getattr(done, name)
+        try:
+            await asyncio.to_thread(refresh_metrics, self._engine)
+        except StateError:
+            log.warning("messages.metrics_refresh_failed")
         if first_error is not None:
             raise first_error
         return totals
