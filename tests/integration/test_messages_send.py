@@ -25,6 +25,7 @@ from syncd.exceptions import Unauthorized
 from syncd.messages import counts_by_state, submit_request
 from syncd.messages.sender import STEP_AFTER_MARK, STEP_AFTER_SEND, STEP_BEFORE_MARK
 from syncd.sandbox.faults import FaultConfig, FaultRule
+from syncd.state.db import make_engine, upgrade
 from syncd.state.models import AuditEntry
 from syncd.voxares.client import VoxaresClient
 from syncd.voxares.contract import API_PREFIX
@@ -331,3 +332,25 @@ async def test_metrics_follow_the_table_after_a_run(world: World) -> None:
         assert metrics.REGISTRY.get_sample_value("syncd_messages", {"state": state}) == count
     assert metrics.REGISTRY.get_sample_value("syncd_messages", {"state": "sent"}) == 1
     assert metrics.REGISTRY.get_sample_value("syncd_messages", {"state": "failed"}) == 1
+
+
+@pytest.mark.postgres
+async def test_crash_recovery_on_postgresql(postgres_url: str) -> None:
+    """On PostgreSQL too: a send interrupted after its mark is `unknown`, never resent."""
+    engine = make_engine(postgres_url)
+    upgrade(engine)
+    engine.dispose()
+    world = make_world(postgres_url)
+    try:
+        add_patient(world.engine, "P-1")
+        submit_request(
+            world.engine, key="k", provider=PROVIDER, provider_id="P-1", content="Hi", origin="api"
+        )
+        with crash_at(STEP_AFTER_SEND), pytest.raises(Crash):
+            await world.sender().run(None)
+        counts = await world.sender().run(None)
+        assert (counts.recovered, counts.sent) == (1, 0)
+        assert request(world.engine, "k").state == "unknown"
+        assert world.sends("P-1", "content:Hi") == 1
+    finally:
+        await world.close()
