@@ -126,7 +126,8 @@ def row_key(row: SourceRow) -> str:
         return provider_id
     if row.origin is None:
         return f"line:{row.line}"
-    return f"line:{row.line}@{os.path.basename(row.origin)}"[:ROW_KEY_MAX]
+    name = _UNSTORABLE.sub("?", os.path.basename(row.origin))
+    return f"line:{row.line}@{name}"[:ROW_KEY_MAX]
 
 
 def duplicate_key(key: str, row: SourceRow) -> str:

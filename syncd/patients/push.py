@@ -1,0 +1,470 @@
+"""The patient push job: stream a source into Voxares, pushing only what changed.
+
+Per batch of `batch_size` rows: one query loads the batch's mirror and quarantine entries,
+`plan.plan_row` decides each row, the `Push` rows are upserted concurrently (the client
+enforces the rate and concurrency limits), and one transaction records the batch.
+
+Threads: everything blocking (reading the source, normalising, the database) runs in one
+worker thread, on one database connection; the event loop only does HTTP. While batch N is
+being pushed, the worker reads and decides batch N+1, and its pushes start as soon as it is
+ready, so the client's concurrency stays full across batch boundaries. At most two batches
+are in flight, which keeps memory flat in the size of the source.
+
+Crash safety: a patient is recorded in the mirror only after Voxares accepted it, in the
+batch's transaction. A crash between the two loses only the record: the next run finds no
+(or an older) mirror row and pushes the row again, which is harmless because
+`POST /patients` is an upsert keyed by (provider, providerId).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import Any, Final, Literal, TypeVar
+
+import structlog
+from sqlalchemy import Engine
+
+from syncd import metrics
+from syncd.exceptions import VoxaresError
+from syncd.hashing import canonical_json
+from syncd.normalize import NormalizePolicy, Rejection, normalize_row
+from syncd.patients import api_errors
+from syncd.patients.plan import (
+    Normalized,
+    Push,
+    Quarantine,
+    Rejected,
+    Unchanged,
+    duplicate_key,
+    plan_duplicate,
+    plan_row,
+    row_key,
+)
+from syncd.patients.store import BatchWrites, PushedRow, PushStore, QuarantineWrite
+from syncd.sources.base import Source, SourceRow
+from syncd.testing_hooks import step
+from syncd.voxares.client import VoxaresClient
+from syncd.voxares.models import PatientUpsert, UpsertResult
+
+log = structlog.get_logger(__name__)
+
+MissingRows = Literal["ignore", "mark_inactive"]
+JOB_NAME: Final = "patients.push"
+# Batches pushed at the same time: one finishing while the next one starts.
+_IN_FLIGHT_BATCHES: Final = 2
+
+# The optional fields of POST /patients (`provider` is set per job, not per row).
+_OPTIONAL_FIELDS: Final = ("mobileNumber", "email", "dateOfBirth")
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class PushCounts:
+    """What one run did. `rows` = created + updated + unchanged + quarantined + duplicates
+    + failed. In a dry run, created/updated/quarantined say what would have happened, and
+    `quarantined_rows` lists (row_key, field, reason) of every quarantined row."""
+
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    quarantined: int = 0
+    duplicates: int = 0
+    failed: int = 0
+    inactivated: int = 0
+    rows: int = 0
+    quarantined_rows: list[tuple[str, str | None, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """A row to push: its key, line and raw hash, what to send, and what the plan decided."""
+
+    key: str
+    line: int
+    row_hash: str
+    push: Push
+    upsert: PatientUpsert
+
+    def __repr__(self) -> str:
+        return f"_Pending(key={self.key!r}, line={self.line!r})"
+
+
+@dataclass(slots=True)
+class _Batch:
+    """One decided batch: its pushes, its already-known writes and its counts so far."""
+
+    rows: int
+    pending: list[_Pending]
+    writes: BatchWrites
+    unchanged: int = 0
+    quarantined: int = 0
+    duplicates: int = 0
+    would_create: int = 0
+    would_update: int = 0
+    tasks: list[asyncio.Task[UpsertResult | api_errors.Outcome]] = field(default_factory=list)
+
+
+class PatientPush:
+    """The push job for one source and one provider name (see the module docstring).
+
+    `missing_rows="mark_inactive"` marks mirror rows that a complete run did not read as
+    inactive (they turn active again when they reappear); "ignore" leaves them alone.
+    """
+
+    name = JOB_NAME
+
+    def __init__(
+        self,
+        engine: Engine,
+        client: VoxaresClient,
+        source: Source,
+        policy: NormalizePolicy,
+        *,
+        provider: str,
+        batch_size: int = 500,
+        missing_rows: MissingRows = "ignore",
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        if missing_rows not in ("ignore", "mark_inactive"):
+            raise ValueError("missing_rows must be 'ignore' or 'mark_inactive'")
+        self._engine = engine
+        self._client = client
+        self._source = source
+        self._policy = policy
+        self._provider = provider
+        self._batch_size = batch_size
+        self._missing_rows = missing_rows
+
+    def __repr__(self) -> str:
+        return f"PatientPush(source={self._source.name!r}, provider={self._provider!r})"
+
+    async def run(
+        self,
+        run_id: int,
+        *,
+        dry_run: bool = False,
+        progress: Callable[[int], None] | None = None,
+    ) -> PushCounts:
+        """Push the source once; `progress` is called with the number of rows done so far.
+
+        Raises `Unauthorized`/`Forbidden` (the key or its scope is wrong), `SourceError` and
+        `StateError`; batches finished before the error stay recorded.
+        """
+        run = _Run(self, run_id, dry_run=dry_run, progress=progress)
+        counts = await run.execute()
+        log.info(
+            "patients.pushed",
+            created=counts.created,
+            updated=counts.updated,
+            unchanged=counts.unchanged,
+            quarantined=counts.quarantined,
+            duplicates=counts.duplicates,
+            failed=counts.failed,
+            inactivated=counts.inactivated,
+            rows=counts.rows,
+            dry_run=dry_run,
+        )
+        return counts
+
+    def _normalise(self, row: SourceRow) -> Normalized | Rejected:
+        """`normalize_row` in the plan's terms."""
+        result = normalize_row(row, self._policy)
+        if isinstance(result, Rejection):
+            return Rejected(result.field, result.reason)
+        return Normalized(result.payload(), result.payload_hash())
+
+    def _upsert_body(self, payload: Mapping[str, Any]) -> PatientUpsert:
+        """The request body for a normalised payload, under this job's provider name.
+
+        Optional fields the payload lacks are set to None explicitly: the contract keeps a
+        stored value when an upsert omits its field (`UPSERT_KEEPS_ABSENT_FIELDS`), so a
+        value removed in the source has to be sent as null to be removed in Voxares.
+        """
+        cleared = {name: None for name in _OPTIONAL_FIELDS if name not in payload}
+        return PatientUpsert.model_validate({**cleared, **payload, "provider": self._provider})
+
+
+class _Run:
+    """The state of one `PatientPush.run`: its worker thread, store and counters."""
+
+    def __init__(
+        self,
+        job: PatientPush,
+        run_id: int,
+        *,
+        dry_run: bool,
+        progress: Callable[[int], None] | None,
+    ) -> None:
+        self.job = job
+        self.run_id = run_id
+        self.dry_run = dry_run
+        self.progress = progress
+        self.counts = PushCounts()
+        self.done_rows = 0
+        self.seq = 0  # run ordinal of the next row read
+        self.store: PushStore | None = None
+        self.rows: Iterator[SourceRow] | None = None
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="patients-push")
+
+    async def in_worker(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn(*args)` in the run's one worker thread."""
+        return await asyncio.get_running_loop().run_in_executor(self.worker, fn, *args)
+
+    async def execute(self) -> PushCounts:
+        in_flight: deque[_Batch] = deque()
+        deciding: asyncio.Future[_Batch | None] | None = None
+        try:
+            await self.in_worker(self.open)
+            deciding = asyncio.ensure_future(self.in_worker(self.decide_next))
+            while True:
+                batch = await deciding
+                deciding = None
+                if batch is None:
+                    break
+                self.start_pushes(batch)
+                in_flight.append(batch)
+                deciding = asyncio.ensure_future(self.in_worker(self.decide_next))
+                if len(in_flight) >= _IN_FLIGHT_BATCHES:
+                    await self.finish(in_flight.popleft(), in_flight)
+            while in_flight:
+                await self.finish(in_flight.popleft(), in_flight)
+            # Only here has the whole source been read with no abort.
+            if not self.dry_run:
+                self.counts.inactivated = await self.in_worker(self.finish_complete)
+            return self.counts
+        finally:
+            await self.shutdown(in_flight, deciding)
+
+    # --- worker thread -------------------------------------------------------------------
+
+    def open(self) -> None:
+        job = self.job
+        self.store = PushStore.open(
+            job._engine, provider=job._provider, source=job._source.name, run_id=self.run_id
+        )
+        self.rows = iter(job._source.rows())
+
+    def decide_next(self) -> _Batch | None:
+        """Read the next batch from the source and decide each row (None at the end)."""
+        assert self.store is not None
+        assert self.rows is not None
+        rows = list(islice(self.rows, self.job._batch_size))
+        if not rows:
+            return None
+        first_seq = self.seq
+        self.seq += len(rows)
+        keys = [row_key(row) for row in rows]
+        firsts: dict[str, tuple[str, int, int]] = {}
+        for offset, (key, row) in enumerate(zip(keys, rows, strict=True)):
+            firsts.setdefault(key, (key, first_seq + offset, row.line))
+        states = self.store.lookup(list(firsts.values()))
+
+        batch = _Batch(rows=len(rows), pending=[], writes=BatchWrites())
+        repeats: list[tuple[str, SourceRow, int]] = []
+        for offset, (key, row) in enumerate(zip(keys, rows, strict=True)):
+            state = states[key]
+            if state.first_seq != first_seq + offset:
+                repeats.append((key, row, state.first_line))
+                continue
+            decision = plan_row(row, state.mirror, state.quarantined, self.job._normalise)
+            if isinstance(decision, Unchanged):
+                batch.unchanged += 1
+                if decision.refresh_row_hash:
+                    batch.writes.refreshed.append((key, row.raw_hash))
+                if decision.clear_quarantine:
+                    batch.writes.cleared.append(key)
+            elif isinstance(decision, Quarantine):
+                batch.quarantined += 1
+                self.quarantine(batch, key, row.line, decision)
+            else:
+                if decision.is_new:
+                    batch.would_create += 1
+                else:
+                    batch.would_update += 1
+                if not self.dry_run:
+                    body = self.job._upsert_body(decision.payload)
+                    batch.pending.append(_Pending(key, row.line, row.raw_hash, decision, body))
+        if repeats:
+            own_keys = [duplicate_key(key, row) for key, row, _ in repeats]
+            known = self.store.quarantine_entries(own_keys)
+            for own_key, (_, row, first_line) in zip(own_keys, repeats, strict=True):
+                decision = plan_duplicate(row, first_line, known.get(own_key))
+                batch.duplicates += 1
+                self.quarantine(batch, own_key, row.line, decision)
+        return batch
+
+    def quarantine(self, batch: _Batch, key: str, line: int, decision: Quarantine) -> None:
+        """Queue a quarantine entry (and log it unless it is already known)."""
+        batch.writes.quarantined.append(
+            QuarantineWrite(key, line, decision.field, decision.reason, decision.row_hash)
+        )
+        if self.dry_run:
+            self.counts.quarantined_rows.append((key, decision.field, decision.reason))
+        if not decision.known:
+            log.warning("patients.quarantined", row_key=key, line=line, field=decision.field)
+
+    def record(self, batch: _Batch, results: list[UpsertResult | api_errors.Outcome]) -> None:
+        """Turn the batch's push results into writes and commit them in one transaction."""
+        assert self.store is not None
+        writes = batch.writes
+        for pending, result in zip(batch.pending, results, strict=True):
+            if isinstance(result, UpsertResult):
+                body = canonical_json(pending.upsert.to_body()).decode("utf-8")
+                writes.pushed.append(
+                    PushedRow(
+                        pending.key,
+                        result.patient.id,
+                        pending.push.payload_hash,
+                        pending.row_hash,
+                        body,
+                        result.created,
+                    )
+                )
+                writes.cleared.append(pending.key)
+            elif isinstance(result, api_errors.RejectedByApi):
+                writes.quarantined.append(
+                    QuarantineWrite(
+                        pending.key, pending.line, result.field, result.reason, pending.row_hash
+                    )
+                )
+        self.store.commit(writes)
+
+    def finish_complete(self) -> int:
+        assert self.store is not None
+        return self.store.finish_complete_run(
+            mark_inactive=self.job._missing_rows == "mark_inactive"
+        )
+
+    def close(self) -> None:
+        if self.rows is not None:
+            close = getattr(self.rows, "close", None)
+            if close is not None:
+                close()
+        if self.store is not None:
+            self.store.close()
+
+    # --- event loop ----------------------------------------------------------------------
+
+    def start_pushes(self, batch: _Batch) -> None:
+        batch.tasks = [asyncio.create_task(self.push_one(p)) for p in batch.pending]
+
+    async def push_one(self, pending: _Pending) -> UpsertResult | api_errors.Outcome:
+        """Upsert one patient. 401/403 raise (the run stops); other errors become outcomes."""
+        try:
+            result = await self.job._client.upsert_patient(pending.upsert)
+        except VoxaresError as exc:
+            outcome = api_errors.classify(exc, pending.push.payload)
+            if isinstance(outcome, api_errors.Abort):
+                raise
+            return outcome
+        step("push.after_http")
+        return result
+
+    async def finish(self, batch: _Batch, others: deque[_Batch]) -> None:
+        """Wait for a batch's pushes, record them, count them.
+
+        On a 401/403 the batch's other pushes and the other batches' are cancelled, what
+        already succeeded is still recorded, and the error is raised.
+        """
+        abort: BaseException | None = None
+        if batch.tasks:
+            await asyncio.wait(batch.tasks, return_when=asyncio.FIRST_EXCEPTION)
+            abort = _first_error(batch.tasks)
+            if abort is not None:
+                for other in (batch, *others):
+                    for task in other.tasks:
+                        task.cancel()
+                await asyncio.wait(batch.tasks)
+        results: list[UpsertResult | api_errors.Outcome] = [
+            _result_or_failed(task) for task in batch.tasks
+        ]
+        if not self.dry_run:
+            await self.in_worker(self.record, batch, results)
+            step("push.after_batch_commit")
+        self.count(batch, results)
+        if abort is not None:
+            raise abort
+
+    def count(self, batch: _Batch, results: list[UpsertResult | api_errors.Outcome]) -> None:
+        counts = self.counts
+        created = updated = rejected = failed = 0
+        if self.dry_run:
+            created, updated = batch.would_create, batch.would_update
+        for pending, result in zip(batch.pending, results, strict=True):
+            if isinstance(result, UpsertResult):
+                if result.created:
+                    created += 1
+                else:
+                    updated += 1
+            elif isinstance(result, api_errors.RejectedByApi):
+                rejected += 1
+                log.warning(
+                    "patients.rejected_by_api",
+                    row_key=pending.key,
+                    line=pending.line,
+                    field=result.field,
+                )
+            else:
+                failed += 1
+                error = result.error if isinstance(result, api_errors.Failed) else "cancelled"
+                log.warning(
+                    "patients.push_failed", row_key=pending.key, line=pending.line, error=error
+                )
+        counts.rows += batch.rows
+        counts.created += created
+        counts.updated += updated
+        counts.unchanged += batch.unchanged
+        counts.quarantined += batch.quarantined + rejected
+        counts.duplicates += batch.duplicates
+        counts.failed += failed
+        if not self.dry_run:
+            metrics.PATIENTS.labels("created").inc(created)
+            metrics.PATIENTS.labels("updated").inc(updated)
+            metrics.PATIENTS.labels("unchanged").inc(batch.unchanged)
+            metrics.PATIENTS.labels("quarantined").inc(batch.quarantined + rejected)
+        self.done_rows += batch.rows
+        if self.progress is not None:
+            self.progress(self.done_rows)
+
+    async def shutdown(
+        self, in_flight: deque[_Batch], deciding: asyncio.Future[_Batch | None] | None
+    ) -> None:
+        """Cancel what is still running, wait for the worker, close the store and source."""
+        tasks = [task for batch in in_flight for task in batch.tasks]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+        if deciding is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait([deciding])
+        try:
+            await self.in_worker(self.close)
+        finally:
+            self.worker.shutdown(wait=False)
+
+
+def _first_error(tasks: list[asyncio.Task[Any]]) -> BaseException | None:
+    """The exception of the first finished task that raised one (not a cancellation)."""
+    for task in tasks:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            return task.exception()
+    return None
+
+
+def _result_or_failed(task: asyncio.Task[UpsertResult | api_errors.Outcome]) -> Any:
+    """A finished push's result; a cancelled or aborted one counts as failed."""
+    if task.cancelled():
+        return api_errors.Failed("cancelled")
+    error = task.exception()
+    if error is not None:
+        return api_errors.Failed(type(error).__name__)
+    return task.result()

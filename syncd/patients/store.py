@@ -1,0 +1,509 @@
+"""The push job's state database work for one run: lookups per batch, one write per batch.
+
+Synchronous SQLAlchemy Core on ONE connection held for the whole run and used from one
+worker thread only. That connection also holds the run's temporary table `push_run_keys`:
+every row key this run has read so far, with the run ordinal and line of its first row.
+It is how a repeated providerId is recognised among 1,000,000 rows while the process's
+memory stays flat (the keys live in the database, not in a Python set), and, at the end
+of a complete run, how the mirror learns which patients the source still has.
+
+Only SQLite and PostgreSQL are supported (their `INSERT ... ON CONFLICT`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+from typing import cast as typing_cast
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    Engine,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    and_,
+    bindparam,
+    cast,
+    delete,
+    exists,
+    func,
+    select,
+    text,
+    true,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
+
+from syncd.exceptions import StateError
+from syncd.patients.plan import MirrorEntry, QuarantineEntry
+from syncd.state.models import AuditEntry, PatientMirror, QuarantinedRow
+
+ACTOR: Final = "patients.push"
+_MIRROR = typing_cast(Table, PatientMirror.__table__)
+_QUARANTINE = typing_cast(Table, QuarantinedRow.__table__)
+_AUDIT = typing_cast(Table, AuditEntry.__table__)
+
+# Per connection (temporary): gone when the connection closes, invisible to other sessions.
+_RUN_KEYS = Table(
+    "push_run_keys",
+    MetaData(),
+    Column("row_key", String(256), primary_key=True),
+    Column("seq", BigInteger, nullable=False),  # ordinal of the first row with this key
+    Column("line", Integer, nullable=False),  # its line, for the duplicate's reason
+    prefixes=["TEMPORARY"],
+)
+
+_ANALYZE_RUN_KEYS = text("ANALYZE push_run_keys")
+
+
+def utcnow() -> datetime:
+    """Now, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyState:
+    """What the database knows about one row key at the start of its batch."""
+
+    first_seq: int
+    first_line: int
+    mirror: MirrorEntry | None
+    quarantined: QuarantineEntry | None
+
+
+@dataclass(frozen=True, slots=True)
+class PushedRow:
+    """A successful upsert, to be recorded in the mirror and the audit log."""
+
+    key: str
+    voxares_patient_id: str
+    payload_hash: str
+    row_hash: str
+    payload_json: str
+    created: bool
+
+    def __repr__(self) -> str:
+        return f"PushedRow(key={self.key!r}, voxares_patient_id={self.voxares_patient_id!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantineWrite:
+    """A quarantine entry to create or refresh (no field values in `reason`)."""
+
+    key: str
+    line: int
+    field: str | None
+    reason: str
+    row_hash: str
+
+
+@dataclass(slots=True)
+class BatchWrites:
+    """Everything one batch changes, written in one transaction by `PushStore.commit`."""
+
+    pushed: list[PushedRow] = field(default_factory=list)
+    # (key, raw row hash): the row normalises to what Voxares holds; only the hash moves.
+    refreshed: list[tuple[str, str]] = field(default_factory=list)
+    # Quarantine keys whose entry no longer applies (pushed or found unchanged).
+    cleared: list[str] = field(default_factory=list)
+    quarantined: list[QuarantineWrite] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.pushed or self.refreshed or self.cleared or self.quarantined)
+
+
+def _lookup_statements(postgres: bool, provider: str, source: str) -> tuple[Any, Any]:
+    """The statements that claim a batch's keys and load their state (see `lookup`).
+
+    Both take the batch as one parameter, not 1,500: an array on PostgreSQL, a JSON array
+    on SQLite (read with `json_each`), which makes a batch several times cheaper.
+    """
+    if postgres:
+        return _postgres_lookup_statements(provider, source)
+    rk, m, q = _RUN_KEYS.c, _MIRROR.c, _QUARANTINE.c
+    claims = func.json_each(bindparam("claims")).table_valued("value").alias("claims")
+    claim = (
+        sqlite.insert(_RUN_KEYS)
+        .from_select(
+            ["row_key", "seq", "line"],
+            # `WHERE true` is SQLite's required disambiguation of INSERT-SELECT-UPSERT.
+            select(
+                func.json_extract(claims.c.value, "$[0]"),
+                func.json_extract(claims.c.value, "$[1]"),
+                func.json_extract(claims.c.value, "$[2]"),
+            ).where(true()),
+        )
+        .on_conflict_do_nothing(index_elements=["row_key"])
+    )
+    keys = func.json_each(bindparam("keys")).table_valued("value").alias("keys")
+    # SQLite's planner probes the unique indexes here whatever the statistics say.
+    lookup = (
+        select(
+            rk.row_key,
+            rk.seq,
+            rk.line,
+            m.payload_hash,
+            m.source_row_hash,
+            q.row_hash,
+            q.field,
+            q.reason,
+        )
+        .select_from(
+            _RUN_KEYS.outerjoin(
+                _MIRROR, and_(m.provider == provider, m.provider_id == rk.row_key)
+            ).outerjoin(_QUARANTINE, and_(q.source == source, q.row_key == rk.row_key))
+        )
+        .where(rk.row_key.in_(select(keys.c.value)))
+    )
+    return claim, lookup
+
+
+def _postgres_lookup_statements(provider: str, source: str) -> tuple[Any, Any]:
+    """PostgreSQL's claim and lookup: keys as arrays, one index probe per key and table.
+
+    Arrays make a batch three parameters instead of 1,500. The LATERAL subqueries pin the
+    plan to unique-index probes: the temporary table is never analysed and a freshly
+    loaded mirror has no statistics yet, and with plain joins the planner then picks hash
+    joins that read the whole mirror for every batch (quadratic in the run's size).
+    """
+    rk, m, q = _RUN_KEYS.c, _MIRROR.c, _QUARANTINE.c
+    keys = cast(bindparam("keys"), postgresql.ARRAY(String))
+    claims = (
+        func.unnest(
+            keys,
+            cast(bindparam("seqs"), postgresql.ARRAY(BigInteger)),
+            cast(bindparam("lines"), postgresql.ARRAY(Integer)),
+        )
+        .table_valued("row_key", "seq", "line")
+        .render_derived(name="claims")
+    )
+    claim = (
+        postgresql.insert(_RUN_KEYS)
+        .from_select(
+            ["row_key", "seq", "line"], select(claims.c.row_key, claims.c.seq, claims.c.line)
+        )
+        .on_conflict_do_nothing(index_elements=["row_key"])
+    )
+    batch = func.unnest(keys).table_valued("row_key").render_derived(name="batch")
+    # Each subquery matches at most one row (unique keys); LIMIT 1 is there to stop the
+    # planner from flattening it into a join, which would bring back the hash joins.
+    first = select(rk.seq, rk.line).where(rk.row_key == batch.c.row_key).limit(1).lateral("first")
+    mirror = (
+        select(m.payload_hash, m.source_row_hash)
+        .where(m.provider == provider, m.provider_id == batch.c.row_key)
+        .limit(1)
+        .lateral("mirror")
+    )
+    quarantined = (
+        select(q.row_hash, q.field, q.reason)
+        .where(q.source == source, q.row_key == batch.c.row_key)
+        .limit(1)
+        .lateral("quarantined")
+    )
+    lookup = select(
+        batch.c.row_key,
+        first.c.seq,
+        first.c.line,
+        mirror.c.payload_hash,
+        mirror.c.source_row_hash,
+        quarantined.c.row_hash,
+        quarantined.c.field,
+        quarantined.c.reason,
+    ).select_from(
+        batch.join(first, true()).outerjoin(mirror, true()).outerjoin(quarantined, true())
+    )
+    return claim, lookup
+
+
+def _insert(conn: Connection, table: Table) -> Any:
+    """The dialect's INSERT construct, the one with `on_conflict_do_*`."""
+    name = conn.dialect.name
+    if name == "postgresql":
+        return postgresql.insert(table)
+    if name == "sqlite":
+        return sqlite.insert(table)
+    raise StateError(f"the patient push supports SQLite and PostgreSQL, not {name}")
+
+
+class PushStore:
+    """One run's reads and writes; open with `PushStore.open`, always `close`."""
+
+    def __init__(
+        self, conn: Connection, *, provider: str, source: str, run_id: int, started: datetime
+    ) -> None:
+        self._conn = conn
+        self.provider = provider
+        self.source = source
+        self.run_id = run_id
+        self.started = started
+        self._postgres = conn.dialect.name == "postgresql"
+        self._claim, self._lookup = _lookup_statements(self._postgres, provider, source)
+
+    @classmethod
+    def open(cls, engine: Engine, *, provider: str, source: str, run_id: int) -> PushStore:
+        """Connect and create the run's key table."""
+        try:
+            conn = engine.connect()
+        except SQLAlchemyError as exc:
+            raise StateError(
+                f"cannot connect to the state database ({type(exc).__name__})"
+            ) from None
+        try:
+            with conn.begin():
+                _RUN_KEYS.create(conn)
+            return cls(conn, provider=provider, source=source, run_id=run_id, started=utcnow())
+        except Exception:
+            conn.invalidate()
+            conn.close()
+            raise
+
+    def close(self) -> None:
+        """Drop the key table and give the connection back.
+
+        A connection in an unknown state (an error mid-transaction) is discarded instead, so
+        that no later user of the pool inherits the temporary table.
+        """
+        try:
+            if self._conn.in_transaction():
+                self._conn.rollback()
+            with self._conn.begin():
+                _RUN_KEYS.drop(self._conn)
+        except SQLAlchemyError:
+            self._conn.invalidate()
+        finally:
+            self._conn.close()
+
+    def now(self) -> datetime:
+        """Now, but never before the run started: "seen in this run" is `>= started`."""
+        return max(utcnow(), self.started)
+
+    def lookup(self, firsts: Sequence[tuple[str, int, int]]) -> dict[str, KeyState]:
+        """Claim the batch's keys for this run and load their state in one query.
+
+        `firsts` holds (key, run ordinal, line) for the first row of each distinct key of
+        the batch. A key claimed by an earlier row of the run keeps that row's ordinal,
+        which is how the caller tells a duplicate.
+        """
+        if not firsts:
+            return {}
+        keys = [key for key, _, _ in firsts]
+        try:
+            with self._conn.begin():
+                if self._postgres:
+                    seqs = [seq for _, seq, _ in firsts]
+                    lines = [line for _, _, line in firsts]
+                    self._conn.execute(self._claim, {"keys": keys, "seqs": seqs, "lines": lines})
+                    result = self._conn.execute(self._lookup, {"keys": keys}).all()
+                else:
+                    self._conn.execute(self._claim, {"claims": json.dumps(firsts)})
+                    result = self._conn.execute(self._lookup, {"keys": json.dumps(keys)}).all()
+        except SQLAlchemyError as exc:
+            raise _state_error("look up a batch", exc) from None
+        states: dict[str, KeyState] = {}
+        for key, seq, line, p_hash, r_hash, q_hash, q_field, q_reason in result:
+            states[key] = KeyState(
+                first_seq=seq,
+                first_line=line,
+                mirror=None if p_hash is None else MirrorEntry(p_hash, r_hash),
+                quarantined=None if q_hash is None else QuarantineEntry(q_hash, q_field, q_reason),
+            )
+        return states
+
+    def quarantine_entries(self, keys: Iterable[str]) -> dict[str, QuarantineEntry]:
+        """The quarantine entries of `keys` (used for duplicates' own keys, which are rare)."""
+        wanted = list(keys)
+        if not wanted:
+            return {}
+        q = _QUARANTINE.c
+        query = select(q.row_key, q.row_hash, q.field, q.reason).where(
+            q.source == self.source, q.row_key.in_(wanted)
+        )
+        try:
+            with self._conn.begin():
+                result = self._conn.execute(query).all()
+        except SQLAlchemyError as exc:
+            raise _state_error("look up quarantine entries", exc) from None
+        return {key: QuarantineEntry(h, f, r) for key, h, f, r in result}
+
+    def commit(self, writes: BatchWrites) -> None:
+        """Write one batch's outcome in one transaction.
+
+        Each pushed patient's mirror row and its audit entry are committed together; a
+        crash before this commit loses only the record, and the next run pushes the row
+        again (POST /patients is an upsert, so that is harmless).
+        """
+        if not writes:
+            return
+        now = self.now()
+        try:
+            with self._conn.begin():
+                self._write_pushed(writes.pushed, now)
+                self._write_refreshed(writes.refreshed)
+                self._write_cleared(writes.cleared)
+                self._write_quarantined(writes.quarantined, now)
+        except SQLAlchemyError as exc:
+            raise _state_error("record a batch", exc) from None
+
+    def _write_pushed(self, pushed: Sequence[PushedRow], now: datetime) -> None:
+        if not pushed:
+            return
+        stmt = _insert(self._conn, _MIRROR)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["provider", "provider_id"],
+            set_={
+                "voxares_patient_id": stmt.excluded.voxares_patient_id,
+                "payload_hash": stmt.excluded.payload_hash,
+                "source_row_hash": stmt.excluded.source_row_hash,
+                "payload": stmt.excluded.payload,
+                "state": "active",
+                "last_pushed_at": stmt.excluded.last_pushed_at,
+                "last_seen_at": stmt.excluded.last_seen_at,
+                "last_seen_run_id": stmt.excluded.last_seen_run_id,
+            },
+        )
+        self._conn.execute(
+            stmt,
+            [
+                {
+                    "provider": self.provider,
+                    "provider_id": row.key,
+                    "voxares_patient_id": row.voxares_patient_id,
+                    "payload_hash": row.payload_hash,
+                    "source_row_hash": row.row_hash,
+                    "payload": row.payload_json,
+                    "state": "active",
+                    "first_pushed_at": now,
+                    "last_pushed_at": now,
+                    "last_seen_at": now,
+                    "last_seen_run_id": self.run_id,
+                }
+                for row in pushed
+            ],
+        )
+        # Same shape as `syncd.state.runs.audit` (object_id = the providerId), written in
+        # bulk on this connection.
+        self._conn.execute(
+            _AUDIT.insert(),
+            [
+                {
+                    "at": now,
+                    "actor": ACTOR,
+                    "run_id": self.run_id,
+                    "action": "patient.pushed",
+                    "object_type": "patient",
+                    "object_id": row.key,
+                    "detail": (
+                        f"voxares_id={row.voxares_patient_id} "
+                        f"{'created' if row.created else 'updated'}"
+                    )[:256],
+                }
+                for row in pushed
+            ],
+        )
+
+    def _write_refreshed(self, refreshed: Sequence[tuple[str, str]]) -> None:
+        if not refreshed:
+            return
+        m = _MIRROR.c
+        stmt = (
+            update(_MIRROR)
+            .where(m.provider == bindparam("p"), m.provider_id == bindparam("k"))
+            .values(source_row_hash=bindparam("h"))
+        )
+        self._conn.execute(stmt, [{"p": self.provider, "k": k, "h": h} for k, h in refreshed])
+
+    def _write_cleared(self, cleared: Sequence[str]) -> None:
+        if not cleared:
+            return
+        q = _QUARANTINE.c
+        self._conn.execute(
+            delete(_QUARANTINE).where(q.source == self.source, q.row_key.in_(list(cleared)))
+        )
+
+    def _write_quarantined(self, entries: Sequence[QuarantineWrite], now: datetime) -> None:
+        if not entries:
+            return
+        stmt = _insert(self._conn, _QUARANTINE)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["source", "row_key"],
+            set_={
+                "line_number": stmt.excluded.line_number,
+                "field": stmt.excluded.field,
+                "reason": stmt.excluded.reason,
+                "row_hash": stmt.excluded.row_hash,
+                "last_seen_at": stmt.excluded.last_seen_at,
+                "seen_count": _QUARANTINE.c.seen_count + 1,
+            },
+        )
+        self._conn.execute(
+            stmt,
+            [
+                {
+                    "source": self.source,
+                    "row_key": e.key,
+                    "line_number": e.line,
+                    "field": e.field,
+                    "reason": e.reason,
+                    "row_hash": e.row_hash,
+                    "first_seen_at": now,
+                    "last_seen_at": now,
+                    "seen_count": 1,
+                }
+                for e in entries
+            ],
+        )
+
+    def finish_complete_run(self, *, mark_inactive: bool) -> int:
+        """After a run that read the whole source: reconcile the mirror, tidy quarantine.
+
+        Mirror rows of this provider that were inactive and whose key the run read are
+        active again; with `mark_inactive`, active ones whose key it did not read become
+        inactive. Reactivated rows get this run's `last_seen_*`. Rows the run read and
+        left alone are not rewritten: an unchanged re-sync writes nothing (rewriting
+        100,000 rows would cost more than the whole rest of the run). Quarantine entries
+        of this source that the run did not touch are dropped: their rows are gone or
+        fixed. Returns the number of rows made inactive.
+        """
+        m, q = _MIRROR.c, _QUARANTINE.c
+        now = self.now()
+        read = exists().where(_RUN_KEYS.c.row_key == m.provider_id)
+        try:
+            with self._conn.begin():
+                if self._postgres:
+                    # Temporary tables are never auto-analysed; without statistics the
+                    # planner may probe the whole key table once per mirror row.
+                    self._conn.execute(_ANALYZE_RUN_KEYS)
+                self._conn.execute(
+                    update(_MIRROR)
+                    .where(m.provider == self.provider, m.state == "inactive", read)
+                    .values(state="active", last_seen_run_id=self.run_id, last_seen_at=now)
+                )
+                inactivated = 0
+                if mark_inactive:
+                    result = self._conn.execute(
+                        update(_MIRROR)
+                        .where(m.provider == self.provider, m.state == "active", ~read)
+                        .values(state="inactive")
+                    )
+                    inactivated = result.rowcount
+                self._conn.execute(
+                    delete(_QUARANTINE).where(
+                        q.source == self.source, q.last_seen_at < self.started
+                    )
+                )
+        except SQLAlchemyError as exc:
+            raise _state_error("finish the run", exc) from None
+        return inactivated
+
+
+def _state_error(doing: str, exc: SQLAlchemyError) -> StateError:
+    """A `StateError` naming the step and the driver's error class (its text may hold data)."""
+    return StateError(f"patient push: cannot {doing} ({type(exc).__name__})")

@@ -1,0 +1,467 @@
+"""The patient push job end to end: a CSV, a real state database, the in-process sandbox.
+
+Every scenario runs on SQLite and on PostgreSQL (the job's SQL differs per dialect). API
+calls are counted at the transport, in front of the sandbox; the sandbox's own patient
+table is the proof of what Voxares holds.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import Engine, create_engine, func, select, text
+from sqlalchemy.engine import make_url
+from structlog.testing import capture_logs
+
+from syncd import testing_hooks
+from syncd.exceptions import Unauthorized
+from syncd.normalize import NormalizePolicy
+from syncd.patients.push import PatientPush, PushCounts
+from syncd.sandbox import DEMO_API_KEY
+from syncd.sandbox.app import create_app
+from syncd.sandbox.faults import FaultConfig, FaultRule
+from syncd.sandbox.state import Sandbox
+from syncd.sources.csv import CsvSource
+from syncd.state.db import make_engine, upgrade
+from syncd.state.models import AuditEntry, Base, PatientMirror, QuarantinedRow
+from syncd.state.runs import start_run
+from syncd.voxares.client import VoxaresClient
+from syncd.voxares.contract import API_PREFIX
+from syncd.voxares.limits import ClientLimits
+from syncd.voxares.retry import RetryPolicy
+
+PROVIDER = "ehr"
+HEADER = "id,first,last,mobile,email,dob"
+COLUMNS = {
+    "providerId": "id",
+    "firstName": "first",
+    "lastName": "last",
+    "mobileNumber": "mobile",
+    "email": "email",
+    "dateOfBirth": "dob",
+}
+VALID = [
+    "P1,Ana,Horvat,091 234 5678,ana@example.com,1990-01-15",
+    "P2,Ivo,Kovač,,ivo@example.com,",
+    "P3,Marko,Babić,+385 98 765 4321,,1985-03-02",
+    "P8,Ena,Novak,,,",
+]
+INVALID = [
+    "P4,Bad,Email,,not-an-email,",  # email
+    "P5,,Nofirst,,,",  # firstName
+    ",No,Id,,,",  # providerId (keyed by line)
+    "P6,Lana,Perić,12,,",  # mobileNumber (policy: reject invalid numbers)
+    "P7,Tea,Jurić,,,2999-01-01",  # dateOfBirth in the future
+]
+DUPLICATE = "P1,Ana,Again,,,"
+
+
+class CountingTransport(httpx.AsyncBaseTransport):
+    """The sandbox over ASGI, counting requests; `refuse` answers chosen providerIds itself."""
+
+    def __init__(self, app: Any) -> None:
+        self.inner = httpx.ASGITransport(app=app)
+        self.calls = 0
+        self.refuse: dict[str, tuple[int, Any]] = {}
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.calls += 1
+        if request.method == "POST" and self.refuse:
+            provider_id = json.loads(request.content).get("providerId")
+            if provider_id in self.refuse:
+                status, message = self.refuse[provider_id]
+                body = {"statusCode": status, "message": message, "error": "Bad Request"}
+                return httpx.Response(status, json=body)
+        return await self.inner.handle_async_request(request)
+
+
+@dataclass
+class World:
+    """One database, one sandbox, one CSV file, and the clients made for them."""
+
+    engine: Engine
+    sandbox: Sandbox
+    app: Any
+    transport: CountingTransport
+    csv: Path
+    clients: list[VoxaresClient] = field(default_factory=list)
+
+    def write(self, *lines: str) -> None:
+        self.csv.write_text("\n".join([HEADER, *lines]) + "\n", encoding="utf-8")
+
+    def client(self, api_key: str = DEMO_API_KEY) -> VoxaresClient:
+        client = VoxaresClient(
+            base_url="http://sandbox" + API_PREFIX,
+            api_key=api_key,
+            transport=self.transport,
+            limits=ClientLimits(requests_per_second=None, max_concurrency=4),
+            retry=RetryPolicy.no_wait(attempts=3),
+        )
+        self.clients.append(client)
+        return client
+
+    def job(self, client: VoxaresClient | None = None, **options: Any) -> PatientPush:
+        options.setdefault("batch_size", 3)  # several batches even for a few rows
+        return PatientPush(
+            self.engine,
+            client or self.client(),
+            CsvSource("ehr-export", self.csv, columns=COLUMNS),
+            NormalizePolicy(invalid_phone="reject"),
+            provider=PROVIDER,
+            **options,
+        )
+
+    async def run(self, **options: Any) -> PushCounts:
+        dry_run = options.pop("dry_run", False)
+        run_id = start_run(self.engine, "patients.push")
+        return await self.job(**options).run(run_id, dry_run=dry_run)
+
+    def patients(self) -> dict[str, Any]:
+        """What the sandbox holds for our provider: providerId -> patient."""
+        practice = self.sandbox.practices[self.sandbox.demo_practice_id]
+        return {pid: p for (prov, pid), p in practice.by_external.items() if prov == PROVIDER}
+
+    def mirror(self) -> dict[str, PatientMirror]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(PatientMirror)).all()
+        return {row.provider_id: row for row in rows}
+
+    def quarantine(self) -> dict[str, QuarantinedRow]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(QuarantinedRow)).all()
+        return {row.row_key: row for row in rows}
+
+    def audit_count(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(AuditEntry)).scalar_one())
+
+
+@pytest.fixture(scope="module")
+def migrated_postgres(postgres_server: str) -> Iterator[str]:
+    """One migrated PostgreSQL database for this module (migrating per test is slow)."""
+    name = f"syncd_test_push_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(postgres_server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(postgres_server).set(database=name).render_as_string(hide_password=False)
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty, migrated state database: SQLite, then PostgreSQL."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/state.db"
+        upgrade(url)
+        return url
+    url = request.getfixturevalue("migrated_postgres")
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        for table in reversed(Base.metadata.sorted_tables):
+            conn.execute(table.delete())
+    engine.dispose()
+    return url
+
+
+@pytest.fixture
+async def world(database_url: str, tmp_path: Path) -> AsyncIterator[World]:
+    engine = make_engine(database_url)
+    sandbox = Sandbox()
+    app = create_app(sandbox)
+    w = World(engine, sandbox, app, CountingTransport(app), tmp_path / "patients.csv")
+    try:
+        yield w
+    finally:
+        for client in w.clients:
+            await client.aclose()
+        engine.dispose()
+
+
+@pytest.fixture
+def no_crash_hook() -> Iterator[None]:
+    yield
+    testing_hooks.set_callback(None)
+
+
+async def test_first_run_pushes_exactly_the_valid_rows(world: World) -> None:
+    """Valid rows reach Voxares (and the mirror); invalid ones are quarantined, field named."""
+    world.write(*VALID, *INVALID)
+    counts = await world.run()
+
+    assert (counts.created, counts.updated, counts.quarantined, counts.failed) == (4, 0, 5, 0)
+    assert counts.rows == 9
+    held = world.patients()
+    assert set(held) == {"P1", "P2", "P3", "P8"}
+    assert (held["P1"].first_name, held["P1"].mobile_number) == ("Ana", "+385912345678")
+    assert held["P1"].date_of_birth == "1990-01-15"
+    mirror = world.mirror()
+    assert set(mirror) == set(held)
+    assert mirror["P1"].voxares_patient_id == held["P1"].id
+    assert json.loads(mirror["P2"].payload)["lastName"] == "Kovač"
+    fields = {key: row.field for key, row in world.quarantine().items()}
+    assert fields == {
+        "P4": "email",
+        "P5": "firstName",
+        "line:8@patients.csv": "providerId",
+        "P6": "mobileNumber",
+        "P7": "dateOfBirth",
+    }
+    assert world.audit_count() == 4
+    assert world.transport.calls == 4
+
+
+async def test_second_run_makes_no_api_calls(world: World) -> None:
+    """Re-reading an unchanged export calls nothing and re-logs no known quarantine."""
+    world.write(*VALID, *INVALID)
+    await world.run()
+    calls = world.transport.calls
+
+    with capture_logs() as logs:
+        counts = await world.run()
+
+    assert world.transport.calls == calls
+    assert (counts.created, counts.updated, counts.unchanged, counts.quarantined) == (0, 0, 4, 5)
+    assert not [e for e in logs if e["event"] == "patients.quarantined"]
+    assert {row.seen_count for row in world.quarantine().values()} == {2}
+
+
+async def test_one_changed_row_makes_exactly_one_call(world: World) -> None:
+    """Changing one row's email pushes that patient only, and the mirror follows."""
+    world.write(*VALID)
+    await world.run()
+    calls = world.transport.calls
+    before = world.mirror()["P2"].payload_hash
+
+    world.write(*[row.replace("ivo@example.com", "ivo.k@example.com") for row in VALID])
+    counts = await world.run()
+
+    assert world.transport.calls == calls + 1
+    assert (counts.updated, counts.unchanged) == (1, 3)
+    assert world.patients()["P2"].email == "ivo.k@example.com"
+    assert world.mirror()["P2"].payload_hash != before
+
+
+async def test_cosmetic_change_makes_no_call_and_refreshes_the_row_hash(world: World) -> None:
+    """A reformatted phone number normalises to the same payload: no call, hash refreshed."""
+    world.write(*VALID)
+    await world.run()
+    calls = world.transport.calls
+    reformatted = [row.replace("091 234 5678", "+385912345678") for row in VALID]
+    world.write(*reformatted)
+
+    counts = await world.run()
+    again = await world.run()
+
+    assert world.transport.calls == calls
+    assert counts.unchanged == again.unchanged == 4
+    assert world.mirror()["P1"].source_row_hash is not None
+
+
+async def test_fixed_quarantined_row_is_pushed_and_leaves_quarantine(world: World) -> None:
+    """Fixing a quarantined row in the source pushes it next run and clears its entry."""
+    world.write(*VALID, "P4,Bad,Email,,not-an-email,")
+    await world.run()
+    assert "P4" in world.quarantine()
+
+    world.write(*VALID, "P4,Bad,Email,,fixed@example.com,")
+    counts = await world.run()
+
+    assert (counts.created, counts.quarantined) == (1, 0)
+    assert world.patients()["P4"].email == "fixed@example.com"
+    assert "P4" not in world.quarantine()
+
+
+async def test_duplicates_are_reported_and_pushed_once(world: World) -> None:
+    """A repeated providerId (same batch or a later one) is quarantined, the first pushed."""
+    world.write(*VALID, DUPLICATE, "P8,Ena,Twice,,,")  # batches of 3: both cases
+    counts = await world.run()
+
+    assert (counts.created, counts.duplicates) == (4, 2)
+    assert world.transport.calls == 4
+    assert world.patients()["P1"].last_name == "Horvat"
+    assert world.patients()["P8"].last_name == "Novak"
+    entries = world.quarantine()
+    assert entries["P1@line:6"].reason == "duplicate providerId in source (first at line 2)"
+    assert entries["P8@line:7"].reason == "duplicate providerId in source (first at line 5)"
+    assert entries["P1@line:6"].field == "providerId"
+
+    again = await world.run()
+    assert (again.duplicates, again.unchanged) == (2, 4)
+    assert world.transport.calls == 4
+
+
+async def test_duplicate_of_a_quarantined_row_is_not_pushed(world: World) -> None:
+    """A later valid row does not sneak past an invalid first row with the same providerId."""
+    world.write("P4,Bad,Email,,not-an-email,", "P4,Good,Email,,good@example.com,")
+    counts = await world.run(batch_size=1)
+
+    assert (counts.quarantined, counts.duplicates, counts.created) == (1, 1, 0)
+    assert world.transport.calls == 0
+
+
+async def test_missing_rows_are_marked_inactive_and_come_back(world: World) -> None:
+    """mark_inactive: a row gone from a complete run turns inactive, active again on return."""
+    world.write(*VALID)
+    await world.run(missing_rows="mark_inactive")
+
+    world.write(*VALID[:3])
+    counts = await world.run(missing_rows="mark_inactive")
+    assert counts.inactivated == 1
+    states = {key: row.state for key, row in world.mirror().items()}
+    assert states == {"P1": "active", "P2": "active", "P3": "active", "P8": "inactive"}
+
+    world.write(*VALID)
+    counts = await world.run(missing_rows="mark_inactive")
+    assert counts.inactivated == 0
+    assert world.mirror()["P8"].state == "active"
+    assert counts.unchanged == 4
+
+
+async def test_missing_rows_ignored_by_default(world: World) -> None:
+    """missing_rows="ignore" leaves mirror rows of vanished patients active."""
+    world.write(*VALID)
+    await world.run()
+    world.write(*VALID[:1])
+    counts = await world.run()
+    assert counts.inactivated == 0
+    assert {row.state for row in world.mirror().values()} == {"active"}
+
+
+async def test_stale_quarantine_entries_are_dropped_after_a_complete_run(world: World) -> None:
+    """A quarantined row that left the source leaves quarantine at the next complete run."""
+    world.write(*VALID, *INVALID)
+    await world.run()
+    world.write(*VALID, INVALID[0])
+    counts = await world.run()
+    assert counts.quarantined == 1
+    assert set(world.quarantine()) == {"P4"}
+
+
+async def test_dry_run_writes_nothing_and_calls_nothing(world: World) -> None:
+    """A dry run counts what would happen and lists the quarantine, touching nothing."""
+    world.write(*VALID, *INVALID, DUPLICATE)
+    counts = await world.run(dry_run=True)
+
+    assert world.transport.calls == 0
+    assert (counts.created, counts.quarantined, counts.duplicates) == (4, 5, 1)
+    assert ("P4", "email", "email: not a valid address") in counts.quarantined_rows
+    assert len(counts.quarantined_rows) == 6
+    assert world.mirror() == {}
+    assert world.quarantine() == {}
+    assert world.audit_count() == 0
+    assert world.patients() == {}
+
+    await world.run()
+    world.write(*[row.replace("Ana,", "Anna,") for row in VALID])
+    counts = await world.run(dry_run=True)
+    assert (counts.created, counts.updated, counts.unchanged) == (0, 1, 3)
+    assert world.patients()["P1"].first_name == "Ana"
+
+
+async def test_api_validation_error_quarantines_that_row_only(world: World) -> None:
+    """A 422 for one patient quarantines it (field named, value not kept); the rest go on."""
+    world.transport.refuse["P3"] = (422, ["mobileNumber must be a mobile, got +385987654321"])
+    world.write(*VALID)
+    counts = await world.run()
+
+    assert (counts.created, counts.quarantined, counts.failed) == (3, 1, 0)
+    assert set(world.patients()) == {"P1", "P2", "P8"}
+    entry = world.quarantine()["P3"]
+    assert entry.field == "mobileNumber"
+    assert "+385987654321" not in entry.reason
+    assert "422" in entry.reason
+
+    calls = world.transport.calls
+    counts = await world.run()
+    assert world.transport.calls == calls  # the same row is not sent again unchanged
+    assert counts.quarantined == 1
+
+
+async def test_server_errors_beyond_retries_leave_rows_for_the_next_run(world: World) -> None:
+    """503s past the client's retries count as failed, record nothing, and are retried."""
+    world.write(*VALID)
+    world.app.state.faults.configure(
+        FaultConfig(
+            rules=[FaultRule(method="POST", path_prefix="/patients", error_rates={503: 1.0})]
+        )
+    )
+    counts = await world.run()
+    assert (counts.failed, counts.created) == (4, 0)
+    assert world.transport.calls == 12  # three attempts each
+    assert world.mirror() == {}
+    assert world.quarantine() == {}
+
+    world.app.state.faults.configure(FaultConfig())
+    counts = await world.run()
+    assert (counts.created, counts.failed) == (4, 0)
+    assert set(world.mirror()) == {"P1", "P2", "P3", "P8"}
+
+
+async def test_wrong_key_aborts_the_run(world: World) -> None:
+    """401 stops the run with Unauthorized, records nothing, and marks nobody inactive."""
+    world.write(*VALID)
+    await world.run(missing_rows="mark_inactive")
+    world.write(VALID[0].replace("Ana", "Anna"))
+
+    job = world.job(world.client("vox-nope-wrongsecret"), missing_rows="mark_inactive")
+    with pytest.raises(Unauthorized):
+        await job.run(start_run(world.engine, "patients.push"))
+
+    assert {row.state for row in world.mirror().values()} == {"active"}
+    assert world.patients()["P1"].first_name == "Ana"
+
+
+async def test_crash_after_http_is_pushed_again_next_run(world: World, no_crash_hook: None) -> None:
+    """A push whose record was never committed is simply pushed again (an upsert)."""
+    world.write(*VALID)
+
+    def crash(step: str) -> None:
+        if step == "push.after_http":
+            raise RuntimeError("simulated crash")
+
+    testing_hooks.set_callback(crash)
+    with pytest.raises(RuntimeError):
+        await world.run()
+    testing_hooks.set_callback(None)
+    assert len(world.patients()) >= 1
+    assert world.mirror() == {}
+
+    counts = await world.run()
+    assert counts.created + counts.updated == 4
+    assert set(world.mirror()) == set(world.patients()) == {"P1", "P2", "P3", "P8"}
+
+
+async def test_logs_hold_ids_and_counts_only(world: World) -> None:
+    """No name, phone, email or birth date reaches the log, whatever happens to a row."""
+    world.transport.refuse["P3"] = (422, "lastName Babić is not allowed")
+    world.write(*VALID, *INVALID, DUPLICATE)
+    with capture_logs() as logs:
+        await world.run()
+
+    text = json.dumps(logs, default=str)
+    for secret in ("Horvat", "Babić", "ivo@example.com", "091 234", "+38591", "1990-01-15"):
+        assert secret not in text
+    summary = [e for e in logs if e["event"] == "patients.pushed"]
+    assert summary[0]["created"] == 3
+
+
+async def test_progress_reports_rows_done(world: World) -> None:
+    """The progress callback sees the running total of rows handled."""
+    world.write(*VALID, *INVALID)
+    seen: list[int] = []
+    job = world.job()
+    await job.run(start_run(world.engine, "patients.push"), progress=seen.append)
+    assert seen == [3, 6, 9]
