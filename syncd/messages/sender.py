@@ -23,6 +23,7 @@ import asyncio
 from dataclasses import asdict, dataclass
 from typing import Final
 
+import stamina
 import structlog
 from sqlalchemy import Engine
 
@@ -41,6 +42,7 @@ STEP_BEFORE_MARK: Final = "messages.before_mark_sending"
 STEP_AFTER_MARK: Final = "messages.after_mark_sending"
 STEP_AFTER_SEND: Final = "messages.after_send"
 STEP_AFTER_RECORD: Final = "messages.after_record"
+RECORD_ATTEMPTS: Final = 3
 
 
 @dataclass(slots=True)
@@ -169,12 +171,22 @@ class _Run:
         step(STEP_AFTER_MARK)
         outcome = await self._send(claimed)
         step(STEP_AFTER_SEND)
-        recorded = await asyncio.to_thread(self.store.record, key, outcome, self.run_id)
+        recorded = await self._record(key, outcome)
         step(STEP_AFTER_RECORD)
         if not recorded:  # cannot happen while the job lock holds; never silently
             log.error("messages.result_not_recorded", key=key, outcome=outcome.kind)
             return
         self._count(key, outcome)
+
+    async def _record(self, key: str, outcome: SendOutcome) -> bool:
+        """Record the result, retrying a failing database briefly: once the call was made,
+        losing its result would turn a known outcome into `unknown` at the next start."""
+        async for attempt in stamina.retry_context(
+            on=StateError, attempts=RECORD_ATTEMPTS, wait_initial=0.2, wait_max=2.0
+        ):
+            with attempt:
+                return await asyncio.to_thread(self.store.record, key, outcome, self.run_id)
+        raise AssertionError("unreachable: stamina re-raises the last failure")
 
     async def _send(self, claimed: Claimed) -> SendOutcome:
         try:
