@@ -131,7 +131,7 @@ class ContentMirror:
         listings = {kind: await self._listing(kind, counts) for kind in KINDS}
         known = await asyncio.to_thread(self._store.known)
         proposed = compare(known, _all_items(listings.values()), _complete(listings.values()))
-        for kind in {item.kind for item in proposed.removed}:
+        for kind in sorted({item.kind for item in proposed.removed}):
             # Look again before removing: merge a second walk into the first (the second's
             # version of an item wins); only what both complete walks lack is removed.
             again = await self._listing(kind, counts)
