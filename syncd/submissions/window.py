@@ -85,7 +85,8 @@ def next_window(
     """The next window to poll, or None when the stream is caught up.
 
     The window runs from `watermark - overlap` (first run: `start_from`) to
-    `server_now - settle`, capped at `max_window` wide. `server_now` is the API's clock,
+    `server_now - settle`, capped at `max_window` wide
+    (except the first, see below). `server_now` is the API's clock,
     never ours. The overlap re-reads a margin already covered (versions already emitted
     are deduplicated downstream); the settle keeps the window's end far enough in the
     past that no write in flight on the server can still be stamped inside it.
@@ -97,6 +98,10 @@ def next_window(
         start = floor_ms(start_from)
         if horizon < start:
             return None
+        # The first window takes all history at once: walking years hour by hour would cost
+        # two calls per empty hour. Its size is bounded by count instead (a window with more
+        # than max_window_items is split in time), like every other window.
+        return Window(start, horizon)
     else:
         if horizon <= watermark:
             return None

@@ -59,9 +59,16 @@ def test_later_window_starts_overlap_before_the_watermark() -> None:
 
 
 def test_window_is_capped_by_max_window() -> None:
-    """A long backlog is read in windows at most max_window wide."""
+    """A long backlog after a watermark is read in windows at most max_window wide."""
+    got = nw(watermark=T0 + 2 * MIN, server_now=T0 + 1000 * MIN, max_window=5 * MIN)
+    start = T0 + 2 * MIN - timedelta(seconds=30)
+    assert got == Window(start, start + 5 * MIN)
+
+
+def test_first_window_takes_all_history_at_once() -> None:
+    """With no watermark the window is not capped in time (splitting by count bounds it)."""
     got = nw(server_now=T0 + 1000 * MIN, max_window=5 * MIN)
-    assert got == Window(T0, T0 + 5 * MIN)
+    assert got == Window(T0, T0 + 1000 * MIN - timedelta(seconds=5))
 
 
 def test_caught_up_when_the_horizon_does_not_pass_the_watermark() -> None:
