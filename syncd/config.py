@@ -456,6 +456,9 @@ class SubmissionsSettings(_Section):
 class _SinkBase(_Section):
     events: Annotated[list[NonEmptyStr], Field(min_length=1)] = ["*"]
     format: Literal["json", "fhir"] = "json"
+    # Where a sink's first delivery starts: every event still in the outbox ("beginning",
+    # so nothing written before the sink's first run is skipped), or only new ones ("now").
+    start: Literal["beginning", "now"] = "beginning"
 
     @model_validator(mode="after")
     def _format_available(self) -> _SinkBase:

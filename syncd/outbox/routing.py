@@ -65,6 +65,6 @@ class Route:
 def routes_from_settings(outbox: OutboxSettings) -> dict[str, Route]:
     """One route per configured sink (`[outbox.sinks.<name>]`: `events`, `format`)."""
     return {
-        name: Route(sink=name, patterns=tuple(sink.events), format=sink.format)
+        name: Route(sink=name, patterns=tuple(sink.events), format=sink.format, start=sink.start)
         for name, sink in outbox.sinks.items()
     }
