@@ -55,7 +55,7 @@ from syncd.voxares.models import PatientUpsert, UpsertResult
 log = structlog.get_logger(__name__)
 
 MissingRows = Literal["ignore", "mark_inactive"]
-JOB_NAME: Final = "patients.push"
+JOB_NAME: Final = "push_patients"
 # Batches pushed at the same time: one finishing while the next one starts.
 _IN_FLIGHT_BATCHES: Final = 2
 
@@ -309,7 +309,7 @@ class _Run:
         if self.dry_run:
             self.counts.quarantined_rows.append((key, decision.field, decision.reason))
         if not decision.known:
-            log.warning("patients.quarantined", row_key=key, line=line, field=decision.field)
+            log.info("patients.quarantined", row_key=key, line=line, field=decision.field)
 
     def record(self, batch: _Batch, results: list[UpsertResult | api_errors.Outcome]) -> None:
         """Turn the batch's push results into writes and commit them in one transaction."""

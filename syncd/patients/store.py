@@ -46,7 +46,7 @@ from syncd.exceptions import StateError
 from syncd.patients.plan import MirrorEntry, QuarantineEntry
 from syncd.state.models import AuditEntry, PatientMirror, QuarantinedRow
 
-ACTOR: Final = "patients.push"
+ACTOR: Final = "push_patients"
 _MIRROR = typing_cast(Table, PatientMirror.__table__)
 _QUARANTINE = typing_cast(Table, QuarantinedRow.__table__)
 _AUDIT = typing_cast(Table, AuditEntry.__table__)

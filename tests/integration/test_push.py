@@ -120,7 +120,7 @@ class World:
 
     async def run(self, **options: Any) -> PushCounts:
         dry_run = options.pop("dry_run", False)
-        run_id = start_run(self.engine, "patients.push")
+        run_id = start_run(self.engine, "push_patients")
         return await self.job(**options).run(run_id, dry_run=dry_run)
 
     def patients(self) -> dict[str, Any]:
@@ -418,7 +418,7 @@ async def test_wrong_key_aborts_the_run(world: World) -> None:
 
     job = world.job(world.client("vox-nope-wrongsecret"), missing_rows="mark_inactive")
     with pytest.raises(Unauthorized):
-        await job.run(start_run(world.engine, "patients.push"))
+        await job.run(start_run(world.engine, "push_patients"))
 
     assert {row.state for row in world.mirror().values()} == {"active"}
     assert world.patients()["P1"].first_name == "Ana"
@@ -463,5 +463,5 @@ async def test_progress_reports_rows_done(world: World) -> None:
     world.write(*VALID, *INVALID)
     seen: list[int] = []
     job = world.job()
-    await job.run(start_run(world.engine, "patients.push"), progress=seen.append)
+    await job.run(start_run(world.engine, "push_patients"), progress=seen.append)
     assert seen == [3, 6, 9]
