@@ -1,0 +1,394 @@
+"""Builds the object graph once: settings → engine → client → sources → jobs.
+
+The CLI calls these functions and nothing else builds long-lived objects, so every command
+and the daemon share one construction (and one rate limiter per API key).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+import httpx
+from sqlalchemy import Engine
+
+from syncd.config import Settings
+from syncd.daemon import HealthServer, Schedule
+from syncd.jobs import Job
+from syncd.normalize import NormalizePolicy
+from syncd.sources.base import Source
+from syncd.state.db import make_engine
+from syncd.voxares.client import Timeouts, VoxaresClient
+from syncd.voxares.contract import API_PREFIX
+from syncd.voxares.limits import ClientLimits
+from syncd.voxares.retry import RetryPolicy
+
+# `voxares.base_url = "sandbox"` runs the emulator inside this process (demo, trials).
+EMBEDDED_SANDBOX: Final = "sandbox"
+EMBEDDED_BASE_URL: Final = "http://sandbox" + API_PREFIX
+# The provider name sent with every patient when `voxares.provider` is not set. The API
+# would default to the key's name, which a client cannot read and which changes when a
+# clinic rotates to a key with another name: an explicit name keeps the mapping stable.
+DEFAULT_PROVIDER: Final = "voxares-syncd"
+EPOCH: Final = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+@dataclass
+class Runtime:
+    """Everything a command needs, built from one `Settings`."""
+
+    settings: Settings
+    engine: Engine
+    client: VoxaresClient
+    provider: str
+    sandbox: Any | None = None  # syncd.sandbox.state.Sandbox when embedded
+    _background: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def aclose(self) -> None:
+        """Stop background tasks, close the client and the engine."""
+        for task in self._background:
+            task.cancel()
+        for task in self._background:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.client.aclose()
+        self.engine.dispose()
+
+
+def provider_name(settings: Settings) -> str:
+    """The provider name this daemon pushes patients under."""
+    return settings.voxares.provider or DEFAULT_PROVIDER
+
+
+def build_engine(settings: Settings) -> Engine:
+    """The state database engine."""
+    return make_engine(settings.database.url)
+
+
+def build_client(
+    settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None
+) -> tuple[VoxaresClient, Any | None]:
+    """The Voxares client, and the embedded sandbox when `base_url = "sandbox"`."""
+    v = settings.voxares
+    limits = ClientLimits(
+        requests_per_second=v.requests_per_second, max_concurrency=v.max_concurrency
+    )
+    timeouts = Timeouts(
+        connect=v.connect_timeout, read=v.read_timeout, write=v.write_timeout, pool=v.pool_timeout
+    )
+    retry = RetryPolicy(
+        attempts=v.retry_attempts,
+        initial=v.retry_initial_seconds,
+        max_backoff=v.retry_max_backoff_seconds,
+    )
+    sandbox = None
+    base_url = v.base_url
+    if base_url == EMBEDDED_SANDBOX:
+        from syncd.sandbox.app import create_app
+        from syncd.sandbox.state import DEMO_API_KEY, Sandbox
+
+        sandbox = Sandbox()
+        transport = httpx.ASGITransport(app=create_app(sandbox))
+        base_url = EMBEDDED_BASE_URL
+        api_key: Any = DEMO_API_KEY
+    else:
+        api_key = v.api_key
+        assert api_key is not None, "load_settings guarantees a key for a real API"
+    client = VoxaresClient(
+        base_url=base_url,
+        api_key=api_key,
+        transport=transport,
+        limits=limits,
+        timeouts=timeouts,
+        retry=retry,
+    )
+    return client, sandbox
+
+
+@contextlib.asynccontextmanager
+async def runtime(settings: Settings) -> AsyncIterator[Runtime]:
+    """Build a `Runtime`, and close it afterwards."""
+    engine = build_engine(settings)
+    client, sandbox = build_client(settings)
+    rt = Runtime(settings, engine, client, provider_name(settings), sandbox)
+    if sandbox is not None:
+        from syncd.sandbox.activity import run_activity
+
+        # In-process the sandbox has no server lifespan: drive its simulator from here.
+        rt._background.append(asyncio.create_task(run_activity(sandbox)))
+    try:
+        yield rt
+    finally:
+        await rt.aclose()
+
+
+def build_source(settings: Settings) -> Source:
+    """The configured patient source (CSV or SQL)."""
+    src = settings.patients.source
+    if src is None:
+        from syncd.exceptions import ConfigError
+
+        raise ConfigError(["patients.source: not configured (a [patients.source] table)"])
+    columns = src.columns.model_dump(exclude_none=True) if src.columns is not None else None
+    if src.type == "csv":
+        from syncd.sources.csv import CsvSource
+
+        assert columns is not None
+        return CsvSource(
+            src.name, src.path, columns=columns, delimiter=src.delimiter, encoding=src.encoding
+        )
+    from syncd.sources.sql import SqlSource
+
+    return SqlSource(src.name, src.url, src.query, columns=columns, chunk_size=src.chunk_size)
+
+
+def build_patient_push(rt: Runtime) -> Job:
+    """The patient push job."""
+    from syncd.patients.push import PatientPush
+
+    p = rt.settings.patients
+    policy = NormalizePolicy(
+        default_region=p.default_region,
+        landline=p.landline,
+        invalid_phone=p.invalid_phone,
+        date_formats=tuple(p.date_formats),
+    )
+    return PatientPush(
+        rt.engine,
+        rt.client,
+        build_source(rt.settings),
+        policy,
+        provider=rt.provider,
+        batch_size=p.batch_size,
+        missing_rows=p.missing_rows,
+    )
+
+
+def build_submission_poller(rt: Runtime) -> Job:
+    """The form-submission poller job."""
+    from syncd.submissions.poller import SubmissionPoller
+
+    s = rt.settings.submissions
+    start_from = EPOCH if s.start_from == "beginning" else s.start_from
+    assert isinstance(start_from, datetime)
+    return _named(
+        SubmissionPoller(
+            rt.engine,
+            rt.client,
+            overlap=s.overlap_seconds,
+            settle=s.settle_seconds,
+            page_size=s.page_size,
+            max_window_seconds=s.max_window_seconds,
+            max_window_items=s.max_window_items,
+            detail_concurrency=s.detail_concurrency,
+            start_from=start_from,
+            provider=rt.provider,
+        ),
+        "poll_submissions",
+    )
+
+
+def _named(job: Any, name: str) -> Job:
+    """Give a job its scheduler name (the name its runs, lock and freshness check use)."""
+    job.name = name
+    return job  # type: ignore[no-any-return]
+
+
+# name → (builder, enabled?, interval seconds, cron, jitter, freshness)
+JobSpec = tuple[Callable[[Runtime], Job], bool, float, str | None, float, float]
+
+
+def job_specs(rt: Runtime) -> dict[str, JobSpec]:
+    """Every job this configuration enables, by name."""
+    s = rt.settings
+    specs: dict[str, JobSpec] = {}
+    if s.patients.enabled:
+        p = s.patients
+        specs["push_patients"] = (
+            build_patient_push,
+            True,
+            p.interval_seconds,
+            p.cron,
+            p.jitter_seconds,
+            p.freshness_seconds,
+        )
+    if s.submissions.enabled:
+        q = s.submissions
+        specs["poll_submissions"] = (
+            build_submission_poller,
+            True,
+            q.interval_seconds,
+            None,
+            min(5.0, q.interval_seconds / 10),
+            q.freshness_seconds,
+        )
+    o = s.outbox
+    if o.sinks:
+        specs["deliver_outbox"] = (
+            build_outbox_delivery,
+            True,
+            o.deliver_interval_seconds,
+            None,
+            0.0,
+            max(600.0, 10 * o.deliver_interval_seconds),
+        )
+    if s.content.enabled:
+        c = s.content
+        specs["mirror_content"] = (
+            build_content_mirror,
+            True,
+            c.interval_seconds,
+            None,
+            min(60.0, c.interval_seconds / 10),
+            3 * c.interval_seconds,
+        )
+    if s.messages.enabled:
+        m = s.messages
+        fresh = max(600.0, 10 * m.interval_seconds)
+        specs["send_messages"] = (build_message_sender, True, m.interval_seconds, None, 0.0, fresh)
+        specs["message_status"] = (
+            build_message_status,
+            True,
+            m.status_interval_seconds,
+            None,
+            0.0,
+            max(fresh, 3 * m.status_interval_seconds),
+        )
+        if m.sources:
+            specs["message_sources"] = (
+                build_message_sources,
+                True,
+                m.interval_seconds,
+                None,
+                0.0,
+                fresh,
+            )
+    return specs
+
+
+def build_jobs(rt: Runtime) -> dict[str, Job]:
+    """Instantiate every enabled job."""
+    jobs: dict[str, Job] = {}
+    for name, (builder, *_rest) in job_specs(rt).items():
+        job = builder(rt)
+        jobs[name] = _named(job, name)
+    return jobs
+
+
+def build_schedules(rt: Runtime, jobs: dict[str, Job]) -> list[Schedule]:
+    """When each enabled job runs."""
+    specs = job_specs(rt)
+    return [
+        Schedule(job, interval_seconds=spec[2], cron=spec[3], jitter_seconds=spec[4])
+        for name, job in jobs.items()
+        for spec in [specs[name]]
+    ]
+
+
+def build_health(rt: Runtime, started_at: datetime) -> HealthServer | None:
+    """The health endpoint and its readiness checks, when enabled."""
+    h = rt.settings.health
+    if not h.enabled:
+        return None
+    from syncd.health import database_check, job_freshness_check, migrations_check
+    from syncd.state.db import head_revisions
+
+    checks: dict[str, Callable[[], str | None]] = {
+        "database": database_check(rt.engine),
+        "migrations": migrations_check(rt.engine, head_revisions()),
+    }
+    for name, spec in job_specs(rt).items():
+        checks[f"job:{name}"] = job_freshness_check(
+            rt.engine, name, timedelta(seconds=spec[5]), started_at=started_at
+        )
+    return HealthServer(h.host, h.port, checks)
+
+
+def build_sinks(settings: Settings) -> dict[str, Any]:
+    """One sink object per `[outbox.sinks.<name>]`."""
+    from syncd.sinks.ndjson import NdjsonFileSink
+    from syncd.sinks.webhook import WebhookSink
+
+    sinks: dict[str, Any] = {}
+    for name, cfg in settings.outbox.sinks.items():
+        if cfg.type == "webhook":
+            assert cfg.secret is not None
+            sinks[name] = WebhookSink(
+                name,
+                cfg.url,
+                cfg.secret.get_secret_value(),
+                connect_timeout=cfg.connect_timeout,
+                read_timeout=cfg.read_timeout,
+                max_attempts_4xx=cfg.max_attempts_4xx,
+            )
+        elif cfg.type == "file":
+            sinks[name] = NdjsonFileSink(
+                name, cfg.directory, rotate_bytes=cfg.rotate_bytes, rotate_daily=cfg.rotate_daily
+            )
+        else:
+            from syncd.sinks.amqp import AmqpSink
+
+            sinks[name] = AmqpSink(name, cfg.url, cfg.exchange, cfg.routing_key)
+    return sinks
+
+
+def build_outbox_delivery(rt: Runtime) -> Job:
+    """The outbox delivery job."""
+    from syncd.outbox.delivery import OutboxDeliveryJob
+    from syncd.outbox.routing import routes_from_settings
+
+    o = rt.settings.outbox
+    return OutboxDeliveryJob(
+        rt.engine,
+        build_sinks(rt.settings),
+        routes_from_settings(o),
+        batch_size=o.batch_size,
+        max_attempts=o.max_attempts,
+        max_age=timedelta(hours=o.max_age_hours),
+        keep_order_per_patient=o.keep_order_per_patient,
+        lease_seconds=_delivery_lease_seconds(rt.settings),
+        retention=timedelta(days=o.retention_days),
+    )
+
+
+def _delivery_lease_seconds(settings: Settings) -> float:
+    """A claim's lease must outlast the slowest batch: every event of a batch may wait for
+    its connect and read timeouts, 16 at a time (the webhook sink's concurrency)."""
+    slowest = 0.0
+    for cfg in settings.outbox.sinks.values():
+        if cfg.type == "webhook":
+            slowest = max(slowest, cfg.connect_timeout + cfg.read_timeout)
+    rounds = -(-settings.outbox.batch_size // 16)
+    return max(120.0, 2 * rounds * slowest)
+
+
+def build_content_mirror(rt: Runtime) -> Job:
+    """The content mirror job."""
+    from syncd.content.mirror import ContentMirror
+
+    return ContentMirror(rt.engine, rt.client)
+
+
+def build_message_sender(rt: Runtime) -> Job:
+    """The SMS sender job."""
+    from syncd.messages.sender import MessageSender
+
+    return MessageSender(rt.engine, rt.client, provider=rt.provider)
+
+
+def build_message_status(rt: Runtime) -> Job:
+    """The SMS delivery-status job."""
+    from syncd.messages.status import MessageStatusPoller
+
+    return MessageStatusPoller(rt.engine, rt.client, provider=rt.provider)
+
+
+def build_message_sources(rt: Runtime) -> Job:
+    """The job that turns configured message sources into SMS requests."""
+    from syncd.messages.sources import MessageSourcesJob
+
+    return MessageSourcesJob(rt.engine, rt.settings.messages.sources, provider=rt.provider)

@@ -1,0 +1,162 @@
+"""The long-running service: schedules jobs, serves health, talks to systemd, stops cleanly.
+
+Each job runs on its own interval or cron, never overlapping itself (APScheduler
+`max_instances=1` plus the per-job database lock in `JobRunner`, which also keeps a second
+daemon on the same database away). SIGTERM/SIGINT stop the scheduler, give in-flight runs a
+grace period to finish, then cancel them; every job leaves its state resumable, so a cancelled
+run is picked up by the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import structlog
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from syncd import sdnotify
+from syncd.jobs import Job, JobRunner
+
+log = structlog.get_logger(__name__)
+
+HEARTBEAT_SECONDS = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """When one job runs: every `interval_seconds`, or on a crontab line."""
+
+    job: Job
+    interval_seconds: float | None = None
+    cron: str | None = None
+    jitter_seconds: float = 0.0
+    run_at_start: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class HealthServer:
+    """Where to serve /healthz, /readyz and /metrics, and what readiness means."""
+
+    host: str
+    port: int
+    readiness_checks: Mapping[str, Callable[[], str | None]]
+
+
+class Daemon:
+    """Runs scheduled jobs until told to stop."""
+
+    def __init__(
+        self,
+        runner: JobRunner,
+        schedules: list[Schedule],
+        *,
+        health: HealthServer | None = None,
+        shutdown_grace_seconds: float = 20.0,
+    ) -> None:
+        self.runner = runner
+        self.schedules = schedules
+        self.health = health
+        self.shutdown_grace_seconds = shutdown_grace_seconds
+        self.heartbeat = time.monotonic()
+        self._stop = asyncio.Event()
+        self._in_flight: set[asyncio.Task[object]] = set()
+
+    def alive(self) -> bool:
+        """True while the event loop keeps beating (what /healthz and the watchdog use)."""
+        return time.monotonic() - self.heartbeat < 10 * HEARTBEAT_SECONDS
+
+    def request_stop(self) -> None:
+        """Ask the daemon to stop (signal handlers and tests call this)."""
+        self._stop.set()
+
+    async def _run_job(self, job: Job) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._in_flight.add(task)
+        try:
+            await self.runner.run_once(job)
+        finally:
+            self._in_flight.discard(task)
+
+    def _trigger(self, schedule: Schedule) -> IntervalTrigger | CronTrigger:
+        jitter = int(schedule.jitter_seconds) or None
+        if schedule.cron:
+            return CronTrigger.from_crontab(schedule.cron, timezone="UTC", jitter=jitter)
+        return IntervalTrigger(seconds=schedule.interval_seconds or 60, jitter=jitter)
+
+    async def _beat(self) -> None:
+        while True:
+            self.heartbeat = time.monotonic()
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+
+    async def run(self) -> None:
+        """Serve until SIGTERM/SIGINT (or `request_stop`), then shut down gracefully."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.request_stop)
+
+        background: list[asyncio.Task[None]] = [asyncio.create_task(self._beat())]
+        if self.health is not None:
+            from syncd.health import create_health_app, serve_health
+
+            app = create_health_app(
+                heartbeat=lambda: self.heartbeat, readiness_checks=self.health.readiness_checks
+            )
+            background.append(
+                asyncio.create_task(serve_health(app, self.health.host, self.health.port))
+            )
+        background.append(asyncio.create_task(sdnotify.watchdog_task(self.alive)))
+
+        scheduler = AsyncIOScheduler(timezone="UTC")
+        for schedule in self.schedules:
+            scheduler.add_job(
+                self._run_job,
+                self._trigger(schedule),
+                args=[schedule.job],
+                id=schedule.job.name,
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=None,
+                next_run_time=_now() if schedule.run_at_start else None,
+            )
+        scheduler.start()
+        sdnotify.ready()
+        log.info("daemon.started", jobs=[s.job.name for s in self.schedules])
+        try:
+            await self._stop.wait()
+        finally:
+            sdnotify.stopping()
+            log.info("daemon.stopping", in_flight=len(self._in_flight))
+            scheduler.shutdown(wait=False)
+            await self._drain()
+            for task in background:
+                task.cancel()
+            for task in background:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            log.info("daemon.stopped")
+
+    async def _drain(self) -> None:
+        """Let in-flight runs finish within the grace period, then cancel the rest."""
+        if not self._in_flight:
+            return
+        _, pending = await asyncio.wait(set(self._in_flight), timeout=self.shutdown_grace_seconds)
+        for task in pending:
+            task.cancel()
+        for task in pending:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+def _now() -> object:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC)

@@ -1,0 +1,108 @@
+"""What the CLI's commands do, one function each, on top of `syncd.compose`.
+
+Kept apart from `cli.py` so the command-line layer only parses arguments and renders, and
+tests can call the same functions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from syncd.compose import build_health, build_jobs, build_schedules, runtime
+from syncd.config import Settings
+from syncd.daemon import Daemon
+from syncd.exceptions import ConfigError
+from syncd.jobs import JobRunner, RunResult
+from syncd.state.db import check_migrated, upgrade
+from syncd.state.runs import interrupt_stale_runs
+
+log = structlog.get_logger(__name__)
+
+# CLI names of one-shot jobs → the job's name in the scheduler and the run records.
+SYNC_TARGETS = {
+    "patients": "push_patients",
+    "submissions": "poll_submissions",
+    "outbox": "deliver_outbox",
+    "messages": "send_messages",
+    "message-status": "message_status",
+    "content": "mirror_content",
+}
+
+
+def _prepare_database(settings: Settings, engine: Any) -> None:
+    if settings.database.auto_migrate or settings.voxares.base_url == "sandbox":
+        upgrade(engine)
+    check_migrated(engine)
+
+
+async def serve(settings: Settings) -> None:
+    """Run the daemon until SIGTERM/SIGINT."""
+    started_at = datetime.now(UTC)
+    async with runtime(settings) as rt:
+        await asyncio.to_thread(_prepare_database, settings, rt.engine)
+        interrupted = await asyncio.to_thread(interrupt_stale_runs, rt.engine)
+        if interrupted:
+            log.warning("daemon.runs_interrupted_by_crash", runs=interrupted)
+        jobs = build_jobs(rt)
+        daemon = Daemon(
+            JobRunner(rt.engine),
+            build_schedules(rt, jobs),
+            health=build_health(rt, started_at),
+        )
+        await daemon.run()
+
+
+async def sync_once(
+    settings: Settings,
+    target: str,
+    *,
+    dry_run: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> RunResult | Any:
+    """Run one job once (`syncd sync patients`); a dry run of the push returns its counts."""
+    job_name = SYNC_TARGETS[target]
+    async with runtime(settings) as rt:
+        await asyncio.to_thread(_prepare_database, settings, rt.engine)
+        jobs = build_jobs(rt)
+        if job_name not in jobs:
+            raise ConfigError([f"{_section_of(target)}.enabled: the {target} job is disabled"])
+        job = jobs[job_name]
+        if dry_run:
+            if target != "patients":
+                raise ConfigError(["--dry-run: only `sync patients` has a dry run"])
+            return await job.run(0, dry_run=True)  # type: ignore[call-arg]
+        if progress is not None and target == "patients":
+            job = _with_progress(job, progress)
+        return await JobRunner(rt.engine).run_once(job)
+
+
+def _section_of(target: str) -> str:
+    return {
+        "patients": "patients",
+        "submissions": "submissions",
+        "outbox": "outbox",
+        "messages": "messages",
+        "message-status": "messages",
+        "content": "content",
+    }[target]
+
+
+class _ProgressJob:
+    """A push job whose run reports progress (the CLI's progress bar)."""
+
+    def __init__(self, job: Any, progress: Callable[[int], None]) -> None:
+        self._job = job
+        self._progress = progress
+        self.name = job.name
+
+    async def run(self, run_id: int) -> Any:
+        return await self._job.run(run_id, progress=self._progress)
+
+
+def _with_progress(job: Any, progress: Callable[[int], None]) -> Any:
+    return _ProgressJob(job, progress)
