@@ -1,0 +1,103 @@
+"""`syncd status`: is it working? One read-only snapshot of the state database.
+
+Ids, counts and times only: nothing here reads patient fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session
+
+from syncd.state.models import MessageRequest, PatientMirror, PollerState, QuarantinedRow
+from syncd.state.runs import RunSummary, last_runs
+
+
+@dataclass(frozen=True, slots=True)
+class SinkStatus:
+    """One sink's backlog."""
+
+    sink: str
+    pending: int
+    oldest_age_seconds: float
+    dead: int
+    disabled_reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class StatusReport:
+    """Everything `syncd status` shows."""
+
+    runs: list[RunSummary]
+    patients_active: int
+    patients_inactive: int
+    quarantined: int
+    watermark: datetime | None
+    watermark_lag_seconds: float | None
+    window_in_progress: bool
+    sinks: list[SinkStatus]
+    messages_by_state: dict[str, int]
+
+    @property
+    def messages_unknown(self) -> int:
+        """SMS whose outcome is ambiguous and needs an operator (`syncd messages resolve`)."""
+        return self.messages_by_state.get("unknown", 0)
+
+
+def gather_status(engine: Engine, *, now: datetime | None = None) -> StatusReport:
+    """Read the status snapshot."""
+    from syncd.outbox.store import backlog, sink_states
+
+    moment = now or datetime.now(UTC)
+    with Session(engine) as session:
+        by_state = dict(
+            session.execute(
+                select(PatientMirror.state, func.count()).group_by(PatientMirror.state)
+            ).all()
+        )
+        quarantined = session.scalar(select(func.count()).select_from(QuarantinedRow)) or 0
+        poller = session.get(PollerState, "form_submissions")
+        messages = dict(
+            session.execute(
+                select(MessageRequest.state, func.count()).group_by(MessageRequest.state)
+            ).all()
+        )
+    states = sink_states(engine)
+    sinks = [
+        SinkStatus(
+            name,
+            b.pending,
+            b.oldest_age_seconds,
+            b.dead,
+            states[name].disabled_reason if name in states else None,
+        )
+        for name, b in backlog(engine, now=moment).items()
+    ]
+    watermark = poller.watermark if poller is not None else None
+    lag = (moment - watermark).total_seconds() if watermark is not None else None
+    return StatusReport(
+        runs=last_runs(engine),
+        patients_active=int(by_state.get("active", 0)),
+        patients_inactive=int(by_state.get("inactive", 0)),
+        quarantined=int(quarantined),
+        watermark=watermark,
+        watermark_lag_seconds=lag,
+        window_in_progress=poller is not None and poller.window_end is not None,
+        sinks=sinks,
+        messages_by_state={str(k): int(v) for k, v in messages.items()},
+    )
+
+
+def quarantine_rows(
+    engine: Engine, *, source: str | None = None, limit: int = 200
+) -> list[QuarantinedRow]:
+    """Quarantined rows, most recently seen first (row key, field, reason: no values)."""
+    query = select(QuarantinedRow).order_by(QuarantinedRow.last_seen_at.desc()).limit(limit)
+    if source is not None:
+        query = query.where(QuarantinedRow.source == source)
+    with Session(engine, expire_on_commit=False) as session:
+        rows = list(session.scalars(query))
+        session.expunge_all()
+    return rows
