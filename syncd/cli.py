@@ -363,6 +363,273 @@ def quarantine_list(
     out.print(f"{len(rows)} row(s). Fix them in the EHR: the next run picks them up by itself.")
 
 
+# --- outbox -------------------------------------------------------------------------------
+
+
+def _since(value: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        err.print(f"error: --since: not an ISO 8601 date or time: {value!r}", markup=False)
+        raise typer.Exit(2) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@outbox_app.command("list")
+def outbox_list(
+    config: ConfigOption = None,
+    state: Annotated[
+        str | None, typer.Option(help="Only deliveries in this state (pending, delivered, dead).")
+    ] = None,
+    sink: Annotated[str | None, typer.Option(help="Only this sink.")] = None,
+    since: Annotated[str | None, typer.Option(help="Only events since (ISO 8601).")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many events.")] = 50,
+) -> None:
+    """Recent events and their delivery state per sink (ids only, no payloads)."""
+    from syncd.outbox.store import list_events
+
+    settings = _settings(config)
+    engine = _engine(settings)
+    try:
+        events = list_events(
+            engine, state=state, sink=sink, since=_since(since) if since else None, limit=limit
+        )
+    finally:
+        engine.dispose()
+    table = Table("seq", "event id", "type", "created", "deliveries", title="outbox")
+    for e in events:
+        deliveries = ", ".join(
+            f"{d.sink}:{d.state}" + (f"({d.attempts})" if d.attempts else "") for d in e.deliveries
+        )
+        table.add_row(str(e.seq), e.event_id, e.event_type, _ago(e.created_at), deliveries or "-")
+    out.print(table)
+
+
+@outbox_app.command("show")
+def outbox_show(
+    event_id: Annotated[str, typer.Argument(help="The event id (the webhook-id).")],
+    config: ConfigOption = None,
+) -> None:
+    """One event with its payload (it may hold patient data: shown only when asked)."""
+    import json
+
+    from syncd.outbox.store import show_event
+
+    settings = _settings(config)
+    engine = _engine(settings)
+    try:
+        event = show_event(engine, event_id)
+    finally:
+        engine.dispose()
+    if event is None:
+        err.print(f"error: no event {event_id!r}", markup=False)
+        raise typer.Exit(1)
+    out.print(f"{event.event_type} {event.event_id} (seq {event.seq}, {event.created_at})")
+    for d in event.deliveries:
+        out.print(
+            f"  {d.sink}: {d.state}, attempts {d.attempts}"
+            + (f", last error: {d.last_error}" if d.last_error else ""),
+            markup=False,
+        )
+    out.print_json(json.dumps(event.payload))
+
+
+@outbox_app.command("retry")
+def outbox_retry(
+    config: ConfigOption = None,
+    event_id: Annotated[str | None, typer.Option(help="Only this event.")] = None,
+    sink: Annotated[str | None, typer.Option(help="Only this sink (also re-enables it).")] = None,
+) -> None:
+    """Queue dead-lettered deliveries again, and re-enable disabled sinks."""
+    from syncd.outbox.store import retry
+
+    settings = _settings(config)
+    engine = _engine(settings)
+    try:
+        result = retry(engine, event_id=event_id, sink=sink)
+    finally:
+        engine.dispose()
+    for name, n in sorted(result.requeued.items()):
+        out.print(f"{name}: {n} delivery(ies) queued again")
+    for name in result.enabled:
+        out.print(f"{name}: re-enabled")
+    if not result.requeued and not result.enabled:
+        out.print("nothing to retry")
+
+
+@outbox_app.command("replay")
+def outbox_replay(
+    since: Annotated[str, typer.Option(help="Deliver again every event since (ISO 8601).")],
+    config: ConfigOption = None,
+    sink: Annotated[str | None, typer.Option(help="Only to this sink.")] = None,
+) -> None:
+    """Deliver events again (same event ids) to a receiver that lost them on its side."""
+    from syncd.outbox.routing import routes_from_settings
+    from syncd.outbox.store import replay
+
+    settings = _settings(config)
+    engine = _engine(settings)
+    try:
+        queued = replay(
+            engine, since=_since(since), sink=sink, routes=routes_from_settings(settings.outbox)
+        )
+    finally:
+        engine.dispose()
+    for name, n in sorted(queued.items()):
+        out.print(f"{name}: {n} event(s) queued for delivery again (same webhook-id)")
+    if not queued:
+        out.print("no events to replay")
+
+
+# --- messages -----------------------------------------------------------------------------
+
+
+@messages_app.command("send")
+def messages_send(
+    provider_id: Annotated[str, typer.Option(help="The patient's EHR id (providerId).")],
+    config: ConfigOption = None,
+    content: Annotated[str | None, typer.Option(help="The SMS text.")] = None,
+    template: Annotated[str | None, typer.Option(help="A practice template id.")] = None,
+    key: Annotated[
+        str | None,
+        typer.Option(help="A unique request key; the same key is never sent twice."),
+    ] = None,
+) -> None:
+    """Request an SMS (sent by the next `send_messages` run, or `syncd sync messages`)."""
+    import uuid
+
+    from syncd.compose import provider_name
+    from syncd.messages.requests import submit_request
+
+    if (content is None) == (template is None):
+        err.print("error: give exactly one of --content and --template")
+        raise typer.Exit(2)
+    settings = _settings(config)
+    engine = _engine(settings)
+    request_key = key or f"cli:{uuid.uuid4()}"
+    try:
+        request = submit_request(
+            engine,
+            key=request_key,
+            provider=provider_name(settings),
+            provider_id=provider_id,
+            content=content,
+            template_id=template,
+            origin="cli",
+        )
+    except SyncdError as exc:
+        err.print(f"error: {exc}", markup=False)
+        raise typer.Exit(1) from None
+    finally:
+        engine.dispose()
+    out.print(f"request {request.key}: {request.state}")
+
+
+@messages_app.command("list")
+def messages_list(
+    config: ConfigOption = None,
+    state: Annotated[str | None, typer.Option(help="Only requests in this state.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many.")] = 50,
+) -> None:
+    """SMS requests: key, patient id, state, message id, delivery status (no text)."""
+    from sqlalchemy import select
+    from sqlalchemy.orm import Session
+
+    from syncd.state.models import MessageRequest
+
+    settings = _settings(config)
+    engine = _engine(settings)
+    query = select(MessageRequest).order_by(MessageRequest.updated_at.desc()).limit(limit)
+    if state:
+        query = query.where(MessageRequest.state == state)
+    try:
+        with Session(engine) as session:
+            rows = list(session.scalars(query))
+            table = Table("key", "providerId", "state", "message id", "status", "updated")
+            for r in rows:
+                table.add_row(
+                    r.key,
+                    r.provider_id,
+                    r.state,
+                    r.message_id or "-",
+                    r.delivery_status or "-",
+                    _ago(r.updated_at),
+                )
+    finally:
+        engine.dispose()
+    out.print(table)
+
+
+@messages_app.command("resolve")
+def messages_resolve(
+    key: Annotated[str, typer.Argument(help="The request key.")],
+    config: ConfigOption = None,
+    resend: Annotated[bool, typer.Option("--resend", help="Send it again.")] = False,
+    mark_sent: Annotated[
+        bool, typer.Option("--mark-sent", help="It was sent (checked in Voxares).")
+    ] = False,
+    cancel: Annotated[bool, typer.Option("--cancel", help="Do not send it.")] = False,
+    message_id: Annotated[
+        str | None, typer.Option(help="With --mark-sent: the Voxares message id.")
+    ] = None,
+) -> None:
+    """Decide an SMS in `unknown` (or resend a `failed` one): a human decides, never the daemon."""
+    from syncd.messages.resolve import resolve
+
+    chosen = [
+        name
+        for name, on in (("resend", resend), ("mark-sent", mark_sent), ("cancel", cancel))
+        if on
+    ]
+    if len(chosen) != 1:
+        err.print("error: give exactly one of --resend, --mark-sent, --cancel")
+        raise typer.Exit(2)
+    settings = _settings(config)
+    engine = _engine(settings)
+    try:
+        request = resolve(engine, key, chosen[0], message_id)
+    except SyncdError as exc:
+        err.print(f"error: {exc}", markup=False)
+        raise typer.Exit(1) from None
+    finally:
+        engine.dispose()
+    out.print(f"request {request.key}: now {request.state}")
+
+
+# --- content ------------------------------------------------------------------------------
+
+
+@content_app.command("list")
+def content_list(
+    config: ConfigOption = None,
+    kind: Annotated[
+        str | None, typer.Option(help="template, form or document (default: all).")
+    ] = None,
+) -> None:
+    """The mirrored templates, forms and documents (run `syncd sync content` to refresh)."""
+    from syncd.content.mirror import list_content
+
+    settings = _settings(config)
+    engine = _engine(settings)
+    try:
+        entries = list_content(engine, kind)
+    except ValueError as exc:
+        err.print(f"error: --kind: {exc}", markup=False)
+        raise typer.Exit(2) from None
+    finally:
+        engine.dispose()
+    table = Table("kind", "id", "name", "last seen", "removed", title="content")
+    for e in entries:
+        table.add_row(
+            e.kind,
+            e.id,
+            e.name or "-",
+            _ago(e.last_seen_at),
+            _ago(e.removed_at) if e.removed_at else "",
+        )
+    out.print(table)
+
+
 # --- sandbox ------------------------------------------------------------------------------
 
 
