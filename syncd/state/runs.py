@@ -1,0 +1,148 @@
+"""The record of job runs (`job_runs`) and the audit trail (`audit_log`).
+
+A run is written `running` when it starts and gets its outcome, counters and an id-only
+error text when it ends. A process that dies mid-run leaves `running` behind;
+`interrupt_stale_runs` marks those `interrupted` at the next start-up. `syncd status` and
+the health checks read `last_runs` and `last_success`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Final, Literal
+
+from sqlalchemy import Engine, func, insert, select, update
+from sqlalchemy.orm import Session
+
+from syncd.exceptions import StateError
+from syncd.state.models import AuditEntry, JobRun
+
+Outcome = Literal["ok", "failed", "interrupted"]
+OUTCOMES: Final = ("ok", "failed", "interrupted")
+RUNNING: Final = "running"
+_ERROR_MAX = 1024  # job_runs.error
+_DETAIL_MAX = 256  # audit_log.detail
+
+
+@dataclass(frozen=True, slots=True)
+class RunSummary:
+    """One job run as recorded."""
+
+    id: int
+    job: str
+    started_at: datetime
+    finished_at: datetime | None
+    outcome: str  # running | ok | failed | interrupted
+    counts: dict[str, int]
+    error: str | None
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def start_run(engine: Engine, job: str) -> int:
+    """Record that `job` started now; returns the run id."""
+    with engine.begin() as conn:
+        run_id = conn.execute(
+            insert(JobRun)
+            .values(job=job, started_at=_utcnow(), outcome=RUNNING, counts="{}")
+            .returning(JobRun.id)
+        ).scalar_one()
+    return int(run_id)
+
+
+def finish_run(
+    engine: Engine,
+    run_id: int,
+    outcome: Outcome,
+    counts: Mapping[str, int],
+    error: str | None,
+) -> None:
+    """Record how run `run_id` ended. `error` must hold ids only (it is shown by status)."""
+    if outcome not in OUTCOMES:
+        raise ValueError(f"outcome must be one of {', '.join(OUTCOMES)}")
+    with engine.begin() as conn:
+        updated = conn.execute(
+            update(JobRun)
+            .where(JobRun.id == run_id)
+            .values(
+                finished_at=_utcnow(),
+                outcome=outcome,
+                counts=json.dumps({str(k): int(v) for k, v in counts.items()}, sort_keys=True),
+                error=error[:_ERROR_MAX] if error is not None else None,
+            )
+        ).rowcount
+    if updated != 1:
+        raise StateError(f"no job run with id {run_id}")
+
+
+def interrupt_stale_runs(engine: Engine) -> int:
+    """Mark every run still `running` as `interrupted`; returns how many.
+
+    Call it once at daemon start-up, before any job runs: a run left `running` then belongs
+    to a process that died. (With several daemons on one PostgreSQL database, a peer's
+    live run would be marked too; its own `finish_run` then writes the real outcome.)
+    """
+    with engine.begin() as conn:
+        return conn.execute(
+            update(JobRun)
+            .where(JobRun.outcome == RUNNING)
+            .values(outcome="interrupted", finished_at=_utcnow(), error="process ended mid-run")
+        ).rowcount
+
+
+def last_runs(engine: Engine) -> list[RunSummary]:
+    """The latest run of every job that ever ran, ordered by job name."""
+    latest = select(func.max(JobRun.id)).group_by(JobRun.job).scalar_subquery()
+    query = select(JobRun).where(JobRun.id.in_(latest)).order_by(JobRun.job)
+    with Session(engine) as session:
+        return [_summary(run) for run in session.scalars(query)]
+
+
+def last_success(engine: Engine, job: str) -> datetime | None:
+    """When `job` last finished `ok`, or None if it never did."""
+    query = select(func.max(JobRun.finished_at)).where(JobRun.job == job, JobRun.outcome == "ok")
+    with engine.connect() as conn:
+        return conn.execute(query).scalar_one_or_none()
+
+
+def _summary(run: JobRun) -> RunSummary:
+    return RunSummary(
+        id=run.id,
+        job=run.job,
+        started_at=run.started_at,
+        finished_at=run.finished_at,
+        outcome=run.outcome,
+        counts={str(k): int(v) for k, v in json.loads(run.counts or "{}").items()},
+        error=run.error,
+    )
+
+
+def audit(
+    session: Session,
+    actor: str,
+    run_id: int | None,
+    action: str,
+    object_type: str,
+    object_id: str,
+    detail: str | None = None,
+) -> AuditEntry:
+    """Add an audit entry in the caller's transaction (committed with the change it records).
+
+    Ids and counts only: `object_id` is e.g. a providerId or submission id, never a name.
+    """
+    entry = AuditEntry(
+        at=_utcnow(),
+        actor=actor,
+        run_id=run_id,
+        action=action,
+        object_type=object_type,
+        object_id=object_id,
+        detail=detail[:_DETAIL_MAX] if detail is not None else None,
+    )
+    session.add(entry)
+    return entry
