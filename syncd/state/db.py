@@ -47,23 +47,31 @@ _UPGRADE_LOCK_KEY = int.from_bytes(b"syncdMig", "big")
 _UPGRADE_HINT = "run `syncd db upgrade`"
 
 
-def normalize_url(url: str | URL) -> URL:
-    """Parse a database URL; `postgresql://` means psycopg 3. Refuses other backends."""
+def database_url_problem(url: str | URL) -> str | None:
+    """Why `url` cannot be the state database, or None if it can (never quotes the URL)."""
     try:
         parsed = make_url(url)
-    except ArgumentError as exc:
-        raise StateError("database.url is not a valid database URL") from exc
+    except ArgumentError:
+        return "not a valid database URL (sqlite:///path or postgresql+psycopg://...)"
     backend = parsed.get_backend_name()
     if backend == "sqlite":
-        return parsed
+        return None
     if backend == "postgresql":
-        driver = parsed.get_driver_name()
-        if parsed.drivername == "postgresql":
-            return parsed.set(drivername="postgresql+psycopg")
-        if driver != "psycopg":
-            raise StateError(f"database.url: driver {driver} is not supported, use psycopg")
-        return parsed
-    raise StateError(f"database.url: backend {backend} is not supported (sqlite or postgresql)")
+        if parsed.drivername in ("postgresql", "postgresql+psycopg"):
+            return None
+        return f"driver {parsed.get_driver_name()} is not supported, use postgresql+psycopg"
+    return f"backend {backend} is not supported (sqlite or postgresql)"
+
+
+def normalize_url(url: str | URL) -> URL:
+    """Parse a state database URL; a plain `postgresql://` means psycopg 3."""
+    reason = database_url_problem(url)
+    if reason:
+        raise StateError(f"database.url: {reason}")
+    parsed = make_url(url)
+    if parsed.drivername == "postgresql":
+        return parsed.set(drivername="postgresql+psycopg")
+    return parsed
 
 
 def make_engine(url: str | URL, *, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS) -> Engine:
