@@ -124,15 +124,20 @@ def row_key(row: SourceRow) -> str:
     usable = 0 < len(provider_id) <= MAX_PROVIDER_ID_LENGTH
     if usable and not _UNSTORABLE.search(provider_id):
         return provider_id
-    if row.origin is None:
-        return f"line:{row.line}"
-    name = _UNSTORABLE.sub("?", os.path.basename(row.origin))
-    return f"line:{row.line}@{name}"[:ROW_KEY_MAX]
+    return _where(row)
 
 
 def duplicate_key(key: str, row: SourceRow) -> str:
     """The quarantine key of a repeated providerId: its own, since the first row owns `key`."""
-    return f"{key}@line:{row.line}"[-ROW_KEY_MAX:]
+    return f"{key}@{_where(row)}"[-ROW_KEY_MAX:]
+
+
+def _where(row: SourceRow) -> str:
+    """`line:<n>`, or `line:<n>@<file name>` for a row from one file of several."""
+    if row.origin is None:
+        return f"line:{row.line}"
+    name = _UNSTORABLE.sub("?", os.path.basename(row.origin))
+    return f"line:{row.line}@{name}"[:ROW_KEY_MAX]
 
 
 def plan_duplicate(

@@ -19,7 +19,6 @@ batch's transaction. A crash between the two loses only the record: the next run
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -444,8 +443,10 @@ class _Run:
         if tasks:
             await asyncio.wait(tasks)
         if deciding is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait([deciding])
+            # The worker finishes the batch it is reading before it can close anything.
+            await asyncio.wait([deciding])
+            if not deciding.cancelled():
+                deciding.exception()  # retrieved: the run already failed for another reason
         try:
             await self.in_worker(self.close)
         finally:

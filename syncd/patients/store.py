@@ -431,6 +431,8 @@ class PushStore:
     def _write_quarantined(self, entries: Sequence[QuarantineWrite], now: datetime) -> None:
         if not entries:
             return
+        # One row per key: PostgreSQL refuses an upsert that touches a row twice.
+        entries = list({e.key: e for e in entries}.values())
         stmt = _insert(self._conn, _QUARANTINE)
         stmt = stmt.on_conflict_do_update(
             index_elements=["source", "row_key"],

@@ -294,9 +294,15 @@ async def test_duplicates_are_reported_and_pushed_once(world: World) -> None:
     assert world.patients()["P1"].last_name == "Horvat"
     assert world.patients()["P8"].last_name == "Novak"
     entries = world.quarantine()
-    assert entries["P1@line:6"].reason == "duplicate providerId in source (first at line 2)"
-    assert entries["P8@line:7"].reason == "duplicate providerId in source (first at line 5)"
-    assert entries["P1@line:6"].field == "providerId"
+    assert (
+        entries["P1@line:6@patients.csv"].reason
+        == "duplicate providerId in source (first at line 2)"
+    )
+    assert (
+        entries["P8@line:7@patients.csv"].reason
+        == "duplicate providerId in source (first at line 5)"
+    )
+    assert entries["P1@line:6@patients.csv"].field == "providerId"
 
     again = await world.run()
     assert (again.duplicates, again.unchanged) == (2, 4)
@@ -465,3 +471,21 @@ async def test_progress_reports_rows_done(world: World) -> None:
     job = world.job()
     await job.run(start_run(world.engine, "push_patients"), progress=seen.append)
     assert seen == [3, 6, 9]
+
+
+async def test_repeats_across_files_of_a_glob_are_each_reported(world: World) -> None:
+    """The same providerId at the same line of three files: pushed once, two reports."""
+    for name in ("a", "b", "c"):
+        (world.csv.parent / f"day-{name}.csv").write_text(
+            f"{HEADER}\nP1,Ana,Horvat,,,\n", encoding="utf-8"
+        )
+    job = PatientPush(
+        world.engine,
+        world.client(),
+        CsvSource("ehr-export", world.csv.parent / "day-*.csv", columns=COLUMNS),
+        NormalizePolicy(),
+        provider=PROVIDER,
+    )
+    counts = await job.run(start_run(world.engine, "patients.push"))
+    assert (counts.created, counts.duplicates) == (1, 2)
+    assert set(world.quarantine()) == {"P1@line:2@day-b.csv", "P1@line:2@day-c.csv"}

@@ -165,6 +165,14 @@ def test_duplicate_is_quarantined_naming_the_first_line() -> None:
     assert duplicate_key("P1", row) == "P1@line:40"
 
 
+def test_duplicate_key_names_the_file_of_a_multi_file_source() -> None:
+    """Repeats at the same line of two files get distinct quarantine keys."""
+    first = make_row(line=5, origin="/in/a.csv")
+    second = make_row(line=5, origin="/in/b.csv")
+    assert duplicate_key("P1", first) == "P1@line:5@a.csv"
+    assert duplicate_key("P1", first) != duplicate_key("P1", second)
+
+
 def test_duplicate_reported_the_same_way_before_is_known() -> None:
     """The same duplicate row as last run is `known` (counted, not logged again)."""
     row = make_row(line=40)
