@@ -211,6 +211,17 @@ def test_database_at_base_is_not_migrated(sqlite_url: str) -> None:
     engine.dispose()
 
 
+def test_database_behind_the_code_is_told_to_upgrade(sqlite_url: str) -> None:
+    """A database at an older revision names both revisions and the command to run."""
+    engine = make_engine(sqlite_url)
+    upgrade(engine, "0001")
+    if "0001" in head_revisions():
+        pytest.skip("0001 is the only revision")
+    with pytest.raises(DatabaseNotMigrated, match=r"at revision 0001, the code needs .*syncd db"):
+        check_migrated(engine)
+    engine.dispose()
+
+
 def test_database_from_a_newer_version_is_named(sqlite_engine: Engine) -> None:
     """A revision this code does not know is reported as such (not 'run upgrade')."""
     with sqlite_engine.begin() as conn:

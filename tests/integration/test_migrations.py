@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, inspect
+from sqlalchemy import Engine, insert, inspect, select
 
 from syncd.state.db import (
     alembic_config,
@@ -71,6 +72,29 @@ def test_every_revision_upgrades_from_its_predecessor(empty_engine: Engine) -> N
         downgrade(empty_engine, revision.down_revision or "base")  # type: ignore[arg-type]
         upgrade(empty_engine, revision.revision)
     assert schema_diff(empty_engine) == []
+
+
+def test_database_at_the_previous_revision_upgrades_with_its_data(empty_engine: Engine) -> None:
+    """A database one revision behind, holding rows, upgrades to head and keeps them."""
+    script = ScriptDirectory.from_config(alembic_config())
+    (head,) = head_revisions()
+    previous = script.get_revision(head).down_revision
+    assert isinstance(previous, str), "head must have exactly one predecessor"
+    upgrade(empty_engine, previous)
+    audit_log = Base.metadata.tables["audit_log"]
+    row = {
+        "at": datetime(2025, 5, 20, tzinfo=UTC),
+        "actor": "patients",
+        "action": "patient.pushed",
+        "object_type": "patient",
+        "object_id": "P-1",
+    }
+    with empty_engine.begin() as conn:
+        conn.execute(insert(audit_log).values(row))
+    upgrade(empty_engine)
+    assert schema_diff(empty_engine) == []
+    with empty_engine.connect() as conn:
+        assert conn.execute(select(audit_log.c.object_id)).scalars().all() == ["P-1"]
 
 
 def test_upgrade_twice_is_a_no_op(empty_engine: Engine) -> None:
