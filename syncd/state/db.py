@@ -230,20 +230,47 @@ def _run_migration(target: str | URL | Engine, step: Callable[[Config], None]) -
     with _engine_for(target) as engine:
         config = alembic_config()
         try:
-            # One transaction around the whole step: Alembic sees an external transaction
-            # and runs inside it; on PostgreSQL an advisory lock makes a second concurrent
-            # upgrade wait and then find nothing to do.
-            with engine.begin() as conn:
-                if conn.dialect.name == "postgresql":
-                    conn.execute(
-                        text("SELECT pg_advisory_xact_lock(:key)"), {"key": _UPGRADE_LOCK_KEY}
-                    )
-                config.attributes["connection"] = conn
-                step(config)
+            with engine.connect() as conn:
+                if conn.dialect.name == "sqlite":
+                    # SQLite's batch mode recreates tables; with foreign keys enforced,
+                    # dropping a parent table would cascade-delete its children's rows.
+                    # The pragma only works outside a transaction, hence before BEGIN.
+                    _sqlite_pragma(conn, "PRAGMA foreign_keys=OFF")
+                try:
+                    _migrate_in_one_transaction(conn, config, step)
+                finally:
+                    if conn.dialect.name == "sqlite":
+                        _sqlite_pragma(conn, "PRAGMA foreign_keys=ON")
         except SQLAlchemyError as exc:
             raise StateError(f"migration failed ({type(exc).__name__})") from exc
         except CommandError as exc:
             raise StateError(f"migration failed: {exc}") from exc
+
+
+def _migrate_in_one_transaction(
+    conn: Connection, config: Config, step: Callable[[Config], None]
+) -> None:
+    # Alembic sees an external transaction and runs inside it, so a failed step leaves the
+    # database as it was. On PostgreSQL an advisory lock makes a second concurrent upgrade
+    # wait, then find nothing to do.
+    with conn.begin():
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _UPGRADE_LOCK_KEY})
+        config.attributes["connection"] = conn
+        step(config)
+        if conn.dialect.name == "sqlite":
+            broken = conn.exec_driver_sql("PRAGMA foreign_key_check").all()
+            if broken:
+                raise StateError(f"migration left {len(broken)} rows violating foreign keys")
+
+
+def _sqlite_pragma(conn: Connection, statement: str) -> None:
+    """Run a pragma on the driver connection, outside SQLAlchemy's transaction."""
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(statement)
+    finally:
+        cursor.close()
 
 
 @contextlib.contextmanager

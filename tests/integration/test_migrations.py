@@ -126,6 +126,15 @@ def test_concurrent_upgrades_on_postgres_do_not_collide(postgres_url: str) -> No
     engine.dispose()
 
 
+def test_sqlite_foreign_keys_are_enforced_again_after_a_migration(sqlite_url: str) -> None:
+    """Migrations run with SQLite foreign keys off (batch mode); the connection gets them back."""
+    engine = make_engine(sqlite_url, busy_timeout_ms=1000)
+    upgrade(engine)
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    engine.dispose()
+
+
 def test_upgrade_by_url_disposes_its_engine(sqlite_url: str) -> None:
     """upgrade() accepts a URL as well as an Engine."""
     upgrade(sqlite_url)
