@@ -128,12 +128,14 @@ class World:
         practice = self.sandbox.practices[self.sandbox.demo_practice_id]
         return {pid: p for (prov, pid), p in practice.by_external.items() if prov == PROVIDER}
 
-    def mirror(self) -> dict[str, PatientMirror]:
+    def mirror(self) -> dict[str, Any]:
+        """The mirror's rows by providerId (column access by attribute)."""
         with self.engine.connect() as conn:
             rows = conn.execute(select(PatientMirror)).all()
         return {row.provider_id: row for row in rows}
 
-    def quarantine(self) -> dict[str, QuarantinedRow]:
+    def quarantine(self) -> dict[str, Any]:
+        """The quarantine's rows by row key."""
         with self.engine.connect() as conn:
             rows = conn.execute(select(QuarantinedRow)).all()
         return {row.row_key: row for row in rows}
@@ -167,7 +169,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         url = f"sqlite:///{tmp_path}/state.db"
         upgrade(url)
         return url
-    url = request.getfixturevalue("migrated_postgres")
+    url = str(request.getfixturevalue("migrated_postgres"))
     engine = create_engine(url)
     with engine.begin() as conn:
         for table in reversed(Base.metadata.sorted_tables):
