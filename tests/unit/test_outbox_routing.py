@@ -87,7 +87,8 @@ def test_route_rejects_bad_values(kwargs: dict[str, Any]) -> None:
 
 
 def test_routes_from_settings() -> None:
-    """Every configured sink becomes a route with its patterns and format, starting now."""
+    """Every configured sink becomes a route with its patterns, format and start (default:
+    the beginning of the outbox, so a fresh install delivers what was written before)."""
     settings = OutboxSettings.model_validate(
         {
             "sinks": {
@@ -97,11 +98,12 @@ def test_routes_from_settings() -> None:
                     "directory": "/tmp/y",
                     "events": ["form_submission.*"],
                     "format": "fhir",
+                    "start": "now",
                 },
             }
         }
     )
     assert routes_from_settings(settings) == {
-        "archive": Route("archive", ("*",), "json", "now"),
+        "archive": Route("archive", ("*",), "json", "beginning"),
         "ehr": Route("ehr", ("form_submission.*",), "fhir", "now"),
     }
