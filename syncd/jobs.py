@@ -24,7 +24,7 @@ from syncd import metrics
 from syncd.exceptions import JobLocked, SyncdError
 from syncd.logging import bind_job
 from syncd.state.locks import acquire_job_lock
-from syncd.state.runs import finish_run, start_run
+from syncd.state.runs import finish_run, interrupt_stale_runs, start_run
 
 log = structlog.get_logger(__name__)
 
@@ -107,6 +107,10 @@ class JobRunner:
             await asyncio.to_thread(renew)
 
     async def _run_locked(self, job: Job) -> RunResult:
+        # We hold the job's lock, so a run of it still marked `running` died with its process.
+        stale = await asyncio.to_thread(interrupt_stale_runs, self.engine, job.name)
+        if stale:
+            log.warning("job.previous_run_interrupted", job=job.name, runs=stale)
         run_id = await asyncio.to_thread(start_run, self.engine, job.name)
         started = time.monotonic()
         with bind_job(job.name, run_id):

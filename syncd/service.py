@@ -19,7 +19,6 @@ from syncd.daemon import Daemon
 from syncd.exceptions import ConfigError
 from syncd.jobs import JobRunner, RunResult
 from syncd.state.db import check_migrated, upgrade
-from syncd.state.runs import interrupt_stale_runs
 
 log = structlog.get_logger(__name__)
 
@@ -45,9 +44,8 @@ async def serve(settings: Settings) -> None:
     started_at = datetime.now(UTC)
     async with runtime(settings) as rt:
         await asyncio.to_thread(_prepare_database, settings, rt.engine)
-        interrupted = await asyncio.to_thread(interrupt_stale_runs, rt.engine)
-        if interrupted:
-            log.warning("daemon.runs_interrupted_by_crash", runs=interrupted)
+        # Runs a crashed process left `running` are marked per job by JobRunner once it
+        # holds that job's lock (a peer daemon's live runs are left alone).
         jobs = build_jobs(rt)
         daemon = Daemon(
             JobRunner(rt.engine),

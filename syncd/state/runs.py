@@ -80,18 +80,21 @@ def finish_run(
         raise StateError(f"no job run with id {run_id}")
 
 
-def interrupt_stale_runs(engine: Engine) -> int:
-    """Mark every run still `running` as `interrupted`; returns how many.
+def interrupt_stale_runs(engine: Engine, job: str | None = None) -> int:
+    """Mark runs still `running` (of `job`, or of every job) as `interrupted`; how many.
 
-    Call it once at daemon start-up, before any job runs: a run left `running` then belongs
-    to a process that died. (With several daemons on one PostgreSQL database, a peer's
-    live run would be marked too; its own `finish_run` then writes the real outcome.)
+    `JobRunner` calls it for one job right after taking that job's lock: holding the lock
+    proves no live process runs the job, so a `running` record belongs to a process that
+    died. Without `job` (every job) it is only safe when no other daemon shares the database.
     """
+    query = update(JobRun).where(JobRun.outcome == RUNNING)
+    if job is not None:
+        query = query.where(JobRun.job == job)
     with engine.begin() as conn:
         return conn.execute(
-            update(JobRun)
-            .where(JobRun.outcome == RUNNING)
-            .values(outcome="interrupted", finished_at=_utcnow(), error="process ended mid-run")
+            query.values(
+                outcome="interrupted", finished_at=_utcnow(), error="process ended mid-run"
+            )
         ).rowcount
 
 
