@@ -488,6 +488,6 @@ async def test_repeats_across_files_of_a_glob_are_each_reported(world: World) ->
         NormalizePolicy(),
         provider=PROVIDER,
     )
-    counts = await job.run(start_run(world.engine, "patients.push"))
+    counts = await job.run(start_run(world.engine, "push_patients"))
     assert (counts.created, counts.duplicates) == (1, 2)
     assert set(world.quarantine()) == {"P1@line:2@day-b.csv", "P1@line:2@day-c.csv"}
