@@ -214,8 +214,8 @@ class SubmissionPoller:
         while pending:
             part = pending.pop()
             listed = await self._list(part, counts)
-            if listed is None:
-                first, second = part.halves()
+            if isinstance(listed, tuple):
+                first, second = listed
                 pending += [second, first]
                 counts.splits += 1
                 log.info("poller.window_split", stream=self.stream, width_ms=part.width_ms)
@@ -224,8 +224,10 @@ class SubmissionPoller:
             in_order = sorted(listed.values(), key=lambda i: (i.updated_at, i.submission_id))
             await self._emit(in_order, counts, run_id)
 
-    async def _list(self, window: Window, counts: PollCounts) -> Mapping[str, Listed] | None:
-        """The window's complete listing, or None when it must be split."""
+    async def _list(
+        self, window: Window, counts: PollCounts
+    ) -> Mapping[str, Listed] | tuple[Window, Window]:
+        """The window's complete listing, or the two halves to poll instead."""
         paging = WindowPaging(window, self._policy)
         filters = SubmissionFilters(updated_from=window.start, updated_to=window.end)
         while True:
@@ -240,7 +242,7 @@ class SubmissionPoller:
             if verdict is Verdict.ACCEPT:
                 return paging.listed
             if verdict is Verdict.SPLIT:
-                return None
+                return paging.halves()
             if verdict is Verdict.RELIST:
                 counts.relists += 1
                 log.info(

@@ -10,8 +10,9 @@ a paging pass over it was provably complete:
 * the number of distinct ids seen equals that count (no item was skipped or shown twice
   because the order shifted between page requests).
 
-An unstable window is listed again a few times, then split in two halves in time; a window
-that holds more items than can be paged safely is split at once. A window whose end lies at
+An unstable window is listed again a few times, then split in two at the median `updatedAt`
+it listed (so each half holds about half its items); a window that holds more items than
+can be paged safely is split at once. A window whose end lies at
 least `settle` before the server's clock can only lose items (an update moves an item to the
 server's "now", past the window; an insert is stamped "now" too), so a later window always
 catches what moved out of this one.
@@ -61,15 +62,19 @@ class Window:
         """Whether the window spans more than one millisecond timestamp."""
         return self.width_ms > 0
 
-    def halves(self) -> tuple[Window, Window]:
+    def halves(self, at: datetime | None = None) -> tuple[Window, Window]:
         """Split into two disjoint, adjacent windows that together cover this one.
 
-        Bounds are inclusive, so the second half starts one millisecond after the first
-        ends: no timestamp is covered twice and none is left out.
+        The first half ends at `at` (clamped into `[start, end - 1 ms]`), by default at the
+        middle in time. Bounds are inclusive, so the second half starts one millisecond
+        after the first ends: no timestamp is covered twice and none is left out.
         """
         if not self.splittable:
             raise ValueError("a zero-width window cannot be split")
-        mid = self.start + (self.width_ms // 2) * MILLISECOND
+        if at is None:
+            mid = self.start + (self.width_ms // 2) * MILLISECOND
+        else:
+            mid = min(max(floor_ms(at), self.start), self.end - MILLISECOND)
         return Window(self.start, mid), Window(mid + MILLISECOND, self.end)
 
 
@@ -257,6 +262,19 @@ class WindowPaging:
             self._accepted = dict(self.current.listed)
             return Verdict.ACCEPT
         return self._after_unstable_pass()
+
+    def halves(self) -> tuple[Window, Window]:
+        """The window split in two at the median `updatedAt` listed so far (SPLIT verdict).
+
+        Splitting at the items rather than at the middle in time halves the items each time:
+        a wide window whose items cluster (the first window spans all history) would
+        otherwise need dozens of halvings, each listed several times, before any half fits
+        in one page.
+        """
+        seen = sorted(item.updated_at for item in self.current.listed.values())
+        if not seen:
+            return self.window.halves()
+        return self.window.halves(at=seen[(len(seen) - 1) // 2])
 
     def _pool_page(self, count: int, items: list[Listed]) -> None:
         if count != self._pool_count:

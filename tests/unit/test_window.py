@@ -292,3 +292,21 @@ def test_policy_refuses_nonpositive_sizes() -> None:
     """A zero page size cannot page."""
     with pytest.raises(ValueError, match="positive"):
         PagingPolicy(page_size=0, max_window_items=1)
+
+
+def test_split_halves_the_listed_items_not_the_time() -> None:
+    """A wide window whose items cluster is split at their median updatedAt, clamped inside."""
+    wide = Window(T0 - timedelta(days=9000), T0 + MIN)
+    paging = WindowPaging(wide, PagingPolicy(page_size=2, max_window_items=3))
+    listed = [Listed(f"s{i}", T0 + timedelta(seconds=i)) for i in range(4)]
+    assert paging.record(4, listed[:2]) is Verdict.SPLIT
+    first, second = paging.halves()
+    assert (first.start, first.end, second.start, second.end) == (
+        wide.start,
+        T0,
+        T0 + timedelta(milliseconds=1),
+        wide.end,
+    )
+    at_end = WindowPaging(Window(T0, T0 + MIN), PagingPolicy(page_size=1, max_window_items=1))
+    at_end.record(2, [Listed("x", T0 + MIN)])
+    assert at_end.halves()[1] == Window(T0 + MIN, T0 + MIN)
