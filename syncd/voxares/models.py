@@ -79,6 +79,18 @@ class PatientUpsert(VoxaresModel):
     email: str | None = None
     date_of_birth: str | None = None  # ISO date, e.g. 1990-01-15
 
+    def to_body(self) -> dict[str, Any]:
+        """The JSON body: fields never set are left out, fields set to None are sent as null.
+
+        The API keeps a stored value when an upsert omits its field and clears it on an
+        explicit null (`contract.UPSERT_KEEPS_ABSENT_FIELDS`): a value removed in the EHR
+        must travel as null to be removed in Voxares.
+        """
+        body = self.model_dump(mode="json", by_alias=True, exclude_unset=True)
+        if body.get("provider") is None:
+            body.pop("provider", None)  # null would not mean "the key's name"
+        return body
+
 
 class UpsertResult(VoxaresModel):
     """What an upsert did: the patient as stored, and whether it was created (201) or updated."""

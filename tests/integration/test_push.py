@@ -256,6 +256,21 @@ async def test_one_changed_row_makes_exactly_one_call(world: World) -> None:
     assert world.mirror()["P2"].payload_hash != before
 
 
+async def test_a_value_removed_in_the_source_is_removed_in_voxares(world: World) -> None:
+    """An email and a birth date deleted in the EHR are cleared in Voxares (sent as null:
+    the API keeps a field an upsert omits)."""
+    world.write(*VALID)
+    await world.run()
+    assert world.patients()["P1"].email == "ana@example.com"
+
+    world.write(*[row.replace("ana@example.com,1990-01-15", ",") for row in VALID])
+    counts = await world.run()
+
+    assert (counts.updated, counts.unchanged) == (1, 3)
+    assert world.patients()["P1"].email is None
+    assert world.patients()["P1"].date_of_birth is None
+
+
 async def test_cosmetic_change_makes_no_call_and_refreshes_the_row_hash(world: World) -> None:
     """A reformatted phone number normalises to the same payload: no call, hash refreshed."""
     world.write(*VALID)
