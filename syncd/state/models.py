@@ -92,8 +92,9 @@ class PatientMirror(Base):
     first_pushed_at: Mapped[datetime] = mapped_column(UTCDateTime())
     last_pushed_at: Mapped[datetime] = mapped_column(UTCDateTime())
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    # The job run that last saw this row in the source; rows not seen by a complete run
-    # are the ones that disappeared.
+    # The run that last pushed or reactivated this row. Not stamped on every unchanged row
+    # (that write would cost more than the whole re-sync budget); a complete run finds the
+    # rows that disappeared against its own table of keys read (see patients/store.py).
     last_seen_run_id: Mapped[int | None] = mapped_column(BigInteger)
 
 
