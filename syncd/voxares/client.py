@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -158,6 +159,19 @@ def _check_page(page: int, page_size: int) -> None:
         raise ValueError(f"page_size must be between 1 and {contract.MAX_PAGE_SIZE}")
 
 
+def no_delay_transport(limits: httpx.Limits) -> httpx.AsyncHTTPTransport:
+    """httpx's transport with TCP_NODELAY on every connection.
+
+    httpcore writes a request's headers and body separately, and its sockets do not get
+    TCP_NODELAY by default: Nagle then holds each body until the server ACKs the headers,
+    which a delayed ACK puts off by up to 40 ms per request on Linux (measured: POST
+    throughput at 16 in flight halved against a loopback server).
+    """
+    return httpx.AsyncHTTPTransport(
+        limits=limits, socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
+    )
+
+
 def _http_date(value: str | None) -> datetime | None:
     if not value:
         return None
@@ -200,14 +214,15 @@ class VoxaresClient:
         self._retry = retry or RetryPolicy()
         self._limiter = limiter
         self._server_date: datetime | None = None
+        pool = httpx.Limits(
+            max_connections=self._limits.max_concurrency,
+            max_keepalive_connections=self._limits.max_concurrency,
+        )
         self._http = httpx.AsyncClient(
             base_url=base_url,
-            transport=transport,
+            transport=transport or no_delay_transport(pool),
             timeout=self._timeouts.to_httpx(),
-            limits=httpx.Limits(
-                max_connections=self._limits.max_concurrency,
-                max_keepalive_connections=self._limits.max_concurrency,
-            ),
+            limits=pool,
             headers={"Accept": "application/json", "User-Agent": USER_AGENT},
             follow_redirects=False,
         )
