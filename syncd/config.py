@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -77,9 +78,18 @@ def problem(key: str, reason: str) -> PydanticCustomError:
 
 # --- reusable field types and checks --------------------------------------------------------
 
-PositiveFloat = Annotated[float, Field(gt=0)]
-NonNegativeFloat = Annotated[float, Field(ge=0)]
-PositiveInt = Annotated[int, Field(ge=1)]
+
+def _not_bool(value: Any) -> Any:
+    """Numbers only: pydantic would read `true` as 1 (a one-second timeout, port 1)."""
+    if isinstance(value, bool):
+        raise problem("", "must be a number, not true or false")
+    return value
+
+
+Number = BeforeValidator(_not_bool)
+PositiveFloat = Annotated[float, Number, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Number, Field(ge=0)]
+PositiveInt = Annotated[int, Number, Field(ge=1)]
 NonEmptyStr = Annotated[str, Field(min_length=1)]
 
 
@@ -262,7 +272,7 @@ class HealthSettings(_Section):
 
     enabled: bool = True
     host: NonEmptyStr = "127.0.0.1"
-    port: Annotated[int, Field(ge=1, le=65535)] = 8787
+    port: Annotated[int, Number, Field(ge=1, le=65535)] = 8787
 
 
 # --- [patients] -----------------------------------------------------------------------------
@@ -417,7 +427,7 @@ class SubmissionsSettings(_Section):
     interval_seconds: PositiveFloat = 60.0
     overlap_seconds: NonNegativeFloat = 120.0
     settle_seconds: NonNegativeFloat = 30.0
-    page_size: Annotated[int, Field(ge=1, le=MAX_PAGE_SIZE)] = MAX_PAGE_SIZE
+    page_size: Annotated[int, Number, Field(ge=1, le=MAX_PAGE_SIZE)] = MAX_PAGE_SIZE
     max_window_seconds: PositiveFloat = 3600.0
     max_window_items: PositiveInt = 2000
     detail_concurrency: PositiveInt = 8
