@@ -14,6 +14,7 @@ import email.utils
 import ipaddress
 import math
 import re
+import socket
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Final
@@ -157,17 +158,21 @@ class WebhookSink:
         self._webhook = _signer(name, secret)
         self._max_attempts_4xx = max_attempts_4xx
         self._semaphore = asyncio.Semaphore(max_concurrency)
+        pool = httpx.Limits(
+            max_connections=max_concurrency, max_keepalive_connections=max_concurrency
+        )
+        # TCP_NODELAY: httpcore writes headers and body separately, and without it Nagle
+        # holds each body until the receiver's delayed ACK (up to 40 ms per event on Linux).
+        nodelay = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
         self._client = httpx.AsyncClient(
-            transport=transport,
+            transport=transport or httpx.AsyncHTTPTransport(limits=pool, socket_options=nodelay),
             timeout=httpx.Timeout(
                 connect=connect_timeout,
                 read=read_timeout,
                 write=read_timeout,
                 pool=connect_timeout,
             ),
-            limits=httpx.Limits(
-                max_connections=max_concurrency, max_keepalive_connections=max_concurrency
-            ),
+            limits=pool,
             follow_redirects=False,
         )
 
