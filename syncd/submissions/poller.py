@@ -7,7 +7,8 @@ windows `[watermark - overlap, server_now - settle]` (see `window.py`) until cau
    as saved, so no time range is skipped whatever the clock says by then;
 2. list it until a paging pass is provably complete (re-list, split, see `WindowPaging`);
 3. fetch the details, a bounded number at a time; a detail older than its listed version
-   (a lagging read) is fetched again a few times and otherwise fails the window;
+   (a lagging read) is fetched again a few times and otherwise fails the window (a page or
+   detail whose answer is malformed is read again the same way);
 4. emit one outbox event per version not yet recorded, each in the transaction of its
    `submission_versions` row (one transaction per batch of details);
 5. only when every item of the window is done, move the watermark to the window's end and
@@ -23,7 +24,7 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
-from typing import Final
+from typing import Any, Final
 
 import stamina
 import structlog
@@ -42,7 +43,7 @@ from syncd.submissions.window import (
 )
 from syncd.voxares import contract
 from syncd.voxares.client import VoxaresClient
-from syncd.voxares.models import SubmissionDetail, SubmissionFilters
+from syncd.voxares.models import Page, SubmissionDetail, SubmissionFilters, SubmissionSummary
 
 log = structlog.get_logger(__name__)
 
@@ -231,9 +232,7 @@ class SubmissionPoller:
         paging = WindowPaging(window, self._policy)
         filters = SubmissionFilters(updated_from=window.start, updated_to=window.end)
         while True:
-            page = await self._client.list_form_submissions(
-                filters, page=paging.next_page, page_size=self._page_size
-            )
+            page = await self._page(filters, paging.next_page)
             counts.pages += 1
             testing_hooks.step(STEP_AFTER_PAGE)
             verdict = paging.record(
@@ -257,6 +256,31 @@ class SubmissionPoller:
                     f"stream={self.stream} window of {window.width_ms} ms did not list "
                     f"completely in {paging.passes} passes"
                 )
+
+    async def _page(self, filters: SubmissionFilters, number: int) -> Page[SubmissionSummary]:
+        """One list page; a malformed answer is read again (up to `stale_attempts` reads).
+
+        The client never retries a malformed answer; a GET can safely be repeated, and
+        without this one garbled page in a window of hundreds fails the whole window, so a
+        low but steady rate of them would keep a large window from ever completing.
+        """
+        async for attempt in self._rereads(VoxaresMalformedResponse):
+            with attempt:
+                return await self._client.list_form_submissions(
+                    filters, page=number, page_size=self._page_size
+                )
+        raise AssertionError("unreachable: stamina re-raises the last failure")
+
+    def _rereads(self, *errors: type[Exception]) -> Any:
+        """A stamina retry context for reads that are worth repeating after `errors`."""
+        return stamina.retry_context(
+            on=errors,
+            attempts=self._stale_attempts,
+            timeout=None,
+            wait_initial=self._stale_wait,
+            wait_max=max(self._stale_wait, 2.0),
+            wait_jitter=0,
+        )
 
     async def _emit(self, items: Sequence[Listed], counts: PollCounts, run_id: int | None) -> None:
         """Fetch details a page-size batch at a time and record each batch in one commit."""
@@ -290,14 +314,8 @@ class SubmissionPoller:
         """The detail of a listed item, at least as new as listed (or StaleSubmission)."""
         detail: SubmissionDetail | None = None
         try:
-            async for attempt in stamina.retry_context(
-                on=_StillStale,
-                attempts=self._stale_attempts,
-                timeout=None,
-                wait_initial=self._stale_wait,
-                wait_max=max(self._stale_wait, 2.0),
-                wait_jitter=0,
-            ):
+            # A malformed answer is read again like a stale one (see `_page`).
+            async for attempt in self._rereads(_StillStale, VoxaresMalformedResponse):
                 with attempt:
                     async with self._detail_slots:
                         detail = await self._client.get_form_submission(item.submission_id)
