@@ -1,11 +1,20 @@
 """Client-side limits on Voxares calls: a request rate and a number of calls in flight.
 
-The rate is kept by GCRA in its virtual-scheduling form: each request claims the next free
-slot on a timeline spaced 1/rate apart and sleeps until its slot (one sleep per request, no
-polling). Slots follow the schedule, not the moment a sleeper wakes, so a late wake-up does
-not cost throughput. `burst` is how many requests may go back to back after an idle spell;
-the default of 1 sends an even stream, which a server bucket of the same rate accepts as long
-as its own burst allowance covers the network's jitter.
+The rate is kept by GCRA evaluated at the moment a request is released (not by handing out
+slots in advance): a request goes when the real clock says it conforms, so a stalled event
+loop cannot release a pile of pre-booked requests at once. What leaves the client always
+conforms to a token bucket of `requests_per_second * (1 - headroom)` per second holding
+`burst + 0.5` tokens:
+
+- the half token lets a request that woke late (timers are about 1 ms coarse) be followed by
+  one a little early, so late wake-ups do not cost throughput;
+- `headroom` (2 %) keeps the server's bucket refilling slightly faster than we drain it, so
+  whatever phase it is in when we start (full, or drained by an earlier run) it drifts back
+  to full and absorbs network jitter instead of answering 429.
+
+A server bucket with the same rate and a capacity of at least `burst + 1` therefore never
+has to refuse us. (A server bucket of capacity 1 refuses any pair of requests that arrive
+closer than its interval, which jitter makes unavoidable at its full rate.)
 
 Sharing: a limit only means something if every caller using one API key goes through the
 same limiter. `limiter_for()` keeps one `Limiter` per API key (keyed by a SHA-256 of the key,
@@ -34,13 +43,23 @@ Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
 
+# Extra bucket capacity, in tokens, that absorbs timer lateness (see the module docstring).
+CATCH_UP_TOKENS = 0.5
+
+
 @dataclass(frozen=True)
 class ClientLimits:
-    """Limits for one API key: requests per second (None: unlimited) and calls in flight."""
+    """Limits for one API key.
+
+    requests_per_second: the server's rate (None: no rate limit); max_concurrency: calls in
+    flight; burst: requests that may go back to back after an idle spell; headroom: the
+    fraction of the rate left unused so the server's bucket stays full.
+    """
 
     requests_per_second: float | None = 10.0
     max_concurrency: int = 8
     burst: int = 1
+    headroom: float = 0.02
 
     def __post_init__(self) -> None:
         rate = self.requests_per_second
@@ -50,51 +69,55 @@ class ClientLimits:
             raise ValueError("max_concurrency must be at least 1")
         if self.burst < 1:
             raise ValueError("burst must be at least 1")
+        if not 0 <= self.headroom < 1:
+            raise ValueError("headroom must be at least 0 and below 1")
 
 
 class RateLimiter:
-    """GCRA: hands out send times at most `rate` per second, `burst` back to back at most."""
+    """GCRA at release time: at most `rate` requests per second, `burst` back to back."""
 
     def __init__(
         self,
         rate: float,
         *,
         burst: int = 1,
+        headroom: float = 0.0,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
-        self._interval = 1.0 / rate
-        self._tolerance = (burst - 1) * self._interval
+        self._interval = 1.0 / (rate * (1.0 - headroom))
+        self._tolerance = (burst - 1 + CATCH_UP_TOKENS) * self._interval
         self._clock = clock
         self._sleep = sleep
         # Theoretical arrival time of the next request; -inf means a full bucket.
         self._tat = -math.inf
+        # One request at a time looks at the clock, in arrival order; the rest queue here.
+        self._turn = asyncio.Lock()
 
-    def reserve(self) -> float:
-        """Claim the next free slot and return the seconds until it (0: go now)."""
-        now = self._clock()
-        slot = max(now, self._tat - self._tolerance)
-        self._tat = max(self._tat, slot) + self._interval
-        return slot - now
+    @property
+    def interval(self) -> float:
+        """Seconds between requests in a sustained stream."""
+        return self._interval
 
     def defer(self, seconds: float) -> None:
-        """Give out no slot before `seconds` from now (the server asked us to back off)."""
+        """Release nothing before `seconds` from now (the server asked us to back off)."""
         self._tat = max(self._tat, self._clock() + seconds + self._tolerance)
 
     async def acquire(self) -> float:
-        """Wait for the next slot; returns the seconds waited."""
-        delay = self.reserve()
-        if delay <= 0:
-            return 0.0
-        claimed = self._tat
-        try:
-            await self._sleep(delay)
-        except asyncio.CancelledError:
-            if self._tat == claimed:  # nobody queued behind us: hand the slot back
-                self._tat -= self._interval
-            raise
-        metrics.RATE_LIMIT_WAIT.inc(delay)
-        return delay
+        """Wait until a request may go; returns the seconds waited (queueing included)."""
+        started = self._clock()
+        async with self._turn:
+            while True:  # once, unless a defer() moved the goal while we slept
+                now = self._clock()
+                wait = self._tat - self._tolerance - now
+                if wait <= 0:
+                    break
+                await self._sleep(wait)
+            self._tat = max(self._tat, now) + self._interval
+        waited = now - started
+        if waited > 0:
+            metrics.RATE_LIMIT_WAIT.inc(waited)
+        return waited
 
 
 class Limiter:
@@ -106,7 +129,13 @@ class Limiter:
         self.limits = limits
         self._semaphore = asyncio.Semaphore(limits.max_concurrency)
         self._rate = (
-            RateLimiter(limits.requests_per_second, burst=limits.burst, clock=clock, sleep=sleep)
+            RateLimiter(
+                limits.requests_per_second,
+                burst=limits.burst,
+                headroom=limits.headroom,
+                clock=clock,
+                sleep=sleep,
+            )
             if limits.requests_per_second is not None
             else None
         )
@@ -119,11 +148,10 @@ class Limiter:
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
-        """Hold one call's place: a concurrency slot first, then a rate slot.
+        """Hold one call's place: a concurrency slot first, then the rate.
 
-        The concurrency slot is taken first so that rate slots are claimed only by calls
-        that can go out at once; otherwise slots would be spent while waiting and the
-        calls would later leave in a burst.
+        In that order so that a call the rate lets go leaves at once; the other way round it
+        could wait for a concurrency slot after its turn and leave bunched with others.
         """
         async with self._semaphore:
             if self._rate is not None:
