@@ -283,32 +283,71 @@ class SubmissionPoller:
         )
 
     async def _emit(self, items: Sequence[Listed], counts: PollCounts, run_id: int | None) -> None:
-        """Fetch details a page-size batch at a time and record each batch in one commit."""
-        for offset in range(0, len(items), self._page_size):
-            batch = items[offset : offset + self._page_size]
-            results = await asyncio.gather(
-                *(self._detail(item, counts) for item in batch), return_exceptions=True
-            )
-            details = [r for r in results if isinstance(r, SubmissionDetail)]
-            # Record what was fetched even when some failed: the work is kept, and the
-            # failed ones fail the window below (the watermark stays for the next run).
-            if details:
-                recorded: Recorded = await asyncio.to_thread(self._store.record, details, run_id)
-                counts.emitted += recorded.emitted
-                counts.duplicates_skipped += recorded.duplicates
-                testing_hooks.step(STEP_AFTER_OUTBOX_INSERT)
-                log.info(
-                    "poller.batch_recorded",
-                    stream=self.stream,
-                    details=len(details),
-                    emitted=recorded.emitted,
-                    duplicates=recorded.duplicates,
-                    first_seq=min(recorded.event_seqs, default=None),
-                    last_seq=max(recorded.event_seqs, default=None),
+        """Fetch details a page-size batch at a time and record each batch in one commit.
+
+        The next batch's fetches start before this batch is recorded (two batches in
+        flight, the detail semaphore bounding the calls), so the detail concurrency stays
+        full across batch boundaries instead of draining at the end of every batch.
+        """
+        batches = [
+            items[offset : offset + self._page_size]
+            for offset in range(0, len(items), self._page_size)
+        ]
+        if not batches:
+            return
+        current = self._fetch(batches[0], counts)
+        try:
+            for number in range(len(batches)):
+                following = (
+                    self._fetch(batches[number + 1], counts) if number + 1 < len(batches) else None
                 )
-            failures = [r for r in results if isinstance(r, BaseException)]
-            if failures:
-                raise failures[0]
+                try:
+                    results = await asyncio.gather(*current, return_exceptions=True)
+                    await self._record(results, counts, run_id)
+                except BaseException:
+                    if following is not None:
+                        await _cancel_all(following)
+                    raise
+                if following is None:
+                    break
+                current = following
+        except BaseException:
+            await _cancel_all(current)
+            raise
+
+    def _fetch(
+        self, batch: Sequence[Listed], counts: PollCounts
+    ) -> list[asyncio.Task[SubmissionDetail]]:
+        """Start fetching the details of one batch (the semaphore bounds the calls)."""
+        return [asyncio.create_task(self._detail(item, counts)) for item in batch]
+
+    async def _record(
+        self,
+        results: Sequence[SubmissionDetail | BaseException],
+        counts: PollCounts,
+        run_id: int | None,
+    ) -> None:
+        """Record a batch's fetched details in one commit, then raise its first failure."""
+        details = [r for r in results if isinstance(r, SubmissionDetail)]
+        # Record what was fetched even when some failed: the work is kept, and the
+        # failed ones fail the window below (the watermark stays for the next run).
+        if details:
+            recorded: Recorded = await asyncio.to_thread(self._store.record, details, run_id)
+            counts.emitted += recorded.emitted
+            counts.duplicates_skipped += recorded.duplicates
+            testing_hooks.step(STEP_AFTER_OUTBOX_INSERT)
+            log.info(
+                "poller.batch_recorded",
+                stream=self.stream,
+                details=len(details),
+                emitted=recorded.emitted,
+                duplicates=recorded.duplicates,
+                first_seq=min(recorded.event_seqs, default=None),
+                last_seq=max(recorded.event_seqs, default=None),
+            )
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            raise failures[0]
 
     async def _detail(self, item: Listed, counts: PollCounts) -> SubmissionDetail:
         """The detail of a listed item, at least as new as listed (or StaleSubmission)."""
@@ -339,3 +378,10 @@ class SubmissionPoller:
             ) from None
         assert detail is not None
         return detail
+
+
+async def _cancel_all(tasks: Sequence[asyncio.Task[SubmissionDetail]]) -> None:
+    """Cancel unfinished fetches and wait for every task, retrieving their outcomes."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
