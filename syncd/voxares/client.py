@@ -18,7 +18,7 @@ import asyncio
 import re
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -75,6 +75,7 @@ USER_AGENT = "voxares-syncd"
 _LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 # An API key travels in a header: printable ASCII without spaces.
 _KEY_SHAPE = re.compile(r"[\x21-\x7e]+")
+_PAGING = frozenset({"page", "pageSize"})
 # Wire names of patient fields, so that `patch_patient` callers may use snake_case.
 _PATIENT_WIRE_NAMES = frozenset(contract.PATIENT_FIELDS)
 
@@ -271,8 +272,8 @@ class VoxaresClient:
     async def get_patient(self, provider: str, provider_id: str) -> Patient:
         """The patient with this external id; `NotFound` if there is none."""
         template = contract.PATIENT_BY_EXTERNAL_ID
-        path = render_path(template, provider=provider, provider_id=provider_id)
-        reply = await self._call("GET", template, path=path)
+        segments = {"provider": provider, "provider_id": provider_id}
+        reply = await self._call("GET", template, segments=segments)
         return self._parse(Patient, reply, "GET", template)
 
     async def patch_patient(
@@ -280,9 +281,9 @@ class VoxaresClient:
     ) -> Patient:
         """Change only the given fields (snake_case or camelCase names) of one patient."""
         template = contract.PATIENT_BY_EXTERNAL_ID
-        path = render_path(template, provider=provider, provider_id=provider_id)
+        segments = {"provider": provider, "provider_id": provider_id}
         body = {_wire_name(name): value for name, value in changes.items()}
-        reply = await self._call("PATCH", template, path=path, body=body)
+        reply = await self._call("PATCH", template, segments=segments, body=body)
         return self._parse(Patient, reply, "PATCH", template)
 
     # Messages
@@ -305,8 +306,7 @@ class VoxaresClient:
     async def get_message(self, message_id: str) -> Message:
         """One sent message and its delivery status."""
         template = contract.MESSAGE_BY_ID
-        path = render_path(template, message_id=message_id)
-        reply = await self._call("GET", template, path=path)
+        reply = await self._call("GET", template, segments={"message_id": message_id})
         return self._parse(Message, reply, "GET", template)
 
     # Content
@@ -347,8 +347,7 @@ class VoxaresClient:
     async def get_form_submission(self, submission_id: str) -> SubmissionDetail:
         """One form submission with the patient's answers."""
         template = contract.FORM_SUBMISSION_BY_ID
-        path = render_path(template, submission_id=submission_id)
-        reply = await self._call("GET", template, path=path)
+        reply = await self._call("GET", template, segments={"submission_id": submission_id})
         return self._parse(SubmissionDetail, reply, "GET", template)
 
     # Pagination
@@ -407,12 +406,19 @@ class VoxaresClient:
         method: str,
         template: str,
         *,
-        path: str | None = None,
+        segments: Mapping[str, str] | None = None,
         params: Mapping[str, str] | None = None,
         body: Mapping[str, Any] | None = None,
         send: bool = False,
     ) -> _Reply:
         """One API call with its retries. `template` names the call in errors, logs, metrics."""
+        path = render_path(template, **segments) if segments else template
+        # What this call sent that an error message could echo back (ids, names, search).
+        sent_values = [
+            *(segments or {}).values(),
+            *(value for name, value in (params or {}).items() if name not in _PAGING),
+            *(value for value in (body or {}).values() if isinstance(value, str)),
+        ]
         started = time.monotonic()
         failures = 0
 
@@ -444,7 +450,7 @@ class VoxaresClient:
         ):
             with attempt:
                 return await self._attempt(
-                    method, template, path or template, params, body, send, attempt.num
+                    method, template, path, params, body, send, attempt.num, sent_values
                 )
         raise AssertionError("unreachable: stamina re-raises the last failure")
 
@@ -457,6 +463,7 @@ class VoxaresClient:
         body: Mapping[str, Any] | None,
         send: bool,
         number: int,
+        sent_values: Sequence[str],
     ) -> _Reply:
         if self._limiter is None:
             self._limiter = limiter_for(self._api_key.get_secret_value(), self._limits)
@@ -480,7 +487,8 @@ class VoxaresClient:
                     raise
                 failure = exc  # an unknown fault mid-send leaves the outcome unknown too
             else:
-                return self._reply(response, method, template, send, number, started)
+                sent = [*(body or {}).values(), *(params or {}).values()]
+                return self._reply(response, method, template, send, number, started, sent)
         elapsed_ms = round((time.monotonic() - started) * 1000)
         metrics.API_CALLS.labels(method, template, "0").inc()
         log.debug(
@@ -506,6 +514,7 @@ class VoxaresClient:
         send: bool,
         number: int,
         started: float,
+        sent: list[Any],
     ) -> _Reply:
         status = response.status_code
         metrics.API_CALLS.labels(method, template, str(status)).inc()
@@ -529,7 +538,7 @@ class VoxaresClient:
                 status,
                 method=method,
                 path=template,
-                api_message=api_message_of(body),
+                api_message=api_message_of(body, sent),
                 retry_after=retry_after,
             )
             if isinstance(error, RateLimited) and retry_after and self._limiter is not None:

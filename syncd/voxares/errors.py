@@ -7,6 +7,8 @@ URL, body or key leaves it. Errors name the method and the path *template*
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from typing import Any
 
 import httpx
@@ -27,6 +29,10 @@ from syncd.voxares.models import ApiErrorBody
 
 # The API's own message is kept (it explains a 400 or a 403) but cut short.
 API_MESSAGE_MAX = 300
+REDACTED = "<redacted>"
+_UNKNOWN_ROUTE = re.compile(r"(Cannot [A-Z]+) \S.*")
+# What a value the request sent becomes when the API's message quotes it.
+ECHO_REDACTED = "<redacted>"
 
 _BY_STATUS: dict[int, type[VoxaresHTTPError]] = {
     400: Invalid,
@@ -41,8 +47,13 @@ _BY_STATUS: dict[int, type[VoxaresHTTPError]] = {
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 
-def api_message_of(body: Any) -> str | None:
-    """The `message` of an error body (string or list of strings), shortened; else None."""
+def api_message_of(body: Any, sent: Iterable[object] = ()) -> str | None:
+    """The `message` of an error body (string or list of strings), shortened; else None.
+
+    Every value of `sent` (the request's body and query values) is cut out of it first: an
+    API may quote the value it refused ("mobileNumber +385... is invalid"), and that is
+    patient data, which must not reach an exception's text, a log or the database.
+    """
     if not isinstance(body, dict):
         return None
     try:
@@ -51,7 +62,17 @@ def api_message_of(body: Any) -> str | None:
         return None
     if text is None:
         return None
+    text = scrub_echoes(text, sent)
     return text if len(text) <= API_MESSAGE_MAX else text[: API_MESSAGE_MAX - 1] + "…"
+
+
+def scrub_echoes(text: str, sent: Iterable[object]) -> str:
+    """`text` with each value of `sent` longer than two characters replaced, longest first
+    (shorter values would hit ordinary words and identify no one)."""
+    values = {str(v) for v in sent if v is not None and not isinstance(v, bool)}
+    for value in sorted((v for v in values if len(v) > 2), key=len, reverse=True):
+        text = text.replace(value, ECHO_REDACTED)
+    return text
 
 
 def error_for_status(
