@@ -34,6 +34,7 @@ from syncd.exceptions import StateError
 from syncd.outbox.events import emit
 from syncd.state.db import session_factory
 from syncd.state.models import ContentItem
+from syncd.state.runs import audit
 from syncd.voxares.client import VoxaresClient
 from syncd.voxares.contract import MAX_PAGE_SIZE
 from syncd.voxares.models import Document, Form, PracticeTemplate
@@ -137,7 +138,7 @@ class ContentMirror:
             again = await self._listing(kind, counts)
             merged = {**listings[kind].items, **again.items}
             listings[kind] = Listing(kind, merged, listings[kind].complete and again.complete)
-        changes = await asyncio.to_thread(self._store.apply, listings.values())
+        changes = await asyncio.to_thread(self._store.apply, listings.values(), run_id)
         counts.templates = len(listings[TEMPLATE].items)
         counts.forms = len(listings[FORM].items)
         counts.documents = len(listings[DOCUMENT].items)
@@ -204,9 +205,10 @@ class ContentStore:
         with _translated(), self._sessions() as session:
             return _known(session)
 
-    def apply(self, listings: Iterable[Listing]) -> ContentChanges:
-        """Compare the listings with the mirror and record the result and its events, in one
-        transaction (so an event exists exactly when its change was recorded)."""
+    def apply(self, listings: Iterable[Listing], run_id: int | None = None) -> ContentChanges:
+        """Compare the listings with the mirror and record the result, its events and their
+        audit entries, in one transaction (so an event exists exactly when its change was
+        recorded)."""
         walks = list(listings)
         now = datetime.now(UTC)
         with _translated(), self._sessions.begin() as session:
@@ -254,19 +256,28 @@ class ContentStore:
                 (EVENT_CHANGED, changes.changed),
             ):
                 for item in refs:
-                    _emit(session, event_type, item.kind, item.item_id, item.name)
+                    _emit(session, event_type, item.kind, item.item_id, item.name, run_id)
             for gone in changes.removed:
-                _emit(session, EVENT_REMOVED, gone.kind, gone.item_id, gone.name)
+                _emit(session, EVENT_REMOVED, gone.kind, gone.item_id, gone.name, run_id)
             return changes
 
 
-def _emit(session: Session, event_type: str, kind: str, item_id: str, name: str | None) -> None:
+def _emit(
+    session: Session,
+    event_type: str,
+    kind: str,
+    item_id: str,
+    name: str | None,
+    run_id: int | None,
+) -> None:
+    """The change's outbox event and its id-only audit entry (action = the event type)."""
     emit(
         session,
         event_type=event_type,
         payload=event_payload(kind, item_id, name),
         ordering_key=f"content:{kind}:{item_id}",
     )
+    audit(session, JOB_NAME, run_id, event_type, f"content_{kind}", item_id)
 
 
 def _known(session: Session) -> dict[tuple[str, str], KnownItem]:
