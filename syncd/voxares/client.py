@@ -417,7 +417,7 @@ class VoxaresClient:
         sent_values = [
             *(segments or {}).values(),
             *(value for name, value in (params or {}).items() if name not in _PAGING),
-            *(value for value in (body or {}).values() if isinstance(value, str)),
+            *(body or {}).values(),
         ]
         started = time.monotonic()
         failures = 0
@@ -463,7 +463,7 @@ class VoxaresClient:
         body: Mapping[str, Any] | None,
         send: bool,
         number: int,
-        sent_values: Sequence[str],
+        sent_values: Sequence[object],
     ) -> _Reply:
         if self._limiter is None:
             self._limiter = limiter_for(self._api_key.get_secret_value(), self._limits)
@@ -487,8 +487,7 @@ class VoxaresClient:
                     raise
                 failure = exc  # an unknown fault mid-send leaves the outcome unknown too
             else:
-                sent = [*(body or {}).values(), *(params or {}).values()]
-                return self._reply(response, method, template, send, number, started, sent)
+                return self._reply(response, method, template, send, number, started, sent_values)
         elapsed_ms = round((time.monotonic() - started) * 1000)
         metrics.API_CALLS.labels(method, template, "0").inc()
         log.debug(
@@ -514,7 +513,7 @@ class VoxaresClient:
         send: bool,
         number: int,
         started: float,
-        sent: list[Any],
+        sent_values: Sequence[object],
     ) -> _Reply:
         status = response.status_code
         metrics.API_CALLS.labels(method, template, str(status)).inc()
@@ -538,7 +537,7 @@ class VoxaresClient:
                 status,
                 method=method,
                 path=template,
-                api_message=api_message_of(body, sent),
+                api_message=api_message_of(body, sent_values),
                 retry_after=retry_after,
             )
             if isinstance(error, RateLimited) and retry_after and self._limiter is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from pydantic import ValidationError
@@ -29,8 +30,8 @@ from syncd.voxares.models import ApiErrorBody
 
 # The API's own message is kept (it explains a 400 or a 403) but cut short.
 API_MESSAGE_MAX = 300
-REDACTED = "<redacted>"
-_UNKNOWN_ROUTE = re.compile(r"(Cannot [A-Z]+) \S.*")
+# NestJS answers an unknown route with "Cannot GET /the/concrete/path": drop the path.
+_UNKNOWN_ROUTE = re.compile(r"(Cannot [A-Z]+) /.*")
 # What a value the request sent becomes when the API's message quotes it.
 ECHO_REDACTED = "<redacted>"
 
@@ -50,9 +51,10 @@ _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 def api_message_of(body: Any, sent: Iterable[object] = ()) -> str | None:
     """The `message` of an error body (string or list of strings), shortened; else None.
 
-    Every value of `sent` (the request's body and query values) is cut out of it first: an
-    API may quote the value it refused ("mobileNumber +385... is invalid"), and that is
-    patient data, which must not reach an exception's text, a log or the database.
+    Every value of `sent` (the request's path segments, body and query values) and the path
+    of a NestJS "Cannot GET /path" are cut out of it first: an API may quote the value it
+    refused ("mobileNumber +385... is invalid"), and that is patient data, which must not
+    reach an exception's text, a log or the database.
     """
     if not isinstance(body, dict):
         return None
@@ -62,16 +64,18 @@ def api_message_of(body: Any, sent: Iterable[object] = ()) -> str | None:
         return None
     if text is None:
         return None
+    text = _UNKNOWN_ROUTE.sub(r"\1 <path>", text)
     text = scrub_echoes(text, sent)
     return text if len(text) <= API_MESSAGE_MAX else text[: API_MESSAGE_MAX - 1] + "…"
 
 
 def scrub_echoes(text: str, sent: Iterable[object]) -> str:
     """`text` with each value of `sent` longer than two characters replaced, longest first
-    (shorter values would hit ordinary words and identify no one)."""
+    (shorter values would hit ordinary words and identify no one), as sent and as it
+    appears percent-encoded in a path."""
     values = {str(v) for v in sent if v is not None and not isinstance(v, bool)}
     for value in sorted((v for v in values if len(v) > 2), key=len, reverse=True):
-        text = text.replace(value, ECHO_REDACTED)
+        text = text.replace(value, ECHO_REDACTED).replace(quote(value, safe=""), ECHO_REDACTED)
     return text
 
 

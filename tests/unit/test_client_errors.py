@@ -109,6 +109,24 @@ async def test_api_message_is_carried_as_string_or_joined_list() -> None:
     assert forbidden.value.api_message == "scope"
 
 
+async def test_api_message_never_echoes_what_the_call_sent() -> None:
+    """Ids from the path, and a NestJS unknown-route path, are cut out of the API's message."""
+    transport = ScriptedTransport(
+        error(404, "Patient EHR-77310 of provider ehr/main not found"),
+        error(404, "Cannot GET /api/v1/integration/patients/ehr/main/EHR-77310"),
+    )
+    async with make_client(transport) as client:
+        with pytest.raises(NotFound) as echoed:
+            await client.get_patient("ehr/main", "EHR-77310")
+        with pytest.raises(NotFound) as route:
+            await client.get_patient("ehr/main", "EHR-77310")
+    assert echoed.value.api_message == "Patient <redacted> of provider <redacted> not found"
+    assert route.value.api_message == "Cannot GET <path>"
+    for exc in (echoed.value, route.value):
+        assert "EHR-77310" not in str(exc)
+        assert "ehr/main" not in str(exc)
+
+
 async def test_error_without_json_body_still_maps() -> None:
     """A gateway's HTML 502 page maps to ServerError without an API message."""
     html = httpx.Response(502, text="<html>Bad gateway</html>")
