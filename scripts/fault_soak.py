@@ -574,7 +574,8 @@ def report(spec: SoakSpec, fault_free: RunOutcome, faulted: RunOutcome) -> str:
     """The figures of a soak, as Markdown-friendly text (ids and counts only)."""
     lines = [
         f"seed={spec.seed} patients={spec.patients} submissions={spec.submissions} "
-        f"sms={spec.sms} read_timeout={spec.read_timeout}s hang={spec.hang_seconds}s",
+        f"sms={spec.sms} page_size={spec.page_size} read_timeout={spec.read_timeout}s "
+        f"hang={spec.hang_seconds}s retry_after={spec.retry_after_seconds}s",
     ]
     for run in (fault_free, faulted):
         label = "faulted" if run.faulted else "fault-free"
@@ -624,6 +625,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sms", type=int, default=200)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--retry-after", type=int, default=1, help="Retry-After of 429/503")
+    parser.add_argument("--page-size", type=int, default=50, help="submissions.page_size")
     parser.add_argument("--deadline", type=float, default=600.0, help="seconds per run")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the runs' files here")
     args = parser.parse_args(argv)
@@ -636,6 +638,7 @@ def main(argv: list[str] | None = None) -> int:
         sms=args.sms,
         seed=args.seed,
         retry_after_seconds=args.retry_after,
+        page_size=args.page_size,
         deadline_seconds=args.deadline,
     )
     fault_free, faulted = asyncio.run(soak(spec, args.workdir))
