@@ -135,8 +135,14 @@ class Daemon:
         finally:
             sdnotify.stopping()
             log.info("daemon.stopping", in_flight=len(self._in_flight))
+            # Pause first, drain, and only then shut down: APScheduler's asyncio executor
+            # cancels every in-flight run on shutdown, which would skip the grace period.
+            scheduler.pause()
+            await self._drain(self.shutdown_grace_seconds)
             scheduler.shutdown(wait=False)
-            await self._drain()
+            # A run that started while draining was just cancelled by the shutdown: wait for
+            # its cleanup (lock release, run record) before the caller closes the engine.
+            await self._drain(0)
             for task in background:
                 task.cancel()
             for task in background:
@@ -144,11 +150,11 @@ class Daemon:
                     await task
             log.info("daemon.stopped")
 
-    async def _drain(self) -> None:
+    async def _drain(self, grace_seconds: float) -> None:
         """Let in-flight runs finish within the grace period, then cancel the rest."""
         if not self._in_flight:
             return
-        _, pending = await asyncio.wait(set(self._in_flight), timeout=self.shutdown_grace_seconds)
+        _, pending = await asyncio.wait(set(self._in_flight), timeout=grace_seconds)
         for task in pending:
             task.cancel()
         for task in pending:
