@@ -80,15 +80,25 @@ class JobRunner:
 
     async def run_once(self, job: Job) -> RunResult:
         """Run `job` now unless another process holds its lock."""
-        try:
-            lock_cm = await asyncio.to_thread(
+        acquiring = asyncio.ensure_future(
+            asyncio.to_thread(
                 acquire_job_lock, self.engine, job.name, self.owner, self.lease_seconds
             )
-            handle = await asyncio.to_thread(lock_cm.__enter__)
+        )
+        try:
+            handle = await asyncio.shield(acquiring)
         except JobLocked:
             log.info("job.skipped_locked", job=job.name)
             metrics.JOB_RUNS.labels(job.name, "locked").inc()
             return RunResult(job.name, None, "locked", {})
+        except asyncio.CancelledError:
+            # The thread taking the lock cannot be cancelled: wait for it and give back
+            # what it took, or the lock would outlive this run (a lease until it expires,
+            # an advisory lock until the pooled connection is garbage-collected).
+            with contextlib.suppress(Exception):
+                late = await acquiring
+                await asyncio.to_thread(late.release)
+            raise
         renewer = asyncio.create_task(self._renew(handle))
         try:
             return await self._run_locked(job)
@@ -96,7 +106,7 @@ class JobRunner:
             renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewer
-            await asyncio.to_thread(lock_cm.__exit__, None, None, None)
+            await asyncio.to_thread(handle.release)
 
     async def _renew(self, handle: Any) -> None:
         renew = getattr(handle, "renew", None)
