@@ -50,7 +50,8 @@ for sub, name in [
     app.add_typer(sub, name=name)
 
 out = Console()
-err = Console(stderr=True)
+# soft_wrap: one line per problem (exit 78 contract), never wrapped at 80 columns in a pipe.
+err = Console(stderr=True, soft_wrap=True)
 
 ConfigOption = Annotated[
     Path | None,
