@@ -540,8 +540,8 @@ class VoxaresClient:
                 api_message=api_message_of(body, sent_values),
                 retry_after=retry_after,
             )
-            if isinstance(error, RateLimited) and retry_after and self._limiter is not None:
-                self._limiter.defer(retry_after)
+            if isinstance(error, RateLimited) and self._limiter is not None:
+                self._limiter.rate_limited(retry_after)
             if send and isinstance(error, ServerError):
                 raise self._send_unknown(
                     "The send was answered with a server error.", status=status

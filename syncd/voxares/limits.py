@@ -4,17 +4,22 @@ The rate is kept by GCRA evaluated at the moment a request is released (not by h
 slots in advance): a request goes when the real clock says it conforms, so a stalled event
 loop cannot release a pile of pre-booked requests at once. What leaves the client always
 conforms to a token bucket of `requests_per_second * (1 - headroom)` per second holding
-`burst + 0.5` tokens:
+`burst + 0.25` tokens (and starting with `burst`):
 
-- the half token lets a request that woke late (timers are about 1 ms coarse) be followed by
-  one a little early, so late wake-ups do not cost throughput;
+- the quarter token lets a request that woke late (timers are about 1 ms coarse) be followed
+  by one a little early, so late wake-ups do not cost throughput;
 - `headroom` (2 %) keeps the server's bucket refilling slightly faster than we drain it, so
   whatever phase it is in when we start (full, or drained by an earlier run) it drifts back
   to full and absorbs network jitter instead of answering 429.
 
-A server bucket with the same rate and a capacity of at least `burst + 1` therefore never
-has to refuse us. (A server bucket of capacity 1 refuses any pair of requests that arrive
-closer than its interval, which jitter makes unavoidable at its full rate.)
+A server bucket with the same rate and a capacity of at least `burst + 1` has three quarters
+of a token to absorb the jitter between our release and its arrival. (A server bucket of
+capacity 1 refuses any pair of requests that arrive closer than its interval, which jitter
+makes unavoidable at its full rate.)
+
+A 429 on the key (the server disagrees with our idea of its rate) slows the limiter down
+(`slow_down`, recovered by itself within a few dozen requests); a long Retry-After pauses
+every call on the key. The refused call itself always waits its Retry-After (`retry.py`).
 
 Sharing: a limit only means something if every caller using one API key goes through the
 same limiter. `limiter_for()` keeps one `Limiter` per API key (keyed by a SHA-256 of the key,
@@ -44,7 +49,18 @@ Sleep = Callable[[float], Awaitable[None]]
 
 
 # Extra bucket capacity, in tokens, that absorbs timer lateness (see the module docstring).
-CATCH_UP_TOKENS = 0.5
+# A quarter token covers asyncio's ~1 ms timer granularity at a few hundred requests per
+# second and leaves three quarters of a server's spare token for network jitter.
+CATCH_UP_TOKENS = 0.25
+# After a 429 the interval grows by half (up to 16 times the configured one) and shrinks back
+# by 1 % per request sent: one stray 429 costs a fraction of a second at a reduced rate,
+# while a limit truly below ours is approached from above instead of hit over and over.
+SLOWDOWN = 1.5
+MAX_SLOWDOWN = 16.0
+RECOVERY = 0.99
+# A Retry-After this long is a quota or an outage rather than bucket smoothing: every call
+# on the key then waits it out, not just the refused one.
+SHARED_PAUSE_FROM = 5.0
 
 
 @dataclass(frozen=True)
@@ -85,23 +101,35 @@ class RateLimiter:
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
-        self._interval = 1.0 / (rate * (1.0 - headroom))
-        self._tolerance = (burst - 1 + CATCH_UP_TOKENS) * self._interval
+        self._base_interval = 1.0 / (rate * (1.0 - headroom))
+        self._interval = self._base_interval
+        self._burst = burst
         self._clock = clock
         self._sleep = sleep
-        # Theoretical arrival time of the next request; -inf means a full bucket.
-        self._tat = -math.inf
+        # Theoretical arrival time of the next request; None until the first request, which
+        # starts the bucket with `burst` tokens: the catch-up allowance is earned by lateness,
+        # never spent at the start, when new connections already make arrivals uneven.
+        self._tat: float | None = None
         # One request at a time looks at the clock, in arrival order; the rest queue here.
         self._turn = asyncio.Lock()
 
     @property
     def interval(self) -> float:
-        """Seconds between requests in a sustained stream."""
+        """Seconds between requests in a sustained stream (now, slow-downs included)."""
         return self._interval
+
+    @property
+    def _tolerance(self) -> float:
+        return (self._burst - 1 + CATCH_UP_TOKENS) * self._interval
+
+    def slow_down(self) -> None:
+        """The server refused a call for its rate: widen the interval (it recovers by itself)."""
+        self._interval = min(self._interval * SLOWDOWN, self._base_interval * MAX_SLOWDOWN)
 
     def defer(self, seconds: float) -> None:
         """Release nothing before `seconds` from now (the server asked us to back off)."""
-        self._tat = max(self._tat, self._clock() + seconds + self._tolerance)
+        goal = self._clock() + seconds + self._tolerance
+        self._tat = goal if self._tat is None else max(self._tat, goal)
 
     async def acquire(self) -> float:
         """Wait until a request may go; returns the seconds waited (queueing included)."""
@@ -109,11 +137,14 @@ class RateLimiter:
         async with self._turn:
             while True:  # once, unless a defer() moved the goal while we slept
                 now = self._clock()
+                if self._tat is None:
+                    self._tat = now + CATCH_UP_TOKENS * self._interval
                 wait = self._tat - self._tolerance - now
                 if wait <= 0:
                     break
                 await self._sleep(wait)
             self._tat = max(self._tat, now) + self._interval
+            self._interval = max(self._base_interval, self._interval * RECOVERY)
         waited = now - started
         if waited > 0:
             metrics.RATE_LIMIT_WAIT.inc(waited)
@@ -162,10 +193,15 @@ class Limiter:
             finally:
                 self._in_flight -= 1
 
-    def defer(self, seconds: float) -> None:
-        """Hold back every call on this key for `seconds` (after a 429 with Retry-After)."""
-        if self._rate is not None and seconds > 0:
-            self._rate.defer(seconds)
+    def rate_limited(self, retry_after: float | None) -> None:
+        """React to a 429 on this key: slow the rate down, and pause every call on the key
+        when the server asked for a long wait (the refused call waits its Retry-After anyway).
+        """
+        if self._rate is None:
+            return
+        self._rate.slow_down()
+        if retry_after is not None and retry_after >= SHARED_PAUSE_FROM:
+            self._rate.defer(retry_after)
 
 
 _REGISTRY: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, Limiter]] = (
