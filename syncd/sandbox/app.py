@@ -24,7 +24,12 @@ from syncd.sandbox import admin
 from syncd.sandbox.activity import run_activity
 from syncd.sandbox.errors import ApiError, error_body
 from syncd.sandbox.faults import FaultConfig, FaultInjector
-from syncd.sandbox.middleware import OPENAPI_PATH, ContractMiddleware, DateHeaderMiddleware
+from syncd.sandbox.middleware import (
+    OPENAPI_PATH,
+    SLASH_IN_SEGMENT,
+    ContractMiddleware,
+    DateHeaderMiddleware,
+)
 from syncd.sandbox.openapi import openapi_document
 from syncd.sandbox.records import ApiKey
 from syncd.sandbox.state import Sandbox, SubmissionQuery
@@ -82,18 +87,23 @@ async def list_patients(request: Request, key: ApiKey) -> Response:
     return JSONResponse(_sandbox(request).list_patients(key, request.query_params, options))
 
 
+def path_param(request: Request, name: str) -> str:
+    """A path parameter, with slashes that arrived encoded (`%2F`) restored."""
+    return str(request.path_params[name]).replace(SLASH_IN_SEGMENT, "/")
+
+
 async def get_patient(request: Request, key: ApiKey) -> Response:
     """GET /patients/:provider/:providerId."""
-    params = request.path_params
-    patient = _sandbox(request).get_patient(key, params["provider"], params["provider_id"])
+    provider, provider_id = path_param(request, "provider"), path_param(request, "provider_id")
+    patient = _sandbox(request).get_patient(key, provider, provider_id)
     return JSONResponse(patient.to_api())
 
 
 async def patch_patient(request: Request, key: ApiKey) -> Response:
     """PATCH /patients/:provider/:providerId."""
-    params = request.path_params
+    provider, provider_id = path_param(request, "provider"), path_param(request, "provider_id")
     body = await _json_body(request)
-    patient = _sandbox(request).patch_patient(key, params["provider"], params["provider_id"], body)
+    patient = _sandbox(request).patch_patient(key, provider, provider_id, body)
     return JSONResponse(patient.to_api())
 
 
@@ -107,7 +117,7 @@ async def send_message(request: Request, key: ApiKey) -> Response:
 async def get_message(request: Request, key: ApiKey) -> Response:
     """GET /messages/:messageId."""
     sandbox = _sandbox(request)
-    message = sandbox.get_message(key, request.path_params["message_id"])
+    message = sandbox.get_message(key, path_param(request, "message_id"))
     return JSONResponse(message.to_api(sandbox.now()))
 
 
@@ -142,7 +152,7 @@ async def list_submissions(request: Request, key: ApiKey) -> Response:
 
 async def get_submission(request: Request, key: ApiKey) -> Response:
     """GET /form-submissions/:id."""
-    detail = _sandbox(request).get_submission(key, request.path_params["submission_id"])
+    detail = _sandbox(request).get_submission(key, path_param(request, "submission_id"))
     return JSONResponse(detail)
 
 

@@ -17,6 +17,7 @@ import json
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from datetime import datetime
 from typing import Any
+from urllib.parse import unquote
 
 import httpx
 from starlette.routing import BaseRoute, Match
@@ -106,6 +107,25 @@ class DateHeaderMiddleware:
             raise
 
 
+# Stands for a "/" that arrived percent-encoded inside one path segment (a private-use
+# character no provider name or id carries); `app.path_param` turns it back into "/".
+SLASH_IN_SEGMENT = "\ue000"
+
+
+def keep_encoded_slashes(scope: Scope) -> Scope:
+    """Route like Express/NestJS: match the raw path, decode each parameter afterwards.
+
+    ASGI servers hand over `path` already decoded, so `a%2Fb` would split into two
+    segments and `GET /patients/ehr/a%2Fb` would 404; the real API finds patient `a/b`.
+    """
+    raw: bytes | None = scope.get("raw_path")
+    if scope["type"] != "http" or not raw or b"%2f" not in raw.lower():
+        return scope
+    segments = raw.split(b"?", 1)[0].decode("latin-1").split("/")
+    path = "/".join(unquote(segment).replace("/", SLASH_IN_SEGMENT) for segment in segments)
+    return {**scope, "path": path}
+
+
 class ContractMiddleware:
     """Counts contract requests by route template and status, and injects faults into them.
 
@@ -125,6 +145,7 @@ class ContractMiddleware:
         self.routes = routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope = keep_encoded_slashes(scope)
         path: str = scope.get("path", "")
         if scope["type"] != "http" or not path.startswith(API_PREFIX) or path == OPENAPI_PATH:
             await self.app(scope, receive, send)
