@@ -14,7 +14,9 @@ pending until an operator runs `syncd outbox retry --sink NAME`).
 
 At least once, with a stable id: a crash (or a lost lease) between a sink's answer and its
 record means the event goes out again once the lease expires, with the same `event_id`
-(webhook-id, AMQP message-id, NDJSON `id`); receivers deduplicate on it.
+(webhook-id, AMQP message-id, NDJSON `id`); receivers deduplicate on it. A run first frees
+the claims of workers of this host whose process is gone (killed -9), so a restart delivers
+them at once instead of after the lease (`store.release_dead_claims`).
 
 With `retention`, a run also deletes delivered events older than that (`store.prune`), at
 most once per `prune_every`; the backlog metrics are refreshed at the end of every run.
@@ -220,6 +222,15 @@ class OutboxDeliveryJob:
         first such error is raised once every sink is done."""
         deadline = time.monotonic() + self._budget
         counts = DeliveryCounts()
+        freed = await asyncio.to_thread(
+            store.release_dead_claims,
+            self._engine,
+            host=socket.gethostname(),
+            is_alive=_process_alive,
+            now=self._clock(),
+        )
+        if freed:
+            log.warning("outbox.dead_worker_claims_released", deliveries=freed)
         for route in self._routes.values():
             counts.fanned_out += await asyncio.to_thread(
                 store.fan_out, self._engine, route, now=self._clock(), gap_grace=self._gap_grace
@@ -392,6 +403,17 @@ class OutboxDeliveryJob:
             metrics.OUTBOX_BACKLOG.labels(name).set(pending)
             metrics.OUTBOX_OLDEST_AGE.labels(name).set(oldest)
             metrics.DEAD_LETTERS.labels(name).set(dead)
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this host (signal 0 probes, sends nothing)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by another user
+    return True
 
 
 def _count(decisions: Sequence[Decision], recorded: store.Recorded) -> DeliveryCounts:

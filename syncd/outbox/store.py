@@ -28,7 +28,7 @@ Delivery semantics, in one place:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -291,6 +291,45 @@ def claim(
         )
         for row in rows
     ]
+
+
+def release_dead_claims(
+    engine: Engine,
+    *,
+    host: str,
+    is_alive: Callable[[int], bool],
+    now: datetime | None = None,
+) -> int:
+    """Free the live leases held by workers ("host:pid:tag") that ran on `host` and whose
+    process is gone; how many deliveries were freed.
+
+    A worker killed with SIGKILL records nothing, and its claims would otherwise wait out
+    the whole lease (two minutes at least) before another run delivers them. A worker of
+    another host, or one whose pid still exists, is left to its lease: only a process
+    provably dead is passed over, so no two workers ever hold one delivery.
+    """
+    moment = now or _utcnow()
+    d = OutboxDelivery
+    live = (d.state == PENDING, d.claimed_by.is_not(None), d.claimed_until > moment)
+    with _translated("release dead claims"), Session(engine) as session, session.begin():
+        owners = session.scalars(select(d.claimed_by).where(*live).distinct()).all()
+        dead = [owner for owner in owners if _dead_local_worker(owner, host, is_alive)]
+        if not dead:
+            return 0
+        freed = session.execute(
+            update(d)
+            .where(*live, d.claimed_by.in_(dead))
+            .values(claimed_by=None, claimed_until=None)
+        )
+        return _rowcount(freed)
+
+
+def _dead_local_worker(owner: str | None, host: str, is_alive: Callable[[int], bool]) -> bool:
+    """Whether `owner` names a worker of `host` whose process no longer exists."""
+    parts = (owner or "").rsplit(":", 2)
+    return (
+        len(parts) == 3 and parts[0] == host and parts[1].isdigit() and not is_alive(int(parts[1]))
+    )
 
 
 @dataclass(frozen=True, slots=True)
