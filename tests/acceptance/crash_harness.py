@@ -22,6 +22,7 @@ import random
 import signal
 import sqlite3
 import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -93,21 +94,33 @@ COLUMN_OF_FIELD: Final = {v: k for k, v in FIELD_OF_COLUMN.items()}
 # --- the webhook receiver -------------------------------------------------------------------
 
 
+class _QuietServer(ThreadingHTTPServer):
+    """An HTTP server that ignores connections its client dropped (a killed daemon)."""
+
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Stay quiet on a reset or broken connection; report anything else."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 class WebhookReceiver:
     """A Standard Webhooks endpoint on a loopback port, in a thread of this process.
 
     Verifies each request's signature with the shared secret (a bad one is answered 401 and
     counted in `rejected`), records its `webhook-id` (`received` counts repeats: dedupe is
-    the receiver's job) and answers 204.
+    the receiver's job) and answers 204. A request cut short by a killed sender is only
+    counted (`truncated`).
     """
 
     def __init__(self, secret: str = SECRET) -> None:
         self.secret = secret
         self.received: Counter[str] = Counter()
         self.rejected = 0
+        self.truncated = 0
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
+        self._server = _QuietServer(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
@@ -124,7 +137,14 @@ class WebhookReceiver:
             protocol_version = "HTTP/1.1"
 
             def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("content-length", "0")))
+                length = int(self.headers.get("content-length", "0"))
+                body = self.rfile.read(length)
+                if len(body) < length:
+                    # The sender died mid-request (killed -9): nothing to answer.
+                    with receiver._lock:
+                        receiver.truncated += 1
+                    self.close_connection = True
+                    return
                 try:
                     verifier.verify(body, dict(self.headers.items()), json_parse=False)
                 except WebhookVerificationError:
@@ -555,6 +575,24 @@ class CrashRig:
             stdout=subprocess.DEVNULL,
             stderr=self._log,
         )
+
+    def log_size(self) -> int:
+        """The daemon log's size now (where the next start's lines begin)."""
+        path = self.dir / "daemon.log"
+        return path.stat().st_size if path.exists() else 0
+
+    def wait_started(self, daemon: subprocess.Popen[bytes], offset: int, timeout: float) -> bool:
+        """Wait until the daemon logged `daemon.started` past `offset` (its jobs are
+        scheduled); False if it died or `timeout` ran out first."""
+        deadline = time.monotonic() + timeout
+        path = self.dir / "daemon.log"
+        while time.monotonic() < deadline and daemon.poll() is None:
+            with path.open("rb") as log:
+                log.seek(offset)
+                if b'"daemon.started"' in log.read():
+                    return True
+            time.sleep(0.05)
+        return False
 
     def wait_exit(self, daemon: subprocess.Popen[bytes], timeout: float) -> int | None:
         """The daemon's exit code, or None if it still runs after `timeout` (then killed)."""
