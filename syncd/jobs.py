@@ -23,7 +23,7 @@ from sqlalchemy import Engine
 from syncd import metrics
 from syncd.exceptions import JobLocked, SyncdError
 from syncd.logging import bind_job
-from syncd.state.locks import acquire_job_lock
+from syncd.state.locks import JobLockHandle, acquire_job_lock, release_dead_local_lease
 from syncd.state.runs import finish_run, interrupt_stale_runs, start_run
 
 log = structlog.get_logger(__name__)
@@ -70,21 +70,29 @@ def describe_error(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+def _process_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host (signal 0 probes, sends nothing)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by another user
+    return True
+
+
 class JobRunner:
     """Runs jobs once each, under a per-job lock, recording every run."""
 
     def __init__(self, engine: Engine, *, lease_seconds: float = 120.0) -> None:
         self.engine = engine
         self.lease_seconds = lease_seconds
-        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        self.host = socket.gethostname()
+        self.owner = f"{self.host}:{os.getpid()}"
 
     async def run_once(self, job: Job) -> RunResult:
         """Run `job` now unless another process holds its lock."""
-        acquiring = asyncio.ensure_future(
-            asyncio.to_thread(
-                acquire_job_lock, self.engine, job.name, self.owner, self.lease_seconds
-            )
-        )
+        acquiring = asyncio.ensure_future(asyncio.to_thread(self._acquire, job.name))
         try:
             handle = await asyncio.shield(acquiring)
         except JobLocked:
@@ -108,6 +116,15 @@ class JobRunner:
                 await renewer
             await asyncio.to_thread(handle.release)
 
+    def _acquire(self, job: str) -> JobLockHandle:
+        """Take the job's lock; once more after releasing a lease a killed process left."""
+        try:
+            return acquire_job_lock(self.engine, job, self.owner, self.lease_seconds)
+        except JobLocked:
+            if not release_dead_local_lease(self.engine, job, self.host, _process_alive):
+                raise
+        return acquire_job_lock(self.engine, job, self.owner, self.lease_seconds)
+
     async def _renew(self, handle: Any) -> None:
         renew = getattr(handle, "renew", None)
         if renew is None:
@@ -121,7 +138,17 @@ class JobRunner:
         stale = await asyncio.to_thread(interrupt_stale_runs, self.engine, job.name)
         if stale:
             log.warning("job.previous_run_interrupted", job=job.name, runs=stale)
-        run_id = await asyncio.to_thread(start_run, self.engine, job.name)
+        starting = asyncio.ensure_future(asyncio.to_thread(start_run, self.engine, job.name))
+        try:
+            run_id = await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            # As with the lock: the thread writes the record anyway; close it, then stop.
+            with contextlib.suppress(Exception):
+                late_id = await starting
+                await asyncio.to_thread(
+                    finish_run, self.engine, late_id, "interrupted", {}, "cancelled at shutdown"
+                )
+            raise
         started = time.monotonic()
         with bind_job(job.name, run_id):
             log.info("job.started")

@@ -22,7 +22,7 @@ from types import TracebackType
 from typing import Self
 
 import structlog
-from sqlalchemy import ColumnElement, Connection, Engine, delete, text, update
+from sqlalchemy import ColumnElement, Connection, Engine, delete, select, text, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -230,3 +230,31 @@ def _acquire_lease(
         raise JobLocked(f"job {job} is locked by another process")
     log.debug("job_lock.acquired", job=job, backend="sqlite")
     return _LeaseLock(job, owner, engine, now, lease, clock)
+
+
+def release_dead_local_lease(
+    engine: Engine, job: str, host: str, is_alive: Callable[[int], bool]
+) -> bool:
+    """SQLite: delete `job`'s lease when its holder ("host:pid") ran on `host` and that
+    process is gone (killed -9, it released nothing), so a restart need not wait for the
+    lease to expire. True when a lease was released. PostgreSQL needs nothing: the server
+    drops a dead session's advisory locks with its connection.
+    """
+    if engine.dialect.name == "postgresql":
+        return False
+    try:
+        with engine.begin() as conn:
+            owner = conn.execute(select(JobLock.owner).where(JobLock.job == job)).scalar()
+            if owner is None:
+                return False
+            owner_host, _, pid = owner.rpartition(":")
+            if owner_host != host or not pid.isdigit() or is_alive(int(pid)):
+                return False
+            deleted = conn.execute(
+                delete(JobLock).where(JobLock.job == job, JobLock.owner == owner)
+            ).rowcount
+    except SQLAlchemyError as exc:
+        raise StateError(f"cannot check the lock of job {job} ({type(exc).__name__})") from exc
+    if deleted:
+        log.warning("job_lock.dead_holder_released", job=job, owner_pid=int(pid))
+    return bool(deleted)
