@@ -77,13 +77,12 @@ class Daemon:
         self._stop.set()
 
     async def _run_job(self, job: Job) -> None:
-        task = asyncio.current_task()
-        assert task is not None
+        # The run is a task of its own, shielded from the scheduler: APScheduler's asyncio
+        # executor cancels its futures on shutdown, and only `_drain` may cancel a run.
+        task: asyncio.Task[object] = asyncio.create_task(self.runner.run_once(job))
         self._in_flight.add(task)
-        try:
-            await self.runner.run_once(job)
-        finally:
-            self._in_flight.discard(task)
+        task.add_done_callback(self._in_flight.discard)
+        await asyncio.shield(task)
 
     def _trigger(self, schedule: Schedule) -> IntervalTrigger | CronTrigger:
         jitter = int(schedule.jitter_seconds) or None
@@ -135,14 +134,11 @@ class Daemon:
         finally:
             sdnotify.stopping()
             log.info("daemon.stopping", in_flight=len(self._in_flight))
-            # Pause first, drain, and only then shut down: APScheduler's asyncio executor
-            # cancels every in-flight run on shutdown, which would skip the grace period.
+            # No new runs, then the grace period for the ones in flight (a run the scheduler
+            # had already started joins them), then the rest is cancelled and awaited.
             scheduler.pause()
-            await self._drain(self.shutdown_grace_seconds)
+            await self._drain()
             scheduler.shutdown(wait=False)
-            # A run that started while draining was just cancelled by the shutdown: wait for
-            # its cleanup (lock release, run record) before the caller closes the engine.
-            await self._drain(0)
             for task in background:
                 task.cancel()
             for task in background:
@@ -150,11 +146,13 @@ class Daemon:
                     await task
             log.info("daemon.stopped")
 
-    async def _drain(self, grace_seconds: float) -> None:
+    async def _drain(self) -> None:
         """Let in-flight runs finish within the grace period, then cancel the rest."""
-        if not self._in_flight:
-            return
-        _, pending = await asyncio.wait(set(self._in_flight), timeout=grace_seconds)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.shutdown_grace_seconds
+        while self._in_flight and loop.time() < deadline:
+            await asyncio.wait(set(self._in_flight), timeout=deadline - loop.time())
+        pending = set(self._in_flight)
         for task in pending:
             task.cancel()
         for task in pending:
