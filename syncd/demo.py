@@ -30,6 +30,9 @@ CONFIG = """\
 # Written by `syncd demo`: the embedded sandbox, a SQLite state file, a CSV export.
 [voxares]
 base_url = "sandbox"
+# The embedded sandbox answers in-process: no reason to pace the demo like a real API.
+requests_per_second = 500.0
+max_concurrency = 16
 
 [database]
 url = "sqlite:///{dir}/state.db"
