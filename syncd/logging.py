@@ -64,7 +64,7 @@ _SECRET_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
 _ROUTED_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "alembic", "apscheduler")
 # Libraries that log full URLs (query strings can carry search terms) or chatter at INFO.
 _URL_LOGGERS = ("httpx", "httpcore")
-_CHATTY_LOGGERS = ("apscheduler", "aio_pika", "aiormq")
+_CHATTY_LOGGERS = ("apscheduler", "aio_pika", "aiormq", "alembic")
 
 
 def _denied(key: str) -> bool:
