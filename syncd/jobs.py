@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import os
-import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,6 +23,7 @@ from syncd.exceptions import JobLocked, SyncdError
 from syncd.logging import bind_job
 from syncd.state.locks import JobLockHandle, acquire_job_lock, release_dead_local_lease
 from syncd.state.runs import finish_run, interrupt_stale_runs, start_run
+from syncd.workers import host_name, owner_id, process_alive
 
 log = structlog.get_logger(__name__)
 
@@ -70,25 +69,14 @@ def describe_error(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-def _process_alive(pid: int) -> bool:
-    """Whether a process with this pid exists on this host (signal 0 probes, sends nothing)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by another user
-    return True
-
-
 class JobRunner:
     """Runs jobs once each, under a per-job lock, recording every run."""
 
     def __init__(self, engine: Engine, *, lease_seconds: float = 120.0) -> None:
         self.engine = engine
         self.lease_seconds = lease_seconds
-        self.host = socket.gethostname()
-        self.owner = f"{self.host}:{os.getpid()}"
+        self.host = host_name()
+        self.owner = owner_id()
 
     async def run_once(self, job: Job) -> RunResult:
         """Run `job` now unless another process holds its lock."""
@@ -121,7 +109,7 @@ class JobRunner:
         try:
             return acquire_job_lock(self.engine, job, self.owner, self.lease_seconds)
         except JobLocked:
-            if not release_dead_local_lease(self.engine, job, self.host, _process_alive):
+            if not release_dead_local_lease(self.engine, job, self.host, process_alive):
                 raise
         return acquire_job_lock(self.engine, job, self.owner, self.lease_seconds)
 

@@ -29,9 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
-import socket
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -63,6 +61,7 @@ from syncd.sinks.base import (
     Sink,
 )
 from syncd.testing_hooks import step
+from syncd.workers import host_name, owner_id, process_alive
 
 log = structlog.get_logger(__name__)
 
@@ -209,9 +208,7 @@ class OutboxDeliveryJob:
         self._retention = retention
         self._prune_every = prune_every
         self._pruned_at: datetime | None = None
-        self.worker_id = worker_id or (
-            f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        )
+        self.worker_id = worker_id or (owner_id(uuid.uuid4().hex[:8]))
 
     def __repr__(self) -> str:
         return f"OutboxDeliveryJob(name={self.name!r}, sinks={sorted(self._sinks)!r})"
@@ -225,8 +222,8 @@ class OutboxDeliveryJob:
         freed = await asyncio.to_thread(
             store.release_dead_claims,
             self._engine,
-            host=socket.gethostname(),
-            is_alive=_process_alive,
+            host=host_name(),
+            is_alive=process_alive,
             now=self._clock(),
         )
         if freed:
@@ -403,17 +400,6 @@ class OutboxDeliveryJob:
             metrics.OUTBOX_BACKLOG.labels(name).set(pending)
             metrics.OUTBOX_OLDEST_AGE.labels(name).set(oldest)
             metrics.DEAD_LETTERS.labels(name).set(dead)
-
-
-def _process_alive(pid: int) -> bool:
-    """Whether process `pid` exists on this host (signal 0 probes, sends nothing)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by another user
-    return True
 
 
 def _count(decisions: Sequence[Decision], recorded: store.Recorded) -> DeliveryCounts:
