@@ -14,7 +14,6 @@ import email.utils
 import ipaddress
 import math
 import re
-import socket
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Final
@@ -24,6 +23,7 @@ import structlog
 from standardwebhooks import Webhook
 
 from syncd.exceptions import ConfigError
+from syncd.http_transport import pooled_transport
 from syncd.sinks.base import (
     DeadLetter,
     Delivered,
@@ -161,11 +161,11 @@ class WebhookSink:
         pool = httpx.Limits(
             max_connections=max_concurrency, max_keepalive_connections=max_concurrency
         )
-        # TCP_NODELAY: httpcore writes headers and body separately, and without it Nagle
-        # holds each body until the receiver's delayed ACK (up to 40 ms per event on Linux).
-        nodelay = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
+        # TCP_NODELAY and a cheap idle-connection check (see syncd.http_transport): without
+        # them each body waits for the receiver's delayed ACK, and CPU per event grows with
+        # the number of pooled connections.
         self._client = httpx.AsyncClient(
-            transport=transport or httpx.AsyncHTTPTransport(limits=pool, socket_options=nodelay),
+            transport=transport or pooled_transport(pool),
             timeout=httpx.Timeout(
                 connect=connect_timeout,
                 read=read_timeout,
