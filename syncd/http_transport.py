@@ -22,16 +22,19 @@ was closed (or spoken to) by the server and is not reused.
 # ruff: noqa: ASYNC109 (the `timeout` parameters are httpcore's stream and backend interface)
 from __future__ import annotations
 
+import asyncio
 import select
 import socket
 import ssl
-from collections.abc import Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from typing import Any
 
 import httpcore
 import httpx
 
 NO_DELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+# httpx.Limits allows max_connections=None (no bound); a pool of ours always has one.
+DEFAULT_MAX_CONNECTIONS = 100
 _POLL_READABLE = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
 
 
@@ -120,14 +123,168 @@ class ReadableCheckBackend(httpcore.AsyncNetworkBackend):
         await self._inner.sleep(seconds)
 
 
-def pooled_transport(limits: httpx.Limits) -> httpx.AsyncHTTPTransport:
-    """httpx's transport with TCP_NODELAY and the cheap readability check (module docstring).
+class ExclusivePool:
+    """A connection pool in which a connection serves one request at a time, by construction.
 
-    httpx does not take a network backend as an argument, so the pool's backend is wrapped
-    after construction (httpx 0.28 / httpcore 1.0; `tests/unit/test_http_transport.py`
-    fails if that attribute moves).
+    httpcore's `AsyncConnectionPool` assigns a queued request to the first idle connection
+    it sees, and a connection stays "idle" until the task it was given to runs; a second
+    request arriving meanwhile gets the same connection, loses the race
+    (`ConnectionNotAvailable`), and is assigned again, each pass scanning every connection
+    (`has_expired`, `is_available`). With responses arriving in bursts (a fixed latency wakes
+    them together) that thrash grows with the number of connections: 0.4 retries per request
+    at 16 connections, 5.8 at 64, where B1 fell to 0.06 of C/L (BENCHMARKS.md).
+
+    Here a request takes a slot (at most `max_connections` at once, waiting at most the
+    request's pool timeout), then pops an idle connection to its origin (the most recently
+    used first; expired ones are closed) or opens one; the connection is pushed back when
+    the response is closed. Nothing is shared, so nothing is retried, and a request looks
+    at one connection, not all of them.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_connections: int,
+        keepalive_expiry: float | None,
+        ssl_context: ssl.SSLContext | None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None,
+        network_backend: httpcore.AsyncNetworkBackend,
+    ) -> None:
+        self._max_connections = max_connections
+        self._keepalive_expiry = keepalive_expiry
+        self._ssl_context = ssl_context
+        self._socket_options = socket_options
+        self._network_backend = network_backend
+        self._slots = asyncio.Semaphore(max_connections)
+        self._idle: dict[tuple[bytes, bytes, int], list[httpcore.AsyncHTTPConnection]] = {}
+
+    @property
+    def idle_connections(self) -> int:
+        """Connections kept open for reuse right now."""
+        return sum(len(stack) for stack in self._idle.values())
+
+    async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
+        """Send `request` on a connection of its own; the response returns it when closed."""
+        timeouts = request.extensions.get("timeout", {})
+        try:
+            async with asyncio.timeout(timeouts.get("pool")):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise httpcore.PoolTimeout("no connection slot within the pool timeout") from None
+        connection: httpcore.AsyncHTTPConnection | None = None
+        try:
+            connection = await self._connection_for(request.url.origin)
+            response = await connection.handle_async_request(request)
+        except BaseException:
+            await self._give_back(connection)
+            raise
+        assert isinstance(response.stream, AsyncIterable)
+        response.stream = _ReturningStream(response.stream, self, connection)
+        return response
+
+    async def _connection_for(self, origin: httpcore.Origin) -> httpcore.AsyncHTTPConnection:
+        stack = self._idle.get(_origin_key(origin), [])
+        while stack:
+            connection = stack.pop()
+            if connection.is_available() and not connection.has_expired():
+                return connection
+            await connection.aclose()
+        if self.idle_connections >= self._max_connections:  # other origins hold them all
+            await self._close_one_idle()
+        return httpcore.AsyncHTTPConnection(
+            origin,
+            ssl_context=self._ssl_context,
+            keepalive_expiry=self._keepalive_expiry,
+            network_backend=self._network_backend,
+            socket_options=self._socket_options,
+        )
+
+    async def _close_one_idle(self) -> None:
+        for stack in self._idle.values():
+            if stack:
+                await stack.pop(0).aclose()
+                return
+
+    async def _give_back(self, connection: httpcore.AsyncHTTPConnection | None) -> None:
+        """Keep a reusable connection, close any other; free the slot whatever happens."""
+        try:
+            if connection is None:
+                return
+            if connection.is_available():
+                origin = connection._origin
+                self._idle.setdefault(_origin_key(origin), []).append(connection)
+            elif not connection.is_closed():
+                await connection.aclose()
+        finally:
+            self._slots.release()
+
+    async def aclose(self) -> None:
+        """Close every idle connection (in-flight ones close with their responses)."""
+        stacks, self._idle = self._idle, {}
+        for stack in stacks.values():
+            for connection in stack:
+                await connection.aclose()
+
+    async def __aenter__(self) -> ExclusivePool:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+class _ReturningStream:
+    """A response body that gives its connection back to the pool once closed."""
+
+    def __init__(
+        self,
+        stream: AsyncIterable[bytes],
+        pool: ExclusivePool,
+        connection: httpcore.AsyncHTTPConnection,
+    ) -> None:
+        self._stream = stream
+        self._pool = pool
+        self._connection: httpcore.AsyncHTTPConnection | None = connection
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for part in self._stream:
+                yield part
+        except BaseException:
+            await self.aclose()
+            raise
+
+    async def aclose(self) -> None:
+        """Close the body (httpcore then marks the connection idle or closes it), once."""
+        connection, self._connection = self._connection, None
+        if connection is None:
+            return
+        try:
+            closer = getattr(self._stream, "aclose", None)
+            if closer is not None:
+                await closer()
+        finally:
+            await self._pool._give_back(connection)
+
+
+def _origin_key(origin: httpcore.Origin) -> tuple[bytes, bytes, int]:
+    return (origin.scheme, origin.host, origin.port)
+
+
+def pooled_transport(limits: httpx.Limits) -> httpx.AsyncHTTPTransport:
+    """httpx's transport with TCP_NODELAY, the cheap readability check and `ExclusivePool`.
+
+    httpx takes neither a pool nor a network backend as an argument, so its pool is replaced
+    after construction, keeping its TLS context and keep-alive expiry (httpx 0.28 / httpcore
+    1.0; `tests/unit/test_http_transport.py` fails if those attributes move).
     """
     transport = httpx.AsyncHTTPTransport(limits=limits, socket_options=[NO_DELAY])
-    pool = transport._pool
-    pool._network_backend = ReadableCheckBackend(pool._network_backend)
+    default = transport._pool
+    assert isinstance(default, httpcore.AsyncConnectionPool)
+    transport._pool = ExclusivePool(  # type: ignore[assignment]
+        max_connections=limits.max_connections or DEFAULT_MAX_CONNECTIONS,
+        keepalive_expiry=default._keepalive_expiry,
+        ssl_context=default._ssl_context,
+        socket_options=default._socket_options,
+        network_backend=ReadableCheckBackend(default._network_backend),
+    )
     return transport

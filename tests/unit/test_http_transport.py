@@ -10,7 +10,12 @@ import httpcore
 import httpx
 import pytest
 
-from syncd.http_transport import ReadableCheckBackend, ReadableCheckStream, pooled_transport
+from syncd.http_transport import (
+    ExclusivePool,
+    ReadableCheckBackend,
+    ReadableCheckStream,
+    pooled_transport,
+)
 
 
 class SocketStream(httpcore.AsyncNetworkStream):
@@ -42,6 +47,7 @@ def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
 def test_pooled_transport_wraps_the_pools_network_backend() -> None:
     """httpx's pool gets our backend (fails if httpx/httpcore move the attribute)."""
     transport = pooled_transport(httpx.Limits(max_connections=4))
+    assert isinstance(transport._pool, ExclusivePool)
     assert isinstance(transport._pool._network_backend, ReadableCheckBackend)
 
 

@@ -1,0 +1,121 @@
+"""ExclusivePool against a real loopback HTTP/1.1 server (syncd.http_transport)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+
+from syncd.http_transport import ExclusivePool, pooled_transport
+
+
+@dataclass
+class Server:
+    """A keep-alive HTTP/1.1 server: `/slow` answers after 50 ms, `/bye` closes after answering."""
+
+    url: str = ""
+    accepted: int = 0
+    open_now: int = 0
+    most_open: int = 0
+    writers: list[asyncio.StreamWriter] = field(default_factory=list)
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        self.open_now += 1
+        self.most_open = max(self.most_open, self.open_now)
+        self.writers.append(writer)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                path = head.split(b" ", 2)[1]
+                if path == b"/slow":
+                    await asyncio.sleep(0.05)
+                body = b"x" * 100_000 if path == b"/big" else b"ok"
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+                await writer.drain()
+                if path == b"/bye":
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            self.open_now -= 1
+            writer.close()
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[Server]:
+    state = Server()
+    listener = await asyncio.start_server(state.handle, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    state.url = f"http://127.0.0.1:{port}"
+    yield state
+    for writer in state.writers:
+        writer.close()
+    listener.close()
+    await listener.wait_closed()
+
+
+def client_for(server: Server, connections: int, pool_timeout: float = 5.0) -> httpx.AsyncClient:
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    return httpx.AsyncClient(
+        base_url=server.url,
+        transport=pooled_transport(limits),
+        timeout=httpx.Timeout(5.0, pool=pool_timeout),
+    )
+
+
+async def test_concurrent_requests_reuse_at_most_max_connections(server: Server) -> None:
+    """64 requests through 8 connections: all answered, 8 connections opened and reused."""
+    async with client_for(server, 8) as client:
+        for _ in range(2):
+            replies = await asyncio.gather(*(client.get("/slow") for _ in range(32)))
+            assert [r.text for r in replies] == ["ok"] * 32
+    assert server.accepted == 8
+    assert server.most_open == 8
+
+
+async def test_pool_timeout_when_every_slot_is_busy(server: Server) -> None:
+    """A request that gets no slot within the pool timeout fails with httpx.PoolTimeout."""
+    async with client_for(server, 1, pool_timeout=0.01) as client:
+        slow = asyncio.create_task(client.get("/slow"))
+        await asyncio.sleep(0.01)
+        with pytest.raises(httpx.PoolTimeout):
+            await client.get("/")
+        assert (await slow).text == "ok"
+        assert (await client.get("/")).text == "ok"  # the slot came back
+
+
+async def test_connection_closed_by_the_server_is_not_reused(server: Server) -> None:
+    """After the server closes an idle keep-alive connection, the next request opens a new one."""
+    async with client_for(server, 1) as client:
+        assert (await client.get("/bye")).text == "ok"
+        await asyncio.sleep(0.05)  # the FIN arrives
+        assert (await client.get("/")).text == "ok"
+    assert server.accepted == 2
+
+
+async def test_unread_response_frees_its_slot(server: Server) -> None:
+    """A streamed response closed before its body is read gives the slot back."""
+    async with client_for(server, 1, pool_timeout=1.0) as client:
+        async with client.stream("GET", "/big") as response:
+            assert response.status_code == 200
+        assert (await client.get("/")).text == "ok"
+        transport = client._transport
+        assert isinstance(transport, httpx.AsyncHTTPTransport)
+        pool = transport._pool
+        assert isinstance(pool, ExclusivePool)
+        assert pool.idle_connections == 1
+
+
+async def test_cancelled_request_frees_its_slot(server: Server) -> None:
+    """Cancelling a request in flight gives its slot back (the next one is not starved)."""
+    async with client_for(server, 1, pool_timeout=1.0) as client:
+        slow = asyncio.create_task(client.get("/slow"))
+        await asyncio.sleep(0.01)
+        slow.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await slow
+        assert (await client.get("/")).text == "ok"
