@@ -10,8 +10,14 @@ import os
 import socket
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
@@ -46,22 +52,75 @@ def postgres_server() -> str:
     return POSTGRES_ADMIN_URL
 
 
-@pytest.fixture
-def postgres_url(postgres_server: str) -> Iterator[str]:
-    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+@contextmanager
+def new_postgres_database(server_url: str) -> Iterator[str]:
+    """Create an empty PostgreSQL database with a unique name; drop it afterwards."""
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
     name = f"syncd_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(postgres_server, isolation_level="AUTOCOMMIT")
+    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     try:
-        yield make_url(postgres_server).set(database=name).render_as_string(hide_password=False)
+        yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
     finally:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@contextmanager
+def migrated_engine(url: str) -> Iterator[Engine]:
+    """An engine on `url` with the schema at head; disposed afterwards."""
+    from syncd.state.db import make_engine, upgrade
+
+    engine = make_engine(url)
+    try:
+        upgrade(engine)
+        yield engine
+    finally:
+        engine.dispose()
+
+
+# Each state-database test runs on SQLite and, marked `postgres`, on PostgreSQL.
+BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+@contextmanager
+def _backend_engine(request: pytest.FixtureRequest, folder: Path) -> Iterator[Engine]:
+    if request.param == "sqlite":
+        with migrated_engine(f"sqlite:///{folder}/state.db") as engine:
+            yield engine
+        return
+    with (
+        new_postgres_database(request.getfixturevalue("postgres_server")) as url,
+        migrated_engine(url) as engine,
+    ):
+        yield engine
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    with new_postgres_database(postgres_server) as url:
+        yield url
+
+
+@pytest.fixture(params=BACKENDS)
+def state_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """A migrated, empty state database for one test, on each backend."""
+    with _backend_engine(request, tmp_path) as engine:
+        yield engine
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def module_state_engine(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Engine]:
+    """One migrated state database per backend shared by a module (migrating costs ~1 s)."""
+    with _backend_engine(request, tmp_path_factory.mktemp("state")) as engine:
+        yield engine
 
 
 @pytest.fixture(scope="session")

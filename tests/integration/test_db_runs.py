@@ -10,7 +10,6 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from syncd.exceptions import StateError
-from syncd.state.db import make_engine, upgrade
 from syncd.state.models import AuditEntry, JobRun
 from syncd.state.runs import (
     audit,
@@ -20,13 +19,12 @@ from syncd.state.runs import (
     last_success,
     start_run,
 )
+from tests.conftest import migrated_engine
 
 
 def _migrated(url: str) -> Iterator[Engine]:
-    engine = make_engine(url)
-    upgrade(engine)
-    yield engine
-    engine.dispose()
+    with migrated_engine(url) as engine:
+        yield engine
 
 
 @pytest.fixture

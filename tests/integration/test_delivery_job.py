@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import json
 import time
-import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine, text, update
+from sqlalchemy import Engine, text, update
 from sqlalchemy.orm import Session
 from standardwebhooks import Webhook, WebhookVerificationError
 from structlog.testing import capture_logs
@@ -37,6 +36,7 @@ from syncd.sinks.ndjson import NdjsonFileSink
 from syncd.sinks.webhook import WebhookSink
 from syncd.state.db import make_engine, upgrade
 from syncd.state.models import OutboxEvent
+from tests.conftest import migrated_engine
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 PATIENT_NAME = "Ana Horvat"
@@ -47,36 +47,10 @@ READ_TIMEOUT = 0.25
 # --- databases ------------------------------------------------------------------------------
 
 
-@pytest.fixture(
-    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-)
-def migrated(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Engine]:
+@pytest.fixture(scope="module")
+def migrated(module_state_engine: Engine) -> Engine:
     """One migrated database per backend for the module."""
-    if request.param == "sqlite":
-        engine = make_engine(f"sqlite:///{tmp_path_factory.mktemp('delivery')}/state.db")
-        upgrade(engine)
-        yield engine
-        engine.dispose()
-        return
-    yield from _postgres_database(request.getfixturevalue("postgres_server"))
-
-
-def _postgres_database(server: str) -> Iterator[Engine]:
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
-    name = f"syncd_test_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    engine = make_engine(admin.url.set(database=name))
-    try:
-        upgrade(engine)
-        yield engine
-    finally:
-        engine.dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    return module_state_engine
 
 
 def wipe(engine: Engine) -> None:
@@ -530,12 +504,15 @@ async def test_per_patient_order(
 
 @pytest.mark.postgres
 async def test_two_workers_on_postgres_never_deliver_one_event_twice(
-    postgres_server: str, sinks: list[Sink]
+    postgres_url: str, sinks: list[Sink]
 ) -> None:
     """Two jobs (separate engines, as two daemons) racing on one database: each event
     reaches the receiver exactly once, and both did part of the work."""
-    databases = _postgres_database(postgres_server)
-    engine = next(databases)
+    with migrated_engine(postgres_url) as engine:
+        await _two_workers_race(engine, sinks)
+
+
+async def _two_workers_race(engine: Engine, sinks: list[Sink]) -> None:
     second_engine = make_engine(engine.url)
     try:
         async with serving(Receiver(delay_seconds=0.01)) as slow_receiver:
@@ -558,8 +535,6 @@ async def test_two_workers_on_postgres_never_deliver_one_event_twice(
         assert sum(r.fanned_out for r in results) == 80  # fan-out happened once
     finally:
         second_engine.dispose()
-        with contextlib.suppress(StopIteration):
-            next(databases)
 
 
 def _submission(status: str) -> dict[str, Any]:

@@ -11,16 +11,14 @@ import pytest
 from sqlalchemy import Engine, select, text
 
 from syncd.exceptions import JobLocked, StateError
-from syncd.state.db import make_engine, upgrade
 from syncd.state.locks import JobLockHandle, acquire_job_lock, advisory_key
 from syncd.state.models import JobLock
+from tests.conftest import migrated_engine
 
 
 def _migrated(url: str) -> Iterator[Engine]:
-    engine = make_engine(url)
-    upgrade(engine)
-    yield engine
-    engine.dispose()
+    with migrated_engine(url) as engine:
+        yield engine
 
 
 @pytest.fixture

@@ -3,18 +3,15 @@ lease: only those of a process of this host that is provably gone."""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import Engine, create_engine, select, text
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from syncd.outbox import store
 from syncd.outbox.events import emit
 from syncd.outbox.routing import Route
-from syncd.state.db import make_engine, upgrade
 from syncd.state.models import OutboxDelivery
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -24,28 +21,10 @@ DEAD_PID = 4_000_001
 LIVE_PID = 4_000_002
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def engine(request: pytest.FixtureRequest, tmp_path: object) -> Iterator[Engine]:
+@pytest.fixture
+def engine(state_engine: Engine) -> Engine:
     """A migrated, empty state database on each backend."""
-    if request.param == "sqlite":
-        engine = make_engine(f"sqlite:///{tmp_path}/state.db")
-        upgrade(engine)
-        yield engine
-        engine.dispose()
-        return
-    admin = create_engine(request.getfixturevalue("postgres_server"), isolation_level="AUTOCOMMIT")
-    name = f"syncd_test_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    engine = make_engine(admin.url.set(database=name))
-    try:
-        upgrade(engine)
-        yield engine
-    finally:
-        engine.dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    return state_engine
 
 
 def queue(engine: Engine, n: int) -> None:

@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import json
 import threading
-import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine, func, insert, select, text
+from sqlalchemy import Engine, func, insert, select, text
 from sqlalchemy.orm import Session
 from structlog.testing import capture_logs
 
@@ -34,32 +32,10 @@ LEASE = timedelta(seconds=30)
 PATIENT_NAME = "Ana Horvat"
 
 
-@pytest.fixture(
-    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-)
-def migrated(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Engine]:
+@pytest.fixture(scope="module")
+def migrated(module_state_engine: Engine) -> Engine:
     """One migrated database per backend for the module (migrating per test costs ~1s)."""
-    if request.param == "sqlite":
-        engine = make_engine(f"sqlite:///{tmp_path_factory.mktemp('outbox')}/state.db")
-        upgrade(engine)
-        yield engine
-        engine.dispose()
-        return
-    admin = create_engine(request.getfixturevalue("postgres_server"), isolation_level="AUTOCOMMIT")
-    name = f"syncd_test_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    engine = make_engine(admin.url.set(database=name))
-    try:
-        upgrade(engine)
-        yield engine
-    finally:
-        engine.dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    return module_state_engine
 
 
 @pytest.fixture
