@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
@@ -19,30 +18,12 @@ from syncd.state.runs import (
     last_success,
     start_run,
 )
-from tests.conftest import migrated_engine
-
-
-def _migrated(url: str) -> Iterator[Engine]:
-    with migrated_engine(url) as engine:
-        yield engine
 
 
 @pytest.fixture
-def sqlite_engine(sqlite_url: str) -> Iterator[Engine]:
-    """A migrated SQLite state database."""
-    yield from _migrated(sqlite_url)
-
-
-@pytest.fixture
-def postgres_engine(postgres_url: str) -> Iterator[Engine]:
-    """A migrated PostgreSQL state database."""
-    yield from _migrated(postgres_url)
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def engine(request: pytest.FixtureRequest) -> Engine:
+def engine(state_engine: Engine) -> Engine:
     """A migrated state database on each backend."""
-    return request.getfixturevalue(f"{request.param}_engine")  # type: ignore[no-any-return]
+    return state_engine
 
 
 def test_run_lifecycle(engine: Engine) -> None:

@@ -16,27 +16,24 @@ from syncd.state.models import JobLock
 from tests.conftest import migrated_engine
 
 
-def _migrated(url: str) -> Iterator[Engine]:
-    with migrated_engine(url) as engine:
+@pytest.fixture
+def sqlite_engine(sqlite_url: str) -> Iterator[Engine]:
+    """A migrated SQLite state database (the lease-row tests are SQLite's mechanism)."""
+    with migrated_engine(sqlite_url) as engine:
         yield engine
 
 
 @pytest.fixture
-def sqlite_engine(sqlite_url: str) -> Iterator[Engine]:
-    """A migrated SQLite state database."""
-    yield from _migrated(sqlite_url)
+def postgres_engine(postgres_url: str) -> Iterator[Engine]:
+    """A migrated PostgreSQL state database (advisory locks are PostgreSQL's mechanism)."""
+    with migrated_engine(postgres_url) as engine:
+        yield engine
 
 
 @pytest.fixture
-def postgres_engine(postgres_url: str) -> Iterator[Engine]:
-    """A migrated PostgreSQL state database."""
-    yield from _migrated(postgres_url)
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def engine(request: pytest.FixtureRequest) -> Engine:
+def engine(state_engine: Engine) -> Engine:
     """A migrated state database on each backend."""
-    return request.getfixturevalue(f"{request.param}_engine")  # type: ignore[no-any-return]
+    return state_engine
 
 
 class FakeClock:
