@@ -44,12 +44,12 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from syncd.exceptions import StateError
 from syncd.patients.plan import MirrorEntry, QuarantineEntry
-from syncd.state.models import AuditEntry, PatientMirror, QuarantinedRow
+from syncd.state.models import PatientMirror, QuarantinedRow
+from syncd.state.runs import AuditRecord, audit_many
 
 ACTOR: Final = "push_patients"
 _MIRROR = typing_cast(Table, PatientMirror.__table__)
 _QUARANTINE = typing_cast(Table, QuarantinedRow.__table__)
-_AUDIT = typing_cast(Table, AuditEntry.__table__)
 
 # Per connection (temporary): gone when the connection closes, invisible to other sessions.
 _RUN_KEYS = Table(
@@ -388,25 +388,21 @@ class PushStore:
                 for row in pushed
             ],
         )
-        # Same shape as `syncd.state.runs.audit` (object_id = the providerId), written in
-        # bulk on this connection.
-        self._conn.execute(
-            _AUDIT.insert(),
-            [
-                {
-                    "at": now,
-                    "actor": ACTOR,
-                    "run_id": self.run_id,
-                    "action": "patient.pushed",
-                    "object_type": "patient",
-                    "object_id": row.key,
-                    "detail": (
-                        f"voxares_id={row.voxares_patient_id} "
-                        f"{'created' if row.created else 'updated'}"
-                    )[:256],
-                }
+        audit_many(
+            self._conn,
+            ACTOR,
+            self.run_id,
+            (
+                AuditRecord(
+                    "patient.pushed",
+                    "patient",
+                    row.key,
+                    f"voxares_id={row.voxares_patient_id} "
+                    f"{'created' if row.created else 'updated'}",
+                )
                 for row in pushed
-            ],
+            ),
+            at=now,
         )
 
     def _write_refreshed(self, refreshed: Sequence[tuple[str, str]]) -> None:

@@ -11,7 +11,9 @@ from sqlalchemy.orm import Session
 from syncd.exceptions import StateError
 from syncd.state.models import AuditEntry, JobRun
 from syncd.state.runs import (
+    AuditRecord,
     audit,
+    audit_many,
     finish_run,
     interrupt_stale_runs,
     last_runs,
@@ -114,3 +116,25 @@ def test_audit_is_part_of_the_callers_transaction(engine: Engine) -> None:
     assert rows[0].detail == "d" * 256
     assert rows[0].at.tzinfo == UTC
     assert rows[0].actor == "patients"
+
+
+def test_audit_many_writes_every_entry_in_the_callers_transaction(engine: Engine) -> None:
+    """audit_many inserts each record (detail cut to 256) and rolls back with the caller."""
+    records = [
+        AuditRecord("event.delivered", "outbox_event", f"E-{n}", "d" * 300) for n in range(3)
+    ]
+    with Session(engine) as session:
+        assert audit_many(session, "deliver_outbox", 7, records) == 3
+        session.rollback()
+    at = datetime(2026, 11, 27, 1, 2, 3, tzinfo=UTC)
+    with Session(engine) as session, session.begin():
+        assert audit_many(session, "deliver_outbox", 8, records, at=at) == 3
+        assert audit_many(session, "deliver_outbox", 8, []) == 0
+    with Session(engine) as session:
+        rows = session.scalars(select(AuditEntry).order_by(AuditEntry.id)).all()
+    assert [(r.run_id, r.object_id, r.action, r.at) for r in rows] == [
+        (8, f"E-{n}", "event.delivered", at) for n in range(3)
+    ]
+    assert {(r.actor, r.object_type, r.detail) for r in rows} == {
+        ("deliver_outbox", "outbox_event", "d" * 256)
+    }
