@@ -37,6 +37,8 @@ from typing import Any, Final, NamedTuple, cast
 import structlog
 from sqlalchemy import (
     Engine,
+    Table,
+    bindparam,
     case,
     delete,
     exists,
@@ -54,7 +56,7 @@ from sqlalchemy.orm import Session, aliased
 from syncd.exceptions import StateError
 from syncd.outbox.routing import Route
 from syncd.state.models import OutboxDelivery, OutboxEvent, SinkCursor
-from syncd.state.runs import audit
+from syncd.state.runs import AuditRecord, audit, audit_many
 
 log = structlog.get_logger(__name__)
 
@@ -393,67 +395,123 @@ def record(
 ) -> Recorded:
     """Apply one batch's decisions in one transaction, with their audit entries.
 
-    A decision applies only while `worker` still holds the row's claim; otherwise another
-    worker took it over after the lease expired and will record its own outcome.
-    `disable_reason` disables the sink (its cursor) in the same transaction.
+    A decision applies only while `worker` still holds the row's claim (pending, claimed by
+    `worker`); otherwise another worker took it over after the lease expired and will record
+    its own outcome. `disable_reason` disables the sink (its cursor) in the same transaction.
+
+    Batched: one SELECT finds the held rows, then one executemany per kind of decision and
+    one for the audit entries, instead of a statement (and an ORM flush) per delivery.
     """
     moment = now or _utcnow()
-    applied: list[int] = []
-    lost: list[int] = []
-    d = OutboxDelivery
     with _translated("record"), Session(engine) as session, session.begin():
+        held = _held_seqs(session, sink, worker, [decision.seq for decision in decisions])
+        applied: list[Decision] = []
+        lost: list[int] = []
         for decision in decisions:
-            held = update(d).where(
-                d.sink == sink,
-                d.event_seq == decision.seq,
-                d.state == PENDING,
-                d.claimed_by == worker,
-            )
-            released = {"claimed_by": None, "claimed_until": None}
-            match decision:
-                case Done():
-                    values: dict[str, Any] = {
-                        "state": DELIVERED,
-                        "attempts": decision.attempts,
-                        "delivered_at": moment,
-                        "last_error": None,
-                    }
-                case Again():
-                    values = {
-                        "attempts": decision.attempts,
-                        "next_attempt_at": decision.at,
-                        "last_error": decision.error[:_ERROR_MAX],
-                    }
-                case Dead():
-                    values = {
-                        "state": DEAD,
-                        "attempts": decision.attempts,
-                        "last_error": decision.reason[:_ERROR_MAX],
-                    }
-                case Release():
-                    values = {"last_error": decision.error[:_ERROR_MAX]}
-            if _rowcount(session.execute(held.values(**values, **released))) != 1:
+            if decision.seq in held:
+                held.discard(decision.seq)  # a repeated seq applies once, as one row would
+                applied.append(decision)
+            else:
                 lost.append(decision.seq)
-                continue
-            applied.append(decision.seq)
-            if isinstance(decision, Done):
-                audit(
-                    session, actor, run_id, "event.delivered", "outbox_event", decision.event_id,
-                    f"sink={sink} attempts={decision.attempts}",
-                )  # fmt: skip
-            elif isinstance(decision, Dead):
-                audit(
-                    session, actor, run_id, "event.dead_lettered", "outbox_event",
-                    decision.event_id, f"sink={sink} attempts={decision.attempts}",
-                )  # fmt: skip
+        _apply(session, sink, worker, applied, moment)
+        entries = [entry for d in applied if (entry := _audit_record(sink, d)) is not None]
         if disable_reason is not None:
             session.execute(
                 update(SinkCursor)
                 .where(SinkCursor.sink == sink)
                 .values(disabled_reason=disable_reason[:_REASON_MAX], updated_at=moment)
             )
-            audit(session, actor, run_id, "sink.disabled", "sink", sink, disable_reason)
-    return Recorded(applied=tuple(applied), lease_lost=tuple(lost))
+            entries.append(AuditRecord("sink.disabled", "sink", sink, disable_reason))
+        audit_many(session, actor, run_id, entries)
+    return Recorded(applied=tuple(d.seq for d in applied), lease_lost=tuple(lost))
+
+
+def _held_seqs(session: Session, sink: str, worker: str, seqs: Sequence[int]) -> set[int]:
+    """Which of `seqs` `worker` still holds at `sink`, locked until commit.
+
+    PostgreSQL: FOR UPDATE keeps another worker from re-claiming them before our UPDATEs
+    (its claim skips locked rows; a claim that got there first is waited for, and the
+    re-checked row then no longer matches). SQLite renders no FOR UPDATE: BEGIN IMMEDIATE
+    already made this transaction the only writer (see `claim`).
+    """
+    d = OutboxDelivery
+    held: set[int] = set()
+    unique = sorted(set(seqs))
+    for start in range(0, len(unique), _CHUNK):
+        held.update(
+            session.scalars(
+                select(d.event_seq)
+                .where(
+                    d.sink == sink,
+                    d.event_seq.in_(unique[start : start + _CHUNK]),
+                    d.state == PENDING,
+                    d.claimed_by == worker,
+                )
+                .order_by(d.event_seq)  # one lock order for every locker
+                .with_for_update()
+            )
+        )
+    return held
+
+
+def _apply(
+    session: Session, sink: str, worker: str, decisions: Sequence[Decision], now: datetime
+) -> None:
+    """One executemany per kind of decision, for rows `_held_seqs` found (and locked).
+
+    The UPDATEs repeat the holder condition: on either database it cannot fail after
+    `_held_seqs`, and it keeps a row we do not hold untouched should that ever change.
+    """
+    table = cast(Table, OutboxDelivery.__table__)
+    t = table.c
+    by_kind: dict[type[Decision], list[dict[str, Any]]] = {}
+    for decision in decisions:
+        row: dict[str, Any] = {"b_seq": decision.seq}
+        match decision:
+            case Done():
+                row["b_attempts"] = decision.attempts
+            case Again():
+                row |= {"b_attempts": decision.attempts, "b_at": decision.at}
+                row["b_error"] = decision.error[:_ERROR_MAX]
+            case Dead():
+                row |= {"b_attempts": decision.attempts, "b_error": decision.reason[:_ERROR_MAX]}
+            case Release():
+                row["b_error"] = decision.error[:_ERROR_MAX]
+        by_kind.setdefault(type(decision), []).append(row)
+    values: dict[type[Decision], dict[str, Any]] = {
+        Done: {"state": DELIVERED, "attempts": bindparam("b_attempts"), "delivered_at": now,
+               "last_error": None},
+        Again: {"attempts": bindparam("b_attempts"), "next_attempt_at": bindparam("b_at"),
+                "last_error": bindparam("b_error")},
+        Dead: {"state": DEAD, "attempts": bindparam("b_attempts"),
+               "last_error": bindparam("b_error")},
+        Release: {"last_error": bindparam("b_error")},
+    }  # fmt: skip
+    for kind, rows in by_kind.items():
+        session.execute(
+            update(table)
+            .where(
+                t.sink == sink,
+                t.event_seq == bindparam("b_seq"),
+                t.state == PENDING,
+                t.claimed_by == worker,
+            )
+            .values(**values[kind], claimed_by=None, claimed_until=None),
+            rows,
+        )
+
+
+def _audit_record(sink: str, decision: Decision) -> AuditRecord | None:
+    """The audit entry of an applied decision: delivered and dead-lettered events only."""
+    match decision:
+        case Done():
+            action = "event.delivered"
+        case Dead():
+            action = "event.dead_lettered"
+        case _:
+            return None
+    detail = f"sink={sink} attempts={decision.attempts}"
+    return AuditRecord(action, "outbox_event", decision.event_id, detail)
 
 
 class SinkState(NamedTuple):

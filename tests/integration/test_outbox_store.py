@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, func, insert, select, text
+from sqlalchemy import Engine, func, insert, select, text, update
 from sqlalchemy.orm import Session
 from structlog.testing import capture_logs
 
@@ -340,6 +340,62 @@ def test_record_ignores_a_delivery_another_worker_took_over(engine: Engine) -> N
     assert lost == store.Recorded(applied=(), lease_lost=(seq,))
     assert deliveries(engine)[(seq, "s")].state == "pending"
     assert deliveries(engine)[(seq, "s")].claimed_by == "fast"
+
+
+def test_record_applies_exactly_the_held_rows_of_a_mixed_batch(engine: Engine) -> None:
+    """In one batch of every kind of decision, the rows another worker re-claimed (and one
+    already delivered) are reported lost and left as they are; the held ones are applied,
+    each with its own attempts and error, and audited once."""
+    added = add_events(engine, ["a.x"] * 8)
+    (s1, i1), (s2, _), (s3, i3), (s4, _), (s5, i5), (s6, _), (s7, i7), (s8, i8) = added
+    store.fan_out(engine, Route("s", start="beginning"), now=T0)
+    store.claim(engine, "s", worker="slow", limit=10, lease=LEASE, now=T0)
+    # The lease expires; another worker re-claims s5..s8 and s4 is delivered meanwhile.
+    with engine.begin() as conn:
+        conn.execute(
+            update(OutboxDelivery)
+            .where(OutboxDelivery.event_seq.in_([s5, s6, s7, s8]))
+            .values(claimed_by="fast")
+        )
+    set_state(engine, s4, "s", "delivered", claimed_by=None)
+    later = T0 + timedelta(seconds=5)
+    retry_at = later + timedelta(minutes=1)
+    decisions: list[store.Decision] = [
+        Done(s1, i1, 2),
+        Again(s2, 3, retry_at, "HTTP 503"),
+        Dead(s3, i3, 4, "HTTP 400"),
+        Release(s4, "sink disabled: gone"),
+        Done(s5, i5, 1),
+        Again(s6, 1, retry_at, "HTTP 500"),
+        Dead(s7, i7, 1, "HTTP 404"),
+        Release(s8, "sink disabled: gone"),
+    ]
+    result = store.record(
+        engine, "s", worker="slow", actor="t", run_id=3, now=later, decisions=decisions
+    )
+    assert result == store.Recorded(applied=(s1, s2, s3), lease_lost=(s4, s5, s6, s7, s8))
+    rows = deliveries(engine, "s")
+    shown = {seq: (r.state, r.attempts, r.last_error, r.claimed_by) for (seq, _), r in rows.items()}
+    assert shown == {
+        s1: ("delivered", 2, None, None),
+        s2: ("pending", 3, "HTTP 503", None),
+        s3: ("dead", 4, "HTTP 400", None),
+        s4: ("delivered", 0, None, None),
+        **{seq: ("pending", 0, None, "fast") for seq in (s5, s6, s7, s8)},
+    }
+    assert rows[(s2, "s")].next_attempt_at == retry_at
+    assert rows[(s1, "s")].delivered_at == later
+    assert rows[(s6, "s")].next_attempt_at == T0  # untouched
+    assert [(a.object_id, a.detail) for a in audits(engine, "event.delivered")] == [
+        (i1, "sink=s attempts=2")
+    ]
+    assert [(a.object_id, a.run_id) for a in audits(engine, "event.dead_lettered")] == [(i3, 3)]
+    # The re-claiming worker's own record still applies to its rows.
+    theirs = store.record(
+        engine, "s", worker="fast", actor="t", run_id=None, now=later,
+        decisions=[Done(s5, i5, 1), Done(s6, "x", 1), Done(s7, i7, 1), Done(s8, i8, 1)],
+    )  # fmt: skip
+    assert theirs.applied == (s5, s6, s7, s8)
 
 
 def test_record_disables_the_sink_and_releases_its_claims(engine: Engine) -> None:
