@@ -22,9 +22,23 @@ class Receiver:
     def __init__(self, latency: float) -> None:
         self.latency = latency
         self.received = 0
+        self._connections: dict[asyncio.StreamWriter, asyncio.Task[None]] = {}
+
+    async def close_connections(self) -> None:
+        """Close every open connection and wait for its handler to end.
+
+        Python 3.11's stream server logs a traceback for every handler task it finds
+        cancelled at shutdown; closed sockets end the handlers normally instead.
+        """
+        for writer in self._connections:
+            writer.close()
+        await asyncio.gather(*self._connections.values(), return_exceptions=True)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Serve one keep-alive connection."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections[writer] = task
         sock = writer.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -50,6 +64,7 @@ class Receiver:
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
+            self._connections.pop(writer, None)
             writer.close()
 
 
@@ -63,6 +78,8 @@ async def serve(latency_ms: float) -> None:
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     async with server:
         await stop.wait()
+        server.close()
+        await receiver.close_connections()
 
 
 def main() -> None:
