@@ -53,6 +53,22 @@ def row_hash(fields: Mapping[str, str | None]) -> str:
     return hashlib.sha256(f"{{{body}}}".encode("utf-8", "backslashreplace")).hexdigest()
 
 
+def canonical_object(parts: Mapping[str, bytes]) -> bytes:
+    """Canonical JSON of an object whose member values are already canonical JSON.
+
+    Byte-identical to `canonical_json` of the decoded object, so a large member (a form
+    submission's answers) can be encoded once and shared by a content hash and an event
+    payload. Keys are sorted as the encoder sorts them (by code point) and written by
+    `encode_basestring`, the encoder's own string writer with `ensure_ascii=False`, then
+    made UTF-8 with lone surrogates escaped, exactly as `canonical_json` does.
+    """
+    members = [
+        encode_basestring(key).encode("utf-8", "backslashreplace") + b":" + parts[key]
+        for key in sorted(parts)
+    ]
+    return b"{" + b",".join(members) + b"}"
+
+
 def payload_hash(payload: Mapping[str, Any]) -> str:
     """Hash of a normalised API payload; equal hashes mean Voxares already holds this body."""
     return sha256_hex(canonical_json(dict(payload)))

@@ -22,20 +22,28 @@ def emit(
     session: Session,
     *,
     event_type: str,
-    payload: Mapping[str, Any],
+    payload: Mapping[str, Any] | bytes,
     ordering_key: str | None,
 ) -> OutboxEvent:
     """Add one outbox event to `session` (not committed, not flushed) and return it.
 
-    The event gets a fresh UUID as its public id and the current UTC time; its `seq` is
-    assigned when the session flushes.
+    `payload` is a JSON object, or its canonical JSON already encoded (`bytes`, e.g. built
+    with `canonical_object` around a large member encoded once). The event gets a fresh
+    UUID as its public id and the current UTC time; its `seq` is assigned when the
+    session flushes.
     """
     event = OutboxEvent(
         event_id=str(uuid.uuid4()),
         event_type=event_type,
         ordering_key=ordering_key,
-        payload=canonical_json(dict(payload)).decode("utf-8"),
+        payload=_text(payload),
         created_at=datetime.now(UTC),
     )
     session.add(event)
     return event
+
+
+def _text(payload: Mapping[str, Any] | bytes) -> str:
+    # Canonical JSON is ASCII wherever it is not valid UTF-8 (lone surrogates are escaped).
+    encoded = payload if isinstance(payload, bytes) else canonical_json(dict(payload))
+    return encoded.decode("utf-8")

@@ -26,9 +26,9 @@ from syncd.state.runs import audit
 from syncd.submissions.versions import (
     EVENT_TYPE,
     PatientLink,
-    event_payload,
+    Version,
+    event_payload_json,
     ordering_key,
-    version_key,
 )
 from syncd.submissions.window import Window
 from syncd.voxares.models import SubmissionDetail
@@ -102,24 +102,25 @@ class PollerStore:
         Each emitted version also gets an id-only audit entry.
         """
         with self._guard(), self._sessions.begin() as session:
-            keyed = {version_key(d): d for d in details}
+            # A repeat within the batch keeps the first one's place and the last one's body.
+            keyed = {version.key: version for version in map(Version.of, details)}
             known = self._known(session, keyed)
-            fresh = [(key, d) for key, d in keyed.items() if key not in known]
-            links = self._links(session, {d.patient.id for _, d in fresh if d.patient})
+            fresh = [(key, v.detail, v) for key, v in keyed.items() if key not in known]
+            links = self._links(session, {d.patient.id for _, d, _ in fresh if d.patient})
             now = datetime.now(UTC)
             events = []
-            for _, detail in fresh:
+            for _, detail, version in fresh:
                 link = links.get(detail.patient.id) if detail.patient else None
                 events.append(
                     emit(
                         session,
                         event_type=EVENT_TYPE,
-                        payload=event_payload(detail, link),
+                        payload=event_payload_json(version, link),
                         ordering_key=ordering_key(detail, link),
                     )
                 )
             session.flush()  # assigns the events' seq
-            for (key, _), event in zip(fresh, events, strict=True):
+            for (key, _, _), event in zip(fresh, events, strict=True):
                 session.add(
                     SubmissionVersion(
                         submission_id=key[0],

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
-from syncd.hashing import canonical_json, sha256_hex
+from syncd.hashing import canonical_json, canonical_object, sha256_hex
 from syncd.voxares.contract import format_timestamp
 from syncd.voxares.models import SubmissionDetail
 
@@ -27,15 +27,41 @@ class PatientLink:
     provider_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class Version:
+    """A fetched detail with its dedupe identity and its answers encoded once.
+
+    The answers (tens of KB of data URLs) are the bulk of both the content hash and the
+    event payload; `answers` is their canonical JSON, shared by the two.
+    """
+
+    key: tuple[str, str, str]
+    detail: SubmissionDetail
+    answers: bytes  # canonical JSON of `detail.data` (`null` when absent)
+
+    @classmethod
+    def of(cls, detail: SubmissionDetail) -> Version:
+        """Encode the answers once and derive the dedupe identity from them."""
+        answers = canonical_json(detail.data)
+        key = (detail.id, format_timestamp(detail.updated_at), _hash(detail, answers))
+        return cls(key=key, detail=detail, answers=answers)
+
+
 def content_hash(detail: SubmissionDetail) -> str:
     """sha256 of the canonical JSON of the version's status, answers, form id and patient id."""
+    return _hash(detail, canonical_json(detail.data))
+
+
+def _hash(detail: SubmissionDetail, answers: bytes) -> str:
+    # Exactly the bytes of `canonical_json({"status", "data", "formId", "patientId"})`:
+    # stored `submission_versions.content_hash` values must keep matching after upgrades.
     return sha256_hex(
-        canonical_json(
+        canonical_object(
             {
-                "status": detail.submission_status,
-                "data": detail.data,
-                "formId": detail.form.id if detail.form else None,
-                "patientId": detail.patient.id if detail.patient else None,
+                "status": canonical_json(detail.submission_status),
+                "data": answers,
+                "formId": canonical_json(detail.form.id if detail.form else None),
+                "patientId": canonical_json(detail.patient.id if detail.patient else None),
             }
         )
     )
@@ -43,15 +69,15 @@ def content_hash(detail: SubmissionDetail) -> str:
 
 def version_key(detail: SubmissionDetail) -> tuple[str, str, str]:
     """The dedupe identity: (submission id, updatedAt as API text, content hash)."""
-    return detail.id, format_timestamp(detail.updated_at), content_hash(detail)
+    return Version.of(detail).key
 
 
 def _ts(moment: datetime | None) -> str | None:
     return format_timestamp(moment) if moment is not None else None
 
 
-def event_payload(detail: SubmissionDetail, link: PatientLink | None) -> dict[str, Any]:
-    """The `form_submission.updated` payload; `link` is None for a patient not mirrored."""
+def _envelope(detail: SubmissionDetail, link: PatientLink | None) -> dict[str, Any]:
+    """Every member of the event payload except the answers."""
     return {
         "submission": {
             "id": detail.id,
@@ -70,8 +96,19 @@ def event_payload(detail: SubmissionDetail, link: PatientLink | None) -> dict[st
             "providerId": link.provider_id if link else None,
             "provider": link.provider if link else None,
         },
-        "answers": detail.data if detail.data is not None else {},
     }
+
+
+def event_payload(detail: SubmissionDetail, link: PatientLink | None) -> dict[str, Any]:
+    """The `form_submission.updated` payload; `link` is None for a patient not mirrored."""
+    return {**_envelope(detail, link), "answers": detail.data if detail.data is not None else {}}
+
+
+def event_payload_json(version: Version, link: PatientLink | None) -> bytes:
+    """`canonical_json(event_payload(...))`, reusing the version's encoded answers."""
+    parts = {name: canonical_json(value) for name, value in _envelope(version.detail, link).items()}
+    parts["answers"] = version.answers if version.detail.data is not None else b"{}"
+    return canonical_object(parts)
 
 
 def ordering_key(detail: SubmissionDetail, link: PatientLink | None) -> str | None:

@@ -6,11 +6,12 @@ import json
 import os
 import subprocess
 import sys
+from typing import Any
 
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
-from syncd.hashing import canonical_json, payload_hash, row_hash, sha256_hex
+from syncd.hashing import canonical_json, canonical_object, payload_hash, row_hash, sha256_hex
 
 ROW = {
     "providerId": "P-1",
@@ -27,6 +28,19 @@ ROW_HASH = "8eef7c9bfd636d4de6fc96637b4214c10d5c0bd46c7e7710b226484031003433"
 any_text = st.text(st.characters(exclude_categories=()))
 field_values = st.one_of(st.none(), any_text)
 row_fields = st.dictionaries(st.text(max_size=20), field_values, max_size=8)
+# Any JSON value canonical_json accepts (finite numbers), with any text in keys and strings.
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | any_text,
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(any_text, children, max_size=4)
+    ),
+    max_leaves=20,
+)
+json_objects = st.dictionaries(any_text, json_values, max_size=6)
 
 
 def test_canonical_json_sorts_keys_without_whitespace_in_utf8() -> None:
@@ -94,3 +108,29 @@ def test_payload_hash_changes_with_any_value(payload: dict[str, str]) -> None:
     changed = {**payload, key: payload[key] + "!"}
     assert payload_hash(changed) != payload_hash(payload)
     assert payload_hash(dict(reversed(list(payload.items())))) == payload_hash(payload)
+
+
+@given(json_objects)
+@example({"\udc80": "\ud800", "š": [1.5, None, True]})
+def test_canonical_object_equals_canonical_json_of_the_decoded_object(obj: dict[str, Any]) -> None:
+    """Joining canonically encoded members gives canonical_json's bytes, surrogates included."""
+    parts = {key: canonical_json(value) for key, value in obj.items()}
+    joined = canonical_object(parts)
+    assert joined == canonical_json(obj)
+    decoded = {key: json.loads(part) for key, part in parts.items()}
+    assert joined == canonical_json(decoded)
+
+
+@given(json_objects, json_objects)
+def test_canonical_object_nests(inner: dict[str, Any], outer: dict[str, Any]) -> None:
+    """A member that is itself a canonical_object joins like any canonical member."""
+    member = canonical_object({key: canonical_json(value) for key, value in inner.items()})
+    parts = {key: canonical_json(value) for key, value in outer.items()} | {"\udc80x": member}
+    assert canonical_object(parts) == canonical_json({**outer, "\udc80x": inner})
+
+
+def test_canonical_object_sorts_non_ascii_keys_by_code_point() -> None:
+    """Keys sort by code point (ASCII before š before CJK) and stay UTF-8, not escaped."""
+    parts = {"中": b"1", "š": b"2", "z": b"3", "": b"{}"}
+    assert canonical_object(parts) == '{"":{},"z":3,"š":2,"中":1}'.encode()
+    assert canonical_object({}) == b"{}"

@@ -2,16 +2,77 @@
 
 from __future__ import annotations
 
+from datetime import UTC
 from typing import Any
 
+from hypothesis import given
+from hypothesis import strategies as st
+
+from syncd.hashing import canonical_json, sha256_hex
 from syncd.submissions.versions import (
     PatientLink,
+    Version,
     content_hash,
     event_payload,
+    event_payload_json,
     ordering_key,
     version_key,
 )
 from syncd.voxares.models import SubmissionDetail
+
+# Pinned: the hash of `detail()` as every release so far stored it. If this changes, every
+# submission already recorded looks like a new version after an upgrade and is re-emitted.
+CONTENT_HASH = "81baab5e9dd56bb2ff8bb174414fce12c54376148766ec2ebd9a2c66f5ab247c"
+
+any_text = st.text(st.characters(exclude_categories=()), max_size=12)
+answers = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | any_text,
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(any_text, children, max_size=3)
+    ),
+    max_leaves=12,
+)
+moments = st.datetimes(timezones=st.just(UTC)).map(
+    lambda moment: moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+)
+details = st.builds(
+    lambda fields: SubmissionDetail.model_validate(fields),
+    st.fixed_dictionaries(
+        {
+            "id": any_text,
+            "submissionStatus": any_text,
+            "updatedAt": moments,
+            "data": st.none() | st.dictionaries(any_text, answers, max_size=4),
+        },
+        optional={
+            "createdAt": moments,
+            "receivedAt": st.none() | moments,
+            "requestedBy": st.none() | any_text,
+            "patient": st.none() | st.fixed_dictionaries({"id": any_text}),
+            "form": st.none()
+            | st.fixed_dictionaries({"id": any_text}, optional={"displayName": any_text}),
+        },
+    ),
+)
+links = st.none() | st.builds(PatientLink, provider=any_text, provider_id=any_text)
+
+
+def formula_of_earlier_releases(detail: SubmissionDetail) -> str:
+    """The content hash exactly as releases before the shared encoding computed it."""
+    return sha256_hex(
+        canonical_json(
+            {
+                "status": detail.submission_status,
+                "data": detail.data,
+                "formId": detail.form.id if detail.form else None,
+                "patientId": detail.patient.id if detail.patient else None,
+            }
+        )
+    )
 
 
 def detail(**overrides: Any) -> SubmissionDetail:
@@ -74,3 +135,25 @@ def test_payload_of_an_unmirrored_patient_has_null_ehr_ids() -> None:
     assert payload["submission"]["receivedAt"] is None
     assert payload["answers"] == {}
     assert ordering_key(detail(), None) == "pat-1"
+
+
+def test_content_hash_is_pinned() -> None:
+    """A known detail hashes to the constant stored by earlier releases."""
+    assert content_hash(detail()) == CONTENT_HASH == formula_of_earlier_releases(detail())
+
+
+@given(details)
+def test_content_hash_equals_the_formula_of_earlier_releases(submission: SubmissionDetail) -> None:
+    """For any detail (any text, lone surrogates, absent parts) the stored hashes still match."""
+    expected = formula_of_earlier_releases(submission)
+    assert content_hash(submission) == expected
+    assert Version.of(submission).key == (submission.id, version_key(submission)[1], expected)
+
+
+@given(details, links)
+def test_encoded_payload_equals_canonical_json_of_the_payload(
+    submission: SubmissionDetail, link: PatientLink | None
+) -> None:
+    """The payload built around the once-encoded answers is canonical_json of the payload."""
+    encoded = event_payload_json(Version.of(submission), link)
+    assert encoded == canonical_json(event_payload(submission, link))
