@@ -8,21 +8,21 @@ does, and a version already recorded is never emitted again.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Final
+from typing import Final, cast
 
-from sqlalchemy import Engine, select, tuple_
+from sqlalchemy import Engine, Table, insert, select, tuple_
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from syncd.exceptions import StateError
-from syncd.outbox.events import emit
+from syncd.outbox.events import NewEvent, emit_many
 from syncd.state.db import session_factory
 from syncd.state.models import PatientMirror, PollerState, SubmissionVersion
-from syncd.state.runs import audit
+from syncd.state.runs import AuditRecord, audit_many
 from syncd.submissions.versions import (
     EVENT_TYPE,
     PatientLink,
@@ -34,6 +34,7 @@ from syncd.submissions.window import Window
 from syncd.voxares.models import SubmissionDetail
 
 AUDIT_ACTION: Final = "submission.received"
+_VERSIONS: Final = cast(Table, SubmissionVersion.__table__)
 
 
 def _aware(moment: datetime | None) -> datetime | None:
@@ -99,50 +100,51 @@ class PollerStore:
 
         A version is `(id, updatedAt text, content hash)`; versions already in
         `submission_versions` (or repeated within the batch) are counted as duplicates.
-        Each emitted version also gets an id-only audit entry.
+        Each emitted version also gets an id-only audit entry. Events, version records and
+        audit entries are each written with one executemany (Core, not the ORM's unit of
+        work: a batch is hundreds of rows).
         """
         with self._guard(), self._sessions.begin() as session:
             # A repeat within the batch keeps the first one's place and the last one's body.
             keyed = {version.key: version for version in map(Version.of, details)}
             known = self._known(session, keyed)
-            fresh = [(key, v.detail, v) for key, v in keyed.items() if key not in known]
-            links = self._links(session, {d.patient.id for _, d, _ in fresh if d.patient})
+            fresh = [version for key, version in keyed.items() if key not in known]
+            links = self._links(session, {v.detail.patient.id for v in fresh if v.detail.patient})
             now = datetime.now(UTC)
-            events = []
-            for _, detail, version in fresh:
-                link = links.get(detail.patient.id) if detail.patient else None
-                events.append(
-                    emit(
-                        session,
-                        event_type=EVENT_TYPE,
-                        payload=event_payload_json(version, link),
-                        ordering_key=ordering_key(detail, link),
+            seqs = emit_many(session, [_event(v, links) for v in fresh], at=now)
+            if fresh:
+                session.execute(
+                    insert(_VERSIONS),
+                    [
+                        {
+                            "submission_id": version.key[0],
+                            "updated_at": version.key[1],
+                            "content_hash": version.key[2],
+                            "event_seq": seq,
+                            "recorded_at": now,
+                        }
+                        for version, seq in zip(fresh, seqs, strict=True)
+                    ],
+                )
+            audit_many(
+                session,
+                self.stream,
+                run_id,
+                [
+                    AuditRecord(
+                        action=AUDIT_ACTION,
+                        object_type="form_submission",
+                        object_id=version.key[0],
+                        detail=f"updatedAt={version.key[1]} seq={seq}",
                     )
-                )
-            session.flush()  # assigns the events' seq
-            for (key, _, _), event in zip(fresh, events, strict=True):
-                session.add(
-                    SubmissionVersion(
-                        submission_id=key[0],
-                        updated_at=key[1],
-                        content_hash=key[2],
-                        event_seq=event.seq,
-                        recorded_at=now,
-                    )
-                )
-                audit(
-                    session,
-                    actor=self.stream,
-                    run_id=run_id,
-                    action=AUDIT_ACTION,
-                    object_type="form_submission",
-                    object_id=key[0],
-                    detail=f"updatedAt={key[1]} seq={event.seq}",
-                )
+                    for version, seq in zip(fresh, seqs, strict=True)
+                ],
+                at=now,
+            )
             return Recorded(
                 emitted=len(fresh),
                 duplicates=len(details) - len(fresh),
-                event_seqs=tuple(event.seq for event in events),
+                event_seqs=tuple(seqs),
             )
 
     def _row(self, session: Session) -> PollerState:
@@ -191,6 +193,16 @@ class PollerStore:
 
     def _guard(self) -> AbstractContextManager[None]:
         return _translated(self.stream)
+
+
+def _event(version: Version, links: Mapping[str, PatientLink]) -> NewEvent:
+    detail = version.detail
+    link = links.get(detail.patient.id) if detail.patient else None
+    return NewEvent(
+        event_type=EVENT_TYPE,
+        payload=event_payload_json(version, link),
+        ordering_key=ordering_key(detail, link),
+    )
 
 
 @contextmanager

@@ -1,4 +1,4 @@
-"""outbox.emit(), the write side used by the poller and every other event writer."""
+"""outbox.emit() and emit_many(), the write side used by the poller and every other writer."""
 
 from __future__ import annotations
 
@@ -6,11 +6,12 @@ import json
 import uuid
 from datetime import UTC, datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from syncd.hashing import canonical_json
 from syncd.outbox import emit
+from syncd.outbox.events import NewEvent, emit_many
 from syncd.state.db import make_engine, session_factory, upgrade
 from syncd.state.models import OutboxEvent
 
@@ -65,3 +66,31 @@ def test_emit_stores_an_already_encoded_payload_as_is(sqlite_url: str) -> None:
             )
     finally:
         engine.dispose()
+
+
+def test_emit_many_returns_each_rows_seq_in_order(state_engine: Engine) -> None:
+    """emit_many inserts in the caller's transaction; seqs rise in input order, row by row."""
+    events = [
+        NewEvent(f"x.{n}", canonical_json({"n": n, "s": "é" * n}), f"K-{n % 3}") for n in range(30)
+    ]
+    at = datetime(2025, 5, 20, 9, 0, tzinfo=UTC)
+    with session_factory(state_engine).begin() as session:
+        assert emit_many(session, []) == []
+        seqs = emit_many(session, events, at=at)
+    assert seqs == sorted(seqs)
+    assert len(set(seqs)) == len(events)
+    with Session(state_engine) as session:
+        stored = {e.seq: e for e in session.scalars(select(OutboxEvent))}
+    assert sorted(stored) == seqs
+    for seq, event in zip(seqs, events, strict=True):
+        row = stored[seq]
+        assert (row.event_type, row.ordering_key) == (event.event_type, event.ordering_key)
+        assert row.payload.encode() == event.payload
+        assert row.created_at == at
+        assert uuid.UUID(row.event_id).version == 4
+    assert len({row.event_id for row in stored.values()}) == len(events)
+    with Session(state_engine) as session:
+        emit_many(session, events)
+        session.rollback()
+    with Session(state_engine) as session:
+        assert session.scalar(select(func.count()).select_from(OutboxEvent)) == len(events)

@@ -1,0 +1,153 @@
+"""PollerStore.record on SQLite and PostgreSQL: each emitted event with its version record and
+audit entry, in one transaction, seqs paired with the right rows, duplicates skipped."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, func, select, text
+from sqlalchemy.orm import Session
+
+from syncd.exceptions import StateError
+from syncd.hashing import canonical_json
+from syncd.state.models import AuditEntry, OutboxEvent, PatientMirror, SubmissionVersion
+from syncd.submissions.store import AUDIT_ACTION, PollerStore
+from syncd.submissions.versions import EVENT_TYPE, PatientLink, content_hash, event_payload
+from syncd.voxares.models import SubmissionDetail
+
+STREAM = "form_submissions"
+
+
+def detail(n: int, *, patient: str | None = None, **overrides: Any) -> SubmissionDetail:
+    body: dict[str, Any] = {
+        "id": f"sub-{n}",
+        "submissionStatus": "Completed",
+        "updatedAt": f"2025-05-20T09:{n // 60 % 60:02d}:{n % 60:02d}.120Z",
+        "patient": {"id": patient or f"pat-{n}"},
+        "form": {"id": "form-1", "displayName": "Intake"},
+        "data": {"q": f"answer {n} š", "sig": "data:image/png;base64," + "A" * (n % 7)},
+    }
+    body.update(overrides)
+    return SubmissionDetail.model_validate(body)
+
+
+def count(engine: Engine, model: type[Any]) -> int:
+    with Session(engine) as session:
+        return session.scalar(select(func.count()).select_from(model)) or 0
+
+
+def mirror(engine: Engine, voxares_id: str, provider_id: str) -> None:
+    now = datetime.now(UTC)
+    with Session(engine) as session, session.begin():
+        session.add(
+            PatientMirror(
+                provider="ehr",
+                provider_id=provider_id,
+                voxares_patient_id=voxares_id,
+                payload_hash="0" * 64,
+                payload="{}",
+                first_pushed_at=now,
+                last_pushed_at=now,
+                last_seen_at=now,
+            )
+        )
+
+
+def test_record_pairs_each_event_with_its_version_and_audit_entry(state_engine: Engine) -> None:
+    """Every emitted detail has its exact payload, version row and audit entry under one seq."""
+    mirror(state_engine, "pat-2", "P-2")
+    details = [detail(n) for n in range(5)]
+    recorded = PollerStore(state_engine, STREAM).record(details, run_id=7)
+    assert (recorded.emitted, recorded.duplicates) == (5, 0)
+    assert list(recorded.event_seqs) == sorted(recorded.event_seqs)
+    with Session(state_engine) as session:
+        events = {e.seq: e for e in session.scalars(select(OutboxEvent))}
+        versions = {v.submission_id: v for v in session.scalars(select(SubmissionVersion))}
+        audits = {a.object_id: a for a in session.scalars(select(AuditEntry))}
+    assert sorted(events) == list(recorded.event_seqs)
+    for n, (submission, seq) in enumerate(zip(details, recorded.event_seqs, strict=True)):
+        link = PatientLink("ehr", "P-2") if n == 2 else None
+        event = events[seq]
+        assert event.event_type == EVENT_TYPE
+        assert event.payload == canonical_json(event_payload(submission, link)).decode()
+        assert event.ordering_key == ("P-2" if link else f"pat-{n}")
+        version = versions[submission.id]
+        assert (version.updated_at, version.content_hash, version.event_seq) == (
+            json.loads(event.payload)["submission"]["updatedAt"],
+            content_hash(submission),
+            seq,
+        )
+        entry = audits[submission.id]
+        assert (entry.actor, entry.run_id, entry.action, entry.object_type) == (
+            STREAM,
+            7,
+            AUDIT_ACTION,
+            "form_submission",
+        )
+        assert entry.detail == f"updatedAt={version.updated_at} seq={seq}"
+
+
+def test_record_counts_known_versions_and_repeats_in_a_batch_as_duplicates(
+    state_engine: Engine,
+) -> None:
+    """A repeat in the batch or a recorded version is skipped; changed content is new."""
+    store = PollerStore(state_engine, STREAM)
+    first = store.record([detail(1), detail(2), detail(1)], run_id=None)
+    assert (first.emitted, first.duplicates) == (2, 1)
+    again = store.record([detail(1), detail(2), detail(3)], run_id=None)
+    assert (again.emitted, again.duplicates) == (1, 2)
+    # Same id and updatedAt, other answers: the API forgot to stamp it, still a new version.
+    changed = store.record([detail(1, data={"q": "changed"})], run_id=None)
+    assert (changed.emitted, changed.duplicates) == (1, 0)
+    assert store.record([], run_id=None).emitted == 0
+    assert count(state_engine, OutboxEvent) == count(state_engine, SubmissionVersion) == 4
+    assert count(state_engine, AuditEntry) == 4
+
+
+def test_record_of_a_large_batch_keeps_seqs_in_detail_order(state_engine: Engine) -> None:
+    """Past one insertmanyvalues page, seqs still rise in detail order, each on its own row."""
+    details = [detail(n, patient="pat-same") for n in range(1100)]
+    recorded = PollerStore(state_engine, STREAM).record(details, run_id=None)
+    assert recorded.emitted == 1100
+    with Session(state_engine) as session:
+        rows = session.execute(select(OutboxEvent.seq, OutboxEvent.payload).order_by("seq"))
+        in_seq_order = [(seq, json.loads(payload)["submission"]["id"]) for seq, payload in rows]
+        version_seqs = {
+            sub: seq
+            for sub, seq in session.execute(
+                select(SubmissionVersion.submission_id, SubmissionVersion.event_seq)
+            )
+        }
+    assert in_seq_order == list(zip(recorded.event_seqs, [d.id for d in details], strict=True))
+    assert version_seqs == {sub: seq for seq, sub in in_seq_order}
+
+
+def test_record_failing_midway_writes_nothing(state_engine: Engine) -> None:
+    """When the last insert (audit) fails, the batch's events and versions roll back too."""
+    with state_engine.begin() as conn:
+        if state_engine.dialect.name == "sqlite":
+            conn.execute(
+                text(
+                    "CREATE TRIGGER no_audit BEFORE INSERT ON audit_log "
+                    "BEGIN SELECT RAISE(ABORT, 'refused'); END"
+                )
+            )
+        else:
+            conn.execute(
+                text(
+                    "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql "
+                    "AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$"
+                )
+            )
+            conn.execute(
+                text(
+                    "CREATE TRIGGER no_audit BEFORE INSERT ON audit_log "
+                    "FOR EACH ROW EXECUTE FUNCTION refuse()"
+                )
+            )
+    with pytest.raises(StateError, match="stream=form_submissions"):
+        PollerStore(state_engine, STREAM).record([detail(1), detail(2)], run_id=None)
+    assert count(state_engine, OutboxEvent) == count(state_engine, SubmissionVersion) == 0
