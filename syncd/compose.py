@@ -347,6 +347,7 @@ def build_outbox_delivery(rt: Runtime) -> Job:
         build_sinks(rt.settings),
         routes_from_settings(o),
         batch_size=o.batch_size,
+        batches_in_flight=o.batches_in_flight,
         max_attempts=o.max_attempts,
         max_age=timedelta(hours=o.max_age_hours),
         keep_order_per_patient=o.keep_order_per_patient,
@@ -357,12 +358,14 @@ def build_outbox_delivery(rt: Runtime) -> Job:
 
 def _delivery_lease_seconds(settings: Settings) -> float:
     """A claim's lease must outlast the slowest batch: every event of a batch may wait for
-    its connect and read timeouts, 16 at a time (the webhook sink's concurrency)."""
+    its connect and read timeouts, 16 at a time (the webhook sink's concurrency), shared
+    with the sink's other batches in flight."""
     slowest = 0.0
     for cfg in settings.outbox.sinks.values():
         if cfg.type == "webhook":
             slowest = max(slowest, cfg.connect_timeout + cfg.read_timeout)
-    rounds = -(-settings.outbox.batch_size // 16)
+    o = settings.outbox
+    rounds = -(-(o.batch_size * o.batches_in_flight) // 16)
     return max(120.0, 2 * rounds * slowest)
 
 

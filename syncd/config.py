@@ -565,6 +565,7 @@ class OutboxSettings(_Section):
 
     deliver_interval_seconds: PositiveFloat = 5.0
     batch_size: PositiveInt = 100
+    batches_in_flight: Annotated[int, Number, Field(ge=1, le=8)] = 2
     max_attempts: PositiveInt = 12
     max_age_hours: PositiveFloat = 72.0
     retention_days: PositiveFloat = 14.0

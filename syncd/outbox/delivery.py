@@ -2,10 +2,21 @@
 
 One run fans out new events into per-sink deliveries, then delivers each sink's due
 deliveries until none is due or the run's time budget is spent. Sinks are independent:
-each has its own task, its own batches and its own timeout on every `deliver` call, so a
+each has its own tasks, its own batches and its own timeout on every `deliver` call, so a
 slow or failing sink never delays another. Within a sink a failing event is rescheduled
 (`syncd.outbox.backoff`) and the events behind it go on: no head-of-line blocking, except
 between the events of one patient when `keep_order_per_patient` asks for exactly that.
+
+Lanes: each sink runs `batches_in_flight` copies of its claim -> deliver -> record loop,
+so while one batch is being claimed or recorded (or is down to its last few events)
+another keeps the sink busy. The lanes share the worker id and the sink object: claims
+are leases, so two lanes never hold one delivery; the sink bounds its own concurrency
+(the webhook sink's semaphore counts every lane's requests; the AMQP sink publishes one
+batch at a time; the NDJSON sink writes one batch at a time under a thread lock). Order
+per patient holds across lanes because `claim` refuses an event while an earlier event of
+its patient is still pending at the sink, claimed by any lane or not. When a lane's batch
+disables the sink, or a lane fails, the other lanes stop claiming; a lane whose claim
+returns after the sink was disabled gives its batch back unsent.
 
 Outcomes (see `syncd.sinks.base`): `Delivered` is recorded with an audit entry; `Retry`
 waits `max(Retry-After, backoff)` until `max_attempts` or `max_age`, then the delivery is
@@ -66,6 +77,7 @@ from syncd.workers import host_name, owner_id, process_alive
 log = structlog.get_logger(__name__)
 
 DEFAULT_NAME = "deliver_outbox"
+MAX_BATCHES_IN_FLIGHT = 8
 
 
 @dataclass(slots=True)
@@ -150,8 +162,10 @@ class OutboxDeliveryJob:
     `sinks` and `routes` name the same sinks; the caller owns the sinks (and closes them).
     `lease_seconds` must outlast a whole sink call: each `deliver` call is cut off after
     `deliver_timeout_seconds` (default: half the lease) and its batch retried whole, so size
-    the lease for a batch's worst case (for a webhook sink, about
-    `ceil(batch_size / max_concurrency) * (connect_timeout + read_timeout)`, doubled).
+    the lease for a batch's worst case, when it shares the sink with the other lanes (for a
+    webhook sink, about `ceil(batches_in_flight * batch_size / max_concurrency) *
+    (connect_timeout + read_timeout)`, doubled). `batches_in_flight` (1..8) is the number
+    of lanes per sink (see the module doc).
     `time_budget_seconds` bounds one run; `backoff`, `clock` and `rand` are for tuning and
     tests; `gap_grace` is the fan-out's wait at a seq gap (see `syncd.outbox.store`).
     """
@@ -163,6 +177,7 @@ class OutboxDeliveryJob:
         routes: Mapping[str, Route],
         *,
         batch_size: int = 100,
+        batches_in_flight: int = 2,
         max_attempts: int = 12,
         max_age: timedelta = timedelta(hours=72),
         lease_seconds: float = 120.0,
@@ -185,6 +200,8 @@ class OutboxDeliveryJob:
             )
         if batch_size < 1 or max_attempts < 1 or lease_seconds <= 0:
             raise ValueError("batch_size, max_attempts and lease_seconds must be positive")
+        if not 1 <= batches_in_flight <= MAX_BATCHES_IN_FLIGHT:
+            raise ValueError(f"batches_in_flight must be 1..{MAX_BATCHES_IN_FLIGHT}")
         timeout = lease_seconds / 2 if deliver_timeout_seconds is None else deliver_timeout_seconds
         if not 0 < timeout < lease_seconds:
             # A sink call outliving its lease would let another worker deliver the same
@@ -195,6 +212,7 @@ class OutboxDeliveryJob:
         self._sinks = dict(sinks)
         self._routes = dict(routes)
         self._batch_size = batch_size
+        self._lanes = batches_in_flight
         self._max_attempts = max_attempts
         self._max_age = max_age
         self._lease = timedelta(seconds=lease_seconds)
@@ -260,9 +278,37 @@ class OutboxDeliveryJob:
         return counts
 
     async def _deliver_sink(self, name: str, run_id: int | None, deadline: float) -> DeliveryCounts:
-        """One sink's loop: claim a batch, deliver it, record it; until none is due."""
+        """One sink's lanes, run together; their counters summed. A lane's error is raised
+        once every lane has finished its batch (the others stop claiming at once)."""
+        shared = _SinkRun(name)
+        results = await asyncio.gather(
+            *(self._lane(shared, lane, run_id, deadline) for lane in range(self._lanes)),
+            return_exceptions=True,
+        )
         counts = DeliveryCounts()
-        while time.monotonic() < deadline:
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+            counts.add(result)
+        return counts
+
+    async def _lane(
+        self, shared: _SinkRun, lane: int, run_id: int | None, deadline: float
+    ) -> DeliveryCounts:
+        """One lane of a sink: claim a batch, deliver it, record it; until none is due, the
+        budget is spent or another lane stopped the sink."""
+        try:
+            return await self._lane_loop(shared, lane, run_id, deadline)
+        except BaseException:
+            shared.stop = True  # a failed lane (or a crash hook) stops its siblings' claims
+            raise
+
+    async def _lane_loop(
+        self, shared: _SinkRun, lane: int, run_id: int | None, deadline: float
+    ) -> DeliveryCounts:
+        name = shared.sink
+        counts = DeliveryCounts()
+        while not shared.stop and time.monotonic() < deadline:
             batch = await asyncio.to_thread(
                 store.claim,
                 self._engine,
@@ -277,7 +323,19 @@ class OutboxDeliveryJob:
                 break
             step("delivery.after_claim")
             counts.claimed += len(batch)
-            decisions, disable_reason = await self._deliver_batch(name, batch)
+            disable_reason: str | None = None
+            if shared.disabled is not None:
+                # Another lane's batch disabled the sink while this claim ran: not sent.
+                reason = f"sink disabled: {shared.disabled}"
+                decisions: list[Decision] = [Release(claimed.seq, reason) for claimed in batch]
+            else:
+                decisions, disable_reason = await self._deliver_batch(name, batch)
+            if disable_reason is not None:
+                shared.stop = True
+                if shared.disabled is None:
+                    shared.disabled = disable_reason
+                else:
+                    disable_reason = None  # the lane that saw it first records and counts it
             recorded = await asyncio.to_thread(
                 store.record,
                 self._engine,
@@ -306,10 +364,12 @@ class OutboxDeliveryJob:
             log.info(
                 "outbox.batch",
                 sink=name,
+                lane=lane,
                 claimed=len(batch),
                 delivered=batch_counts.delivered,
                 retried=batch_counts.retried,
                 dead=batch_counts.dead,
+                released=batch_counts.released,
                 lease_lost=len(recorded.lease_lost),
             )
             if recorded.lease_lost:
@@ -318,7 +378,6 @@ class OutboxDeliveryJob:
             if disable_reason is not None:
                 counts.sinks_disabled += 1
                 log.error("outbox.sink_disabled", sink=name, reason=disable_reason)
-                break
         return counts
 
     async def _deliver_batch(
@@ -400,6 +459,15 @@ class OutboxDeliveryJob:
             metrics.OUTBOX_BACKLOG.labels(name).set(pending)
             metrics.OUTBOX_OLDEST_AGE.labels(name).set(oldest)
             metrics.DEAD_LETTERS.labels(name).set(dead)
+
+
+@dataclass(slots=True)
+class _SinkRun:
+    """What the lanes of one sink share during one run (one event loop: no lock needed)."""
+
+    sink: str
+    stop: bool = False  # no lane claims another batch
+    disabled: str | None = None  # why a lane's batch disabled the sink, first seen
 
 
 def _count(decisions: Sequence[Decision], recorded: store.Recorded) -> DeliveryCounts:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import time
 from collections import Counter
@@ -31,7 +32,7 @@ from syncd.outbox.backoff import BackoffPolicy
 from syncd.outbox.delivery import DeliveryCounts, OutboxDeliveryJob
 from syncd.outbox.events import emit
 from syncd.outbox.routing import Route
-from syncd.sinks.base import DeliveryOutcome, EventEnvelope, Sink
+from syncd.sinks.base import DeliveryOutcome, DisableSink, EventEnvelope, Sink
 from syncd.sinks.ndjson import NdjsonFileSink
 from syncd.sinks.webhook import WebhookSink
 from syncd.state.db import make_engine, upgrade
@@ -365,6 +366,7 @@ async def test_a_slow_sink_never_delays_a_healthy_one(
                 "quick": webhook(sinks, "quick", healthy.url()),
             },
             batch_size=4,
+            batches_in_flight=1,  # the hanging sink's two batches one after the other
             max_attempts=1,
         )
         started = time.monotonic()
@@ -607,3 +609,132 @@ async def test_retention_prunes_old_delivered_events_once_per_period(
     assert store.show_event(sqlite_engine, second[0]) is not None
     now[0] += timedelta(minutes=31)
     assert (await delivery.run(None)).pruned == 2
+
+
+# --- several batches in flight per sink ----------------------------------------------------
+
+
+def lanes_that_delivered(logs: list[dict[str, Any]]) -> set[int]:
+    """The lanes whose batches delivered something, from the captured `outbox.batch` logs."""
+    return {e["lane"] for e in logs if e["event"] == "outbox.batch" and e["delivered"]}
+
+
+async def test_lanes_deliver_every_event_exactly_once(engine: Engine, sinks: list[Sink]) -> None:
+    """With three batches in flight and small batches, every event reaches a real receiver
+    exactly once, is recorded delivered and audited once, and every lane did part of it."""
+    async with serving(Receiver(delay_seconds=0.01)) as slow_receiver:
+        ids = add_events(engine, [{} for _ in range(90)])
+        delivery = job(
+            engine,
+            {"s": webhook(sinks, "s", slow_receiver.url())},
+            batch_size=5,
+            batches_in_flight=3,
+        )
+        with capture_logs() as logs:
+            counts = await delivery.run(None)
+    assert sorted(slow_receiver.attempts) == sorted(ids)
+    assert set(slow_receiver.attempts.values()) == {1}
+    assert (counts.claimed, counts.delivered, counts.lease_lost) == (90, 90, 0)
+    assert {row.state for row in delivery_rows(engine, "s").values()} == {"delivered"}
+    with Session(engine) as session:
+        audited = session.scalars(
+            text("SELECT object_id FROM audit_log WHERE action = 'event.delivered'")
+        ).all()
+    assert sorted(audited) == sorted(ids)
+    assert lanes_that_delivered(logs) == {0, 1, 2}
+
+
+async def test_a_410_in_flight_on_every_lane_disables_the_sink_once(
+    engine: Engine, sinks: list[Sink]
+) -> None:
+    """A receiver answering 410 to every lane's batch: the sink is disabled and audited
+    once, no lane claims another batch, and every event stays pending, unattempted."""
+    async with serving(Receiver(default_plan=("410",), delay_seconds=0.01)) as gone:
+        ids = add_events(engine, [{} for _ in range(60)])
+        delivery = job(
+            engine, {"s": webhook(sinks, "s", gone.url())}, batch_size=5, batches_in_flight=3
+        )
+        counts = await delivery.run(None)
+        sent = sum(gone.attempts.values())
+        assert (await delivery.run(None)).sinks_skipped == 1
+        assert sum(gone.attempts.values()) == sent
+    assert counts.sinks_disabled == 1
+    assert counts.claimed <= 15  # at most one batch per lane: none claimed after the 410
+    assert sent <= counts.claimed
+    assert counts.released == counts.claimed
+    rows = delivery_rows(engine, "s")
+    assert len(rows) == len(ids)
+    assert {(r.state, r.attempts) for r in rows.values()} == {("pending", 0)}
+    with Session(engine) as session:
+        disabled = session.scalars(
+            text("SELECT detail FROM audit_log WHERE action = 'sink.disabled'")
+        ).all()
+    assert disabled == ["HTTP 410 Gone"]
+
+
+@dataclass
+class GoneAtOnceSink:
+    """A sink that answers 410 for every event without yielding to the event loop, so the
+    first lane to get its claim back disables the sink before any other lane resumes."""
+
+    name: str = "gone"
+    calls: list[int] = field(default_factory=list)
+
+    async def deliver(
+        self, events: Sequence[EventEnvelope], *, attempts: Sequence[int] | None = None
+    ) -> list[DeliveryOutcome]:
+        self.calls.append(len(events))
+        return [DisableSink("HTTP 410 Gone")] * len(events)
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def test_a_batch_claimed_after_another_lane_disabled_the_sink_is_not_sent(
+    engine: Engine,
+) -> None:
+    """The lanes' first claims all run at once; only the first batch back reaches the
+    sink; the others come back after it disabled the sink and are given back unsent."""
+    add_events(engine, [{} for _ in range(30)])
+    sink = GoneAtOnceSink()
+    delivery = job(engine, {"gone": sink}, batch_size=5, batches_in_flight=3)
+    with capture_logs() as logs:
+        counts = await delivery.run(None)
+    assert sink.calls == [5]
+    assert counts.claimed == 15  # each lane's first claim started before the disable
+    assert (counts.released, counts.sinks_disabled) == (15, 1)
+    rows = delivery_rows(engine, "gone")
+    assert {(r.state, r.attempts) for r in rows.values()} == {("pending", 0)}
+    assert {r.last_error for r in rows.values() if r.last_error} == {"sink disabled: HTTP 410 Gone"}
+    assert [e["event"] for e in logs].count("outbox.sink_disabled") == 1
+
+
+async def test_per_patient_order_holds_across_lanes(engine: Engine, sinks: list[Sink]) -> None:
+    """With keep_order_per_patient and three lanes, each patient's events reach the
+    receiver strictly in order (a retried event holds the ones behind it), while the
+    patients' events go out on several lanes at once."""
+    patients = [f"p{n}" for n in range(6)]
+    keys = [patients[n % 6] for n in range(36)]
+    plans = [{"plan": ["500", "ok"]} if n % 7 == 0 else {} for n in range(36)]
+    async with serving(Receiver(delay_seconds=0.01)) as slow_receiver:
+        ids = add_events(engine, plans, keys=keys)
+        delivery = job(
+            engine,
+            {"s": webhook(sinks, "s", slow_receiver.url())},
+            batch_size=2,
+            batches_in_flight=3,
+            keep_order_per_patient=True,
+        )
+        with capture_logs() as logs:
+            await run_until_settled(engine, delivery)
+    assert slow_receiver.processed == set(ids)
+    for patient in patients:
+        theirs = [i for i, key in zip(ids, keys, strict=True) if key == patient]
+        assert [i for i in slow_receiver.processed_order if i in theirs] == theirs
+        # No event of theirs was sent (even once) before the one ahead of it was taken:
+        # its first arrival comes after the earlier event's last (successful) arrival.
+        arrivals = slow_receiver.arrivals
+        for earlier, later in itertools.pairwise(theirs):
+            taken = len(arrivals) - 1 - arrivals[::-1].index(earlier)
+            assert arrivals.index(later) > taken
+    assert len(lanes_that_delivered(logs)) > 1
