@@ -62,11 +62,14 @@ def canonical_object(parts: Mapping[str, bytes]) -> bytes:
     `encode_basestring`, the encoder's own string writer with `ensure_ascii=False`, then
     made UTF-8 with lone surrogates escaped, exactly as `canonical_json` does.
     """
-    members = [
-        encode_basestring(key).encode("utf-8", "backslashreplace") + b":" + parts[key]
-        for key in sorted(parts)
-    ]
-    return b"{" + b",".join(members) + b"}"
+    # One join of all the pieces: each large member is copied once, not once per `+`.
+    pieces: list[bytes] = []
+    for key in sorted(parts):
+        key_json = encode_basestring(key).encode("utf-8", "backslashreplace")
+        pieces += (b",", key_json, b":", parts[key])
+    pieces[:1] = [b"{"]  # the first member's comma (or, for {}, nothing) becomes the brace
+    pieces.append(b"}")
+    return b"".join(pieces)
 
 
 def payload_hash(payload: Mapping[str, Any]) -> str:
