@@ -1,7 +1,7 @@
 """Retry decisions for Voxares calls: pure functions of an error, a policy and the time.
 
 Which errors are worth another attempt, and how long to wait before it. The waiting itself
-is done by stamina in the client; nothing here sleeps or does I/O.
+is done by the client's retry loop; nothing here sleeps or does I/O.
 
 - Retried: 429, 500, 502, 503, 504, and transport failures (connect errors, timeouts,
   dropped connections). `POST /messages/send` turns its ambiguous failures into
