@@ -212,6 +212,12 @@ class _Run:
         self.store: PushStore | None = None
         self.rows: Iterator[SourceRow] | None = None
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="patients-push")
+        # A batch's pushes are all created at once but wait here, before doing any work, so
+        # that only a few more than the client runs at a time have started. Otherwise each
+        # of a batch's 1,000 tasks runs its first step (request body, client bookkeeping) in
+        # one loop iteration and then waits for seconds holding what it built, which the
+        # garbage collector promotes and later sweeps in long full collections.
+        self.started = asyncio.Semaphore(2 * job._client.max_concurrency)
 
     async def in_worker(self, fn: Callable[..., T], *args: Any) -> T:
         """Run `fn(*args)` in the run's one worker thread."""
@@ -358,7 +364,8 @@ class _Run:
     async def push_one(self, pending: _Pending) -> UpsertResult | api_errors.Outcome:
         """Upsert one patient. 401/403 raise (the run stops); other errors become outcomes."""
         try:
-            result = await self.job._client.upsert_patient(pending.upsert)
+            async with self.started:
+                result = await self.job._client.upsert_patient(pending.upsert)
         except VoxaresError as exc:
             outcome = api_errors.classify(exc, pending.push.payload)
             if isinstance(outcome, api_errors.Abort):

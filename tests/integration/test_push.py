@@ -7,6 +7,7 @@ table is the proof of what Voxares holds.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -506,3 +507,31 @@ async def test_repeats_across_files_of_a_glob_are_each_reported(world: World) ->
     counts = await job.run(start_run(world.engine, "push_patients"))
     assert (counts.created, counts.duplicates) == (1, 2)
     assert set(world.quarantine()) == {"P1@line:2@day-b.csv", "P1@line:2@day-c.csv"}
+
+
+class PeakCountingClient:
+    """A client wrapper recording how many upserts have started and not yet returned."""
+
+    def __init__(self, inner: VoxaresClient) -> None:
+        self.inner = inner
+        self.max_concurrency = inner.max_concurrency
+        self.running = 0
+        self.peak = 0
+
+    async def upsert_patient(self, body: Any) -> Any:
+        self.running += 1
+        self.peak = max(self.peak, self.running)
+        try:
+            await asyncio.sleep(0.01)  # long enough for every waiting push to try to start
+            return await self.inner.upsert_patient(body)
+        finally:
+            self.running -= 1
+
+
+async def test_only_twice_the_client_concurrency_of_pushes_start_at_once(world: World) -> None:
+    """A batch's pushes wait before starting: at most 2 x max_concurrency run at once."""
+    world.write(*(f"Q{n},Ana,Horvat,,,1990-01-{1 + n % 28:02d}" for n in range(40)))
+    client = PeakCountingClient(world.client())  # max_concurrency=4
+    counts = await world.job(client, batch_size=20).run(start_run(world.engine, "push_patients"))  # type: ignore[arg-type]
+    assert counts.created == 40
+    assert client.peak == 8
