@@ -1,7 +1,7 @@
 """B6: peak memory of a re-sync of 1,000,000 rows against one of 100,000.
 
-Each size runs in a fresh subprocess (`bench.rss_child`) whose own `ru_maxrss` is read, so
-that neither the parent nor an earlier run inflates it. The mirror is filled directly with
+Each size runs in a fresh subprocess (`bench.rss_child`) whose own peak RSS (`VmHWM`) is
+read, so that neither the parent nor an earlier run inflates it. The mirror is filled directly with
 the raw-row hashes a previous push would have stored (pushing a million patients through
 the sandbox first would take the better part of an hour and measure nothing new): the
 re-sync then reads, hashes and looks up every row and makes no API call.
