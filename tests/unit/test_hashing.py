@@ -12,6 +12,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from syncd.hashing import canonical_json, canonical_object, payload_hash, row_hash, sha256_hex
+from tests import strategies
 
 ROW = {
     "providerId": "P-1",
@@ -29,17 +30,7 @@ any_text = st.text(st.characters(exclude_categories=()))
 field_values = st.one_of(st.none(), any_text)
 row_fields = st.dictionaries(st.text(max_size=20), field_values, max_size=8)
 # Any JSON value canonical_json accepts (finite numbers), with any text in keys and strings.
-json_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | any_text,
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(any_text, children, max_size=4)
-    ),
-    max_leaves=20,
-)
+json_values = strategies.json_values(any_text, max_size=4, max_leaves=20)
 json_objects = st.dictionaries(any_text, json_values, max_size=6)
 
 

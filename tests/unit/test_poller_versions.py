@@ -19,23 +19,14 @@ from syncd.submissions.versions import (
     version_key,
 )
 from syncd.voxares.models import SubmissionDetail
+from tests import strategies
 
 # Pinned: the hash of `detail()` as every release so far stored it. If this changes, every
 # submission already recorded looks like a new version after an upgrade and is re-emitted.
 CONTENT_HASH = "81baab5e9dd56bb2ff8bb174414fce12c54376148766ec2ebd9a2c66f5ab247c"
 
 any_text = st.text(st.characters(exclude_categories=()), max_size=12)
-answers = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | any_text,
-    lambda children: (
-        st.lists(children, max_size=3) | st.dictionaries(any_text, children, max_size=3)
-    ),
-    max_leaves=12,
-)
+answers = strategies.json_values(any_text, max_size=3, max_leaves=12)
 moments = st.datetimes(timezones=st.just(UTC)).map(
     lambda moment: moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 )
