@@ -42,30 +42,27 @@ def emit(
     session: Session,
     *,
     event_type: str,
-    payload: Mapping[str, Any] | bytes,
+    payload: Mapping[str, Any],
     ordering_key: str | None,
 ) -> OutboxEvent:
     """Add one outbox event to `session` (not committed, not flushed) and return it.
 
-    `payload` is a JSON object, or its canonical JSON already encoded (`bytes`, e.g. built
-    with `canonical_object` around a large member encoded once). The event gets a fresh
-    UUID as its public id and the current UTC time; its `seq` is assigned when the
-    session flushes.
+    The event gets a fresh UUID as its public id and the current UTC time; its `seq` is
+    assigned when the session flushes.
     """
     event = OutboxEvent(
         event_id=str(uuid.uuid4()),
         event_type=event_type,
         ordering_key=ordering_key,
-        payload=_text(payload),
+        payload=_text(canonical_json(dict(payload))),
         created_at=datetime.now(UTC),
     )
     session.add(event)
     return event
 
 
-def _text(payload: Mapping[str, Any] | bytes) -> str:
+def _text(encoded: bytes) -> str:
     # Canonical JSON is ASCII wherever it is not valid UTF-8 (lone surrogates are escaped).
-    encoded = payload if isinstance(payload, bytes) else canonical_json(dict(payload))
     return encoded.decode("utf-8")
 
 

@@ -48,16 +48,16 @@ def test_emit_adds_to_the_callers_transaction_only(sqlite_url: str) -> None:
         engine.dispose()
 
 
-def test_emit_stores_an_already_encoded_payload_as_is(sqlite_url: str) -> None:
+def test_emit_many_stores_an_encoded_payload_as_is(sqlite_url: str) -> None:
     """A payload given as canonical JSON bytes is stored byte for byte, escapes included."""
     engine = make_engine(sqlite_url)
     upgrade(engine)
     encoded = canonical_json({"answers": {"sig": "x\udc80"}, "a": "é"})
     try:
         with session_factory(engine).begin() as session:
-            event = emit(session, event_type="x.happened", payload=encoded, ordering_key=None)
+            (seq,) = emit_many(session, [NewEvent("x.happened", encoded, None)])
         with Session(engine) as session:
-            stored = session.get(OutboxEvent, event.seq)
+            stored = session.get(OutboxEvent, seq)
             assert stored is not None
             assert (
                 stored.payload.encode()
