@@ -138,10 +138,7 @@ def run_sqlite(sizes: PushSizes, folder: Path) -> dict[str, Figures]:
     with env.served_sandbox(LATENCY_MS) as sandbox, env.database("sqlite", folder) as db_url:
 
         def settings(path: Path) -> Settings:
-            config = patients_config(
-                base_url=sandbox.base_url, db_url=db_url, csv_path=path, batch_size=sizes.batch_size
-            )
-            return env.load_bench_settings(folder, config, env.API_KEY)
+            return push_settings(folder, sandbox, db_url, path, sizes.batch_size)
 
         counts, elapsed, calls, cpu = measured_push(sandbox, settings(export))
         expect(counts["created"] == sizes.rows, counts)
@@ -157,14 +154,7 @@ def run_sqlite(sizes: PushSizes, folder: Path) -> dict[str, Figures]:
         }
         baseline = sequential_baseline(sandbox, export, sizes.baseline_rows)
         b1b = {"daemon_per_s": rate, "sequential_per_s": baseline, "speedup": rate / baseline}
-        b3 = resync(sandbox, settings(export), sizes.rows, expect_calls=0, prefix="sqlite")
-        b4 = resync(
-            sandbox,
-            settings(changed),
-            sizes.rows,
-            expect_calls=data.changed_count(sizes.rows, CHANGE_EVERY),
-            prefix="sqlite",
-        )
+        b3, b4 = resyncs(sandbox, settings(export), settings(changed), sizes.rows, "sqlite")
     return {"B1": b1, "B1b": b1b, "B3": b3, "B4": b4}
 
 
@@ -177,22 +167,31 @@ def run_postgres(sizes: PushSizes, folder: Path) -> dict[str, Figures]:
     with env.served_sandbox(0.0) as sandbox, env.database("postgres", folder) as db_url:
 
         def settings(path: Path) -> Settings:
-            config = patients_config(
-                base_url=sandbox.base_url, db_url=db_url, csv_path=path, batch_size=sizes.batch_size
-            )
-            return env.load_bench_settings(folder, config, env.API_KEY)
+            return push_settings(folder, sandbox, db_url, path, sizes.batch_size)
 
         counts, _ = push(settings(export))
         expect(counts["created"] == sizes.rows, counts)
-        b3 = resync(sandbox, settings(export), sizes.rows, expect_calls=0, prefix="pg")
-        b4 = resync(
-            sandbox,
-            settings(changed),
-            sizes.rows,
-            expect_calls=data.changed_count(sizes.rows, CHANGE_EVERY),
-            prefix="pg",
-        )
+        b3, b4 = resyncs(sandbox, settings(export), settings(changed), sizes.rows, "pg")
     return {"B3": b3, "B4": b4}
+
+
+def push_settings(
+    folder: Path, sandbox: ServedSandbox, db_url: str, csv_path: Path, batch_size: int
+) -> Settings:
+    """Settings of a push of `csv_path` to `sandbox`, with the state in `db_url`."""
+    config = patients_config(
+        base_url=sandbox.base_url, db_url=db_url, csv_path=csv_path, batch_size=batch_size
+    )
+    return env.load_bench_settings(folder, config, env.API_KEY)
+
+
+def resyncs(
+    sandbox: ServedSandbox, same: Settings, changed: Settings, rows: int, prefix: str
+) -> tuple[Figures, Figures]:
+    """B3 (the unchanged export: no call) then B4 (every 100th row changed: 1 % of calls)."""
+    b3 = resync(sandbox, same, rows, expect_calls=0, prefix=prefix)
+    expected = data.changed_count(rows, CHANGE_EVERY)
+    return b3, resync(sandbox, changed, rows, expect_calls=expected, prefix=prefix)
 
 
 def resync(
