@@ -29,12 +29,17 @@ from syncd.sinks.ndjson import NdjsonFileSink
 from syncd.sources.csv import CsvSource
 from syncd.state.db import make_engine, upgrade
 from syncd.state.models import AuditEntry, MessageRequest, OutboxEvent
-from syncd.submissions.poller import SubmissionPoller
 from syncd.voxares.client import VoxaresClient
 from syncd.voxares.contract import API_PREFIX
 from syncd.voxares.limits import ClientLimits
 from syncd.voxares.retry import RetryPolicy
-from tests.integration.test_hygiene import CANARY_ANSWERS, COLUMNS, CSV_HEADER, canary_forms
+from tests.integration.test_hygiene import (
+    CANARY_ANSWERS,
+    COLUMNS,
+    CSV_HEADER,
+    canary_forms,
+    canary_poller,
+)
 
 PROVIDER = "ehr"
 ROWS = [
@@ -86,19 +91,7 @@ async def test_every_change_has_an_id_only_audit_entry(tmp_path: Path) -> None:
                 submission, "Completed", CANARY_ANSWERS, at=started + timedelta(minutes=minute)
             )
             submissions.append(submission)
-        poller = SubmissionPoller(
-            engine,
-            client,
-            overlap=1,
-            settle=0,
-            page_size=20,
-            max_window_seconds=3600,
-            max_window_items=100,
-            detail_concurrency=2,
-            start_from=started,
-            provider=PROVIDER,
-        )
-        poller.name = "poll_submissions"  # type: ignore[attr-defined]
+        poller = canary_poller(engine, client, started)
         assert (await runner.run_once(poller)).counts["emitted"] == 2
 
         delivery = OutboxDeliveryJob(

@@ -181,6 +181,24 @@ def client_for(transport: httpx.AsyncBaseTransport, key: str) -> VoxaresClient:
     )
 
 
+def canary_poller(engine: Engine, client: VoxaresClient, started: datetime) -> SubmissionPoller:
+    """A poller of the canary's submissions from `started`, named as the daemon names it."""
+    poller = SubmissionPoller(
+        engine,
+        client,
+        overlap=1,
+        settle=0,
+        page_size=20,
+        max_window_seconds=3600,
+        max_window_items=100,
+        detail_concurrency=2,
+        start_from=started,
+        provider=PROVIDER,
+    )
+    poller.name = "poll_submissions"  # type: ignore[attr-defined]
+    return poller
+
+
 def text_columns(engine: Engine) -> str:
     """The error and reason columns (shown by `status`, `quarantine list`, `messages list`)."""
     with engine.connect() as conn:
@@ -229,19 +247,7 @@ async def test_canary_leaves_no_trace_in_logs_errors_or_metrics(
         sandbox.set_submission_status(
             submission, "Completed", CANARY_ANSWERS, at=started + timedelta(minutes=2)
         )
-        poller = SubmissionPoller(
-            engine,
-            client,
-            overlap=1,
-            settle=0,
-            page_size=20,
-            max_window_seconds=3600,
-            max_window_items=100,
-            detail_concurrency=2,
-            start_from=started,
-            provider=PROVIDER,
-        )
-        poller.name = "poll_submissions"  # type: ignore[attr-defined]
+        poller = canary_poller(engine, client, started)
         polled = await runner.run_once(poller)
         assert (polled.outcome, polled.counts["emitted"]) == ("ok", 1)
 
