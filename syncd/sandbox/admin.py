@@ -15,9 +15,18 @@
 | `POST /_sandbox/tick` | `{"events"}`: run the activity simulator by hand |
 | `GET  /_sandbox/stats` | `?practiceId=&fingerprints=false` |
 | `GET  /_sandbox/submission-versions` | `?practiceId=`: every version of every submission |
+| `GET  /_sandbox/final-versions` | `?practiceId=&data=true`: ground truth, see below |
+| `POST /_sandbox/publish-pending` | `{"practiceId"}`: late writes visible now; `{"published"}` |
 | `POST /_sandbox/snapshot` | write the SQLite snapshot now (when persisting) |
 
-`practiceId` defaults to the demo practice everywhere.
+`practiceId` defaults to the demo practice where something is created; where something is
+read (stats, versions) its absence means every practice.
+
+`final-versions` (`Sandbox.final_versions`) is the ground truth a soak compares a client's
+output with: for every submission, its final version as a reader sees it once every pending
+(late) write has become visible: `id`, `updatedAt` (rendered), `status`, `receivedAt`,
+`patientId`, `formId`, `dataSha256`, `deleted`, ...; plus `pendingWrites` and `allVisibleAt`
+(the server time from which every write is visible; `publish-pending` makes that now).
 """
 
 from __future__ import annotations
@@ -42,6 +51,12 @@ ADMIN_PREFIX = "/_sandbox"
 def clock_offset(config: FaultConfig) -> timedelta:
     """The server clock offset a fault configuration asks for."""
     return timedelta(seconds=config.clock_offset_seconds)
+
+
+def apply_faults(sandbox: Sandbox, config: FaultConfig) -> None:
+    """Hand the sandbox's state the faults it carries out itself: clock offset, freedoms."""
+    sandbox.clock_offset = clock_offset(config)
+    sandbox.configure_freedoms(config, config.seed)
 
 
 def _sandbox(request: Request) -> Sandbox:
@@ -176,7 +191,7 @@ async def put_faults(request: Request) -> Response:
         ]
         raise invalid(problems) from None
     _injector(request).configure(config)
-    _sandbox(request).clock_offset = clock_offset(config)
+    apply_faults(_sandbox(request), config)
     return JSONResponse(config.model_dump(mode="json"))
 
 
@@ -276,6 +291,22 @@ async def submission_versions(request: Request) -> Response:
     return JSONResponse({"data": versions, "count": len(versions)})
 
 
+async def final_versions(request: Request) -> Response:
+    """Ground truth: each submission's final version once every pending write is visible."""
+    include_data = request.query_params.get("data", "false").lower() == "true"
+    truth = _sandbox(request).final_versions(
+        request.query_params.get("practiceId"), include_data=include_data
+    )
+    return JSONResponse(truth)
+
+
+async def publish_pending(request: Request) -> Response:
+    """Make every write that is not visible yet visible now."""
+    body = await _body(request)
+    practice_id = _str(body, "practiceId")
+    return JSONResponse({"published": _sandbox(request).publish_pending(practice_id)})
+
+
 async def snapshot(request: Request) -> Response:
     """Write the SQLite snapshot now (409 when the sandbox does not persist)."""
     path = request.app.state.persist_path
@@ -308,5 +339,7 @@ def admin_routes() -> list[BaseRoute]:
         Route(f"{p}/tick", tick, methods=["POST"]),
         Route(f"{p}/stats", stats, methods=["GET"]),
         Route(f"{p}/submission-versions", submission_versions, methods=["GET"]),
+        Route(f"{p}/final-versions", final_versions, methods=["GET"]),
+        Route(f"{p}/publish-pending", publish_pending, methods=["POST"]),
         Route(f"{p}/snapshot", snapshot, methods=["POST"]),
     ]

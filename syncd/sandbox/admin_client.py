@@ -158,6 +158,20 @@ class SandboxAdmin:
         params = _drop_none({"practiceId": practice_id})
         return list(self._call("GET", "/submission-versions", params=params)["data"])
 
+    def final_versions(
+        self, practice_id: str | None = None, *, include_data: bool = False
+    ) -> dict[str, Any]:
+        """Ground truth (`Sandbox.final_versions`): each submission's final version once every
+        pending write is visible, with `pendingWrites` and `allVisibleAt`."""
+        params = _drop_none({"practiceId": practice_id, "data": "true" if include_data else None})
+        result: dict[str, Any] = self._call("GET", "/final-versions", params=params)
+        return result
+
+    def publish_pending(self, practice_id: str | None = None) -> int:
+        """Make every write that is not visible yet visible now; how many there were."""
+        body = _drop_none({"practiceId": practice_id})
+        return int(self._call("POST", "/publish-pending", json=body)["published"])
+
     def snapshot(self) -> None:
         """Write the SQLite snapshot now (the sandbox must persist)."""
         self._call("POST", "/snapshot")

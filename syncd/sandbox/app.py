@@ -228,7 +228,7 @@ def create_app(
     """
     sandbox = sandbox or Sandbox()
     injector = FaultInjector(faults or FaultConfig())
-    sandbox.clock_offset = admin.clock_offset(injector.config)
+    admin.apply_faults(sandbox, injector.config)
     routes = contract_routes()
 
     @contextlib.asynccontextmanager

@@ -12,6 +12,10 @@ Faults can be aimed: `rules` are tried in order and the first whose method and p
 match a request replaces the top-level per-request faults for it, e.g.
 `FaultConfig(rules=[FaultRule(method="POST", path_prefix="/messages/send", drop_rate=1.0,
 drop_phase="after")])` loses the answer of every send and of nothing else.
+
+Beyond failures, `FaultConfig` carries what the contract lets a server do with form
+submissions (`syncd.sandbox.freedoms.ServerFreedoms`): `updated_at_precision`,
+`late_visibility`, `detail_lag_rate`/`detail_lag_versions`, `detail_gone_rate`, `tie_rate`.
 """
 
 from __future__ import annotations
@@ -21,13 +25,13 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Literal, Self
+from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from syncd.sandbox.state import ListOptions, ListOrder
+from syncd.sandbox.freedoms import Rate, ServerFreedoms
+from syncd.sandbox.listing import ListOptions, ListOrder
 
-Rate = Annotated[float, Field(ge=0.0, le=1.0)]
 Phase = Literal["before", "after"]
 LatencyDistribution = Literal["uniform", "exponential", "normal"]
 FaultAction = Literal["error", "hang", "drop", "malformed", "truncated"]
@@ -116,8 +120,14 @@ class RateLimit(BaseModel):
     burst: int = Field(default=1, ge=1)
 
 
-class FaultConfig(FaultSpec):
-    """Every fault the sandbox can inject, all off by default, reproducible by `seed`."""
+class FaultConfig(FaultSpec, ServerFreedoms):
+    """Every fault the sandbox can inject, all off by default, reproducible by `seed`.
+
+    Per-request faults (`FaultSpec`, `rules`, `rate_limit`) are carried out by the middleware;
+    list faults by the handlers; the form-submission freedoms (`ServerFreedoms`: storage
+    precision, late visibility, lagging or gone details, ties) by the sandbox's state, which
+    the admin API hands this config to (`Sandbox.configure_freedoms`).
+    """
 
     seed: int = 0
     rules: list[FaultRule] = Field(default_factory=list)

@@ -12,19 +12,32 @@ holds (synthetic) patient data.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import json
 import os
 import sqlite3
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from syncd.sandbox.records import ApiKey, Document, Form, Message, Patient, Submission, Template
-from syncd.sandbox.state import MessageTiming, Practice, Sandbox
+from syncd.sandbox.practice import ANSWERED_STATUSES, Practice
+from syncd.sandbox.records import (
+    ApiKey,
+    Document,
+    Form,
+    Message,
+    Patient,
+    Submission,
+    SubmissionVersion,
+    Template,
+)
+from syncd.sandbox.state import MessageTiming, Sandbox
 from syncd.voxares.contract import format_timestamp, parse_timestamp
 
-FORMAT_VERSION = 1
+# 2: a submission row holds every version with its stored updatedAt (microseconds kept) and
+# when it becomes visible; 1 (still read) held the newest version's content only.
+FORMAT_VERSION = 2
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS records ("
@@ -154,26 +167,40 @@ def _practice_rows(practice: Practice) -> list[tuple[str, str | None, dict[str, 
             )
         )
     for s in practice.submissions.values():
-        rows.append(
-            (
-                "submission",
-                pid,
-                {
-                    "id": s.id,
-                    "patientId": s.patient_id,
-                    "formId": s.form_id,
-                    "requestedBy": s.requested_by,
-                    "status": s.status,
-                    "createdAt": _ts(s.created_at),
-                    "updatedAt": _ts(s.updated_at),
-                    "receivedAt": None if s.received_at is None else _ts(s.received_at),
-                    "data": s.data,
-                    "dataVariant": s.data_variant,
-                    "versions": [[_ts(at), st] for at, st in s.versions],
-                },
-            )
-        )
+        rows.append(("submission", pid, _submission_row(s)))
     return rows
+
+
+def _exact(moment: datetime | None) -> str | None:
+    """A timestamp with its microseconds (a stored updatedAt may have them)."""
+    return None if moment is None else moment.astimezone(UTC).isoformat()
+
+
+def _parse_exact(text: str | None) -> datetime | None:
+    return None if text is None else parse_timestamp(text)
+
+
+def _submission_row(s: Submission) -> dict[str, Any]:
+    return {
+        "id": s.id,
+        "patientId": s.patient_id,
+        "formId": s.form_id,
+        "requestedBy": s.requested_by,
+        "createdAt": _exact(s.created_at),
+        "visible": s.visible,
+        "deletedAt": _exact(s.deleted_at),
+        "versions": [
+            {
+                "updatedAt": _exact(v.updated_at),
+                "visibleAt": _exact(v.visible_at),
+                "status": v.status,
+                "receivedAt": _exact(v.received_at),
+                "data": v.data,
+                "dataVariant": v.data_variant,
+            }
+            for v in s.versions
+        ],
+    }
 
 
 def write_snapshot(path: str | Path, snapshot: Snapshot) -> None:
@@ -238,8 +265,9 @@ def _restore(
     sandbox.activity_enabled, sandbox.activity_rate = meta["activity"]
     sandbox.patient_serial = meta["patientSerial"]
     sandbox.message_timing = MessageTiming(*meta["messageTiming"])
+    restorers = _RESTORERS if meta["format"] >= 2 else _RESTORERS_V1
     for kind, pid, body in rows:
-        _RESTORERS[kind](sandbox, pid or "", body)
+        restorers[kind](sandbox, pid or "", body)
     sandbox.changes = 0
 
 
@@ -310,24 +338,65 @@ def _restore_message(sandbox: Sandbox, pid: str, b: dict[str, Any]) -> None:
 
 
 def _restore_submission(sandbox: Sandbox, pid: str, b: dict[str, Any]) -> None:
-    practice = sandbox.practices[pid]
+    versions = []
+    for v in b["versions"]:
+        versions.append(
+            SubmissionVersion(
+                parse_timestamp(v["updatedAt"]),
+                parse_timestamp(v["visibleAt"]),
+                v["status"],
+                _parse_exact(v["receivedAt"]),
+                v["data"],
+                v["dataVariant"],
+            )
+        )
     submission = Submission(
         id=b["id"],
         practice_id=pid,
         patient_id=b["patientId"],
         form_id=b["formId"],
         requested_by=b["requestedBy"],
-        status=b["status"],
         created_at=parse_timestamp(b["createdAt"]),
-        updated_at=parse_timestamp(b["updatedAt"]),
-        received_at=None if b["receivedAt"] is None else parse_timestamp(b["receivedAt"]),
-        data=b["data"],
-        data_variant=b["dataVariant"],
-        versions=[(parse_timestamp(at), status) for at, status in b["versions"]],
+        versions=versions,
+        visible=b["visible"],
+        deleted_at=_parse_exact(b["deletedAt"]),
     )
+    _add_submission(sandbox, sandbox.practices[pid], submission)
+
+
+def _restore_submission_v1(sandbox: Sandbox, pid: str, b: dict[str, Any]) -> None:
+    """A format-1 row: every version visible, answers kept for the newest one only."""
+    versions = []
+    for at, status in b["versions"]:
+        stamp = parse_timestamp(at)
+        received = stamp if status in ANSWERED_STATUSES else None
+        versions.append(SubmissionVersion(stamp, stamp, status, received))
+    versions[-1].data, versions[-1].data_variant = b["data"], b["dataVariant"]
+    submission = Submission(
+        id=b["id"],
+        practice_id=pid,
+        patient_id=b["patientId"],
+        form_id=b["formId"],
+        requested_by=b["requestedBy"],
+        created_at=parse_timestamp(b["createdAt"]),
+        versions=versions,
+        visible=len(versions) - 1,
+    )
+    _add_submission(sandbox, sandbox.practices[pid], submission)
+
+
+def _add_submission(sandbox: Sandbox, practice: Practice, submission: Submission) -> None:
     practice.submissions[submission.id] = submission
     sandbox.submissions[submission.id] = submission
     practice.track_open(submission)
+    if submission.deleted_at is not None:
+        return
+    for index in range(submission.visible + 1, len(submission.versions)):
+        # Writes not visible yet wait again for their time.
+        practice.pending_serial += 1
+        visible_at = submission.versions[index].visible_at
+        entry = (visible_at, practice.pending_serial, submission.id, index)
+        heapq.heappush(practice.pending, entry)
 
 
 _RESTORERS = {
@@ -340,6 +409,7 @@ _RESTORERS = {
     "message": _restore_message,
     "submission": _restore_submission,
 }
+_RESTORERS_V1 = {**_RESTORERS, "submission": _restore_submission_v1}
 
 
 async def run_snapshots(sandbox: Sandbox, path: str | Path, interval: float = 2.0) -> None:

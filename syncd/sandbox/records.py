@@ -2,7 +2,9 @@
 
 Plain slotted dataclasses, so that 100,000 patients stay cheap. Timestamps are aware UTC
 datetimes truncated to milliseconds (the API's precision), so that what a client reads back
-compares equal to what the sandbox filters on. Reprs show ids only: these hold patient data.
+compares equal to what the sandbox filters on; only a submission's stored `updatedAt` may carry
+microseconds (a server freedom, see `syncd.sandbox.freedoms`). Reprs show ids only: these hold
+patient data.
 """
 
 from __future__ import annotations
@@ -180,12 +182,34 @@ class Document:
         return {"id": self.id, "name": self.name}
 
 
+@dataclass(slots=True)
+class SubmissionVersion:
+    """One write of a submission: what it says, its stored `updatedAt`, when readers see it.
+
+    `updated_at` is stored as the server stores it (microseconds under the "us" precision
+    freedom); `visible_at` is the server time from which the list and the detail show it.
+    """
+
+    updated_at: datetime
+    visible_at: datetime
+    status: str
+    received_at: datetime | None = None
+    data: dict[str, Any] | None = None
+    data_variant: int | None = None
+
+
 @dataclass(slots=True, repr=False)
 class Submission:
-    """A form sent to a patient, and every version it went through.
+    """A form sent to a patient, and every version (write) it went through, oldest first.
 
-    `data` holds answers given explicitly; `data_variant` stands for generated answers (with a
-    large signature shared between submissions, so 100,000 of them stay small in memory).
+    The newest version is what the server's primary holds (what the next write builds on);
+    `visible` indexes the newest version readers see, which is older while later writes are
+    still invisible (-1: the submission itself is not visible yet). A deleted submission keeps
+    its history for observation and is gone for readers.
+
+    In a version, `data` holds answers given explicitly; `data_variant` stands for generated
+    answers (with a large signature shared between submissions, so 100,000 of them stay small
+    in memory).
     """
 
     id: str
@@ -193,13 +217,32 @@ class Submission:
     patient_id: str
     form_id: str
     requested_by: str
-    status: str
     created_at: datetime
-    updated_at: datetime
-    received_at: datetime | None = None
-    data: dict[str, Any] | None = None
-    data_variant: int | None = None
-    versions: list[tuple[datetime, str]] = field(default_factory=list)
+    versions: list[SubmissionVersion] = field(default_factory=list)
+    visible: int = -1
+    deleted_at: datetime | None = None
+
+    @property
+    def latest(self) -> SubmissionVersion:
+        """The newest version, visible or not."""
+        return self.versions[-1]
+
+    @property
+    def shown(self) -> SubmissionVersion | None:
+        """The version readers see now; None while none is visible or once deleted."""
+        if self.visible < 0 or self.deleted_at is not None:
+            return None
+        return self.versions[self.visible]
+
+    @property
+    def status(self) -> str:
+        """The status of the newest version."""
+        return self.latest.status
+
+    @property
+    def updated_at(self) -> datetime:
+        """The stored updatedAt of the newest version."""
+        return self.latest.updated_at
 
     def __repr__(self) -> str:
         return f"Submission(id={self.id!r}, status={self.status!r})"

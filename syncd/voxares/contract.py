@@ -3,6 +3,11 @@
 Every choice that `shared/voxares-api.md` marks ASSUMED lives here, and both the client
 (`syncd.voxares`) and the sandbox (`syncd.sandbox`) import it, so that correcting an
 assumption is a one-line change that moves both sides together.
+
+Some ASSUMED choices fill a gap the contract leaves rather than a choice it marks: the
+contract documents no deletion of form submissions, yet says a listed submission "can be gone
+(404) by the time its detail is read"; `SUBMISSION_DELETION` and `SUBMISSION_GONE_STATUS` say
+how this project takes that (ASSUMED).
 """
 
 from __future__ import annotations
@@ -103,6 +108,14 @@ MESSAGE_PATIENT_UNUSABLE_STATUS: Final = 422
 # ASSUMED: in a form submission, these fields are null until the patient answers (Completed or
 # Rejected): `receivedAt`, and `data` in the detail.
 SUBMISSION_FIELDS_NULL_UNTIL_ANSWERED: Final = ("receivedAt", "data")
+
+# ASSUMED (the contract documents no deletion): a form submission can be deleted on the
+# server. From then on its detail answers SUBMISSION_GONE_STATUS with the usual error body
+# (`{"statusCode": 404, "message": "Form submission not found", "error": "Not Found"}`) and it is
+# absent from every later list (no status marks it; it is simply gone). A list read just before
+# the deletion may still show it, so a client can meet the 404 right after listing it.
+SUBMISSION_DELETION: Final = True
+SUBMISSION_GONE_STATUS: Final = 404
 
 # Timestamps: ISO 8601 UTC with milliseconds, e.g. 2025-05-20T09:15:00.000Z.
 
