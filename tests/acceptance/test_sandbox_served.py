@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from syncd.sandbox.faults import FaultConfig, FaultRule
+from syncd.sandbox.freedoms import LateVisibility
 from syncd.sandbox.server import ServedSandbox
 from syncd.sandbox.state import DEMO_API_KEY
 
@@ -82,6 +83,29 @@ def test_admin_helper_seeds_and_ticks(fresh: ServedSandbox) -> None:
     versions = fresh.admin.submission_versions()
     assert {"Pending", "Completed"} <= {v["status"] for v in versions}
     assert fresh.admin.faults() == FaultConfig()
+
+
+def test_admin_helper_sets_freedoms_and_reads_the_ground_truth(fresh: ServedSandbox) -> None:
+    """Over TCP: freedoms set by the admin client hide late writes from the list; the ground
+    truth lists them with the time they will show; publish_pending shows them now."""
+    late = LateVisibility(rate=1.0, distribution="fixed", mean_seconds=3600)
+    fresh.admin.set_faults(FaultConfig(updated_at_precision="us", late_visibility=late))
+    assert fresh.admin.faults().late_visibility == late
+    fresh.admin.seed_patients(3)
+    ids = fresh.admin.seed_submissions(4)
+    with httpx.Client(base_url=fresh.base_url, headers=AUTH, timeout=5) as api:
+        assert api.get("/form-submissions").json()["count"] == 0
+        truth = fresh.admin.final_versions()
+        assert truth["pendingWrites"] == 4
+        assert truth["allVisibleAt"] > truth["now"]
+        assert {row["id"] for row in truth["data"]} == set(ids)
+        assert "data" not in truth["data"][0]
+        assert fresh.admin.final_versions(include_data=True)["data"][0]["data"] is None
+        assert fresh.admin.publish_pending() == 4
+        listed = api.get("/form-submissions").json()["data"]
+    assert {(i["id"], i["updatedAt"]) for i in listed} == {
+        (row["id"], row["updatedAt"]) for row in truth["data"]
+    }
 
 
 def test_activity_simulator_runs_in_the_background(fresh: ServedSandbox) -> None:

@@ -7,6 +7,7 @@ from pydantic import ValidationError
 
 from syncd.sandbox.activity import steps_due
 from syncd.sandbox.faults import FaultConfig, FaultInjector, FaultRule, RateLimit, TokenBucket
+from syncd.sandbox.freedoms import LateVisibility, ServerFreedoms
 
 
 def test_default_config_injects_nothing() -> None:
@@ -16,6 +17,24 @@ def test_default_config_injects_nothing() -> None:
     assert injector.plan("POST", "/patients", "k") is None
     assert injector.list_options().shuffle is None
     assert not injector.should_mutate()
+
+
+def test_form_submission_freedoms_are_fault_settings_and_off_by_default() -> None:
+    """FaultConfig carries the ServerFreedoms, all off; they do not wake the request injector."""
+    config = FaultConfig()
+    assert isinstance(config, ServerFreedoms)
+    assert config.updated_at_precision == "ms"
+    assert config.late_visibility.rate == 0
+    assert (config.detail_lag_rate, config.detail_gone_rate, config.tie_rate) == (0, 0, 0)
+    busy = FaultConfig(
+        updated_at_precision="us",
+        late_visibility=LateVisibility(rate=1.0),
+        detail_lag_rate=1.0,
+        detail_gone_rate=1.0,
+        tie_rate=1.0,
+    )
+    assert FaultInjector(busy).idle
+    assert FaultConfig.model_validate_json(busy.model_dump_json()) == busy
 
 
 def test_rates_summing_above_one_are_refused() -> None:
