@@ -127,11 +127,16 @@ def write_millisecond(
     stamp, so each version of a submission renders a new `updatedAt`.
     """
     moment = now
-    if tie and last_write is not None and now - TIE_WINDOW <= to_ms(last_write) <= now:
-        moment = to_ms(last_write)
-    if previous is not None and to_ms(previous) >= moment:
-        moment = to_ms(previous) + ONE_MS
+    if tie and last_write is not None and now - TIE_WINDOW <= _floor(last_write) <= now:
+        moment = _floor(last_write)
+    if previous is not None and previous >= moment:
+        moment = _floor(previous) + ONE_MS
     return moment
+
+
+def _floor(stamp: datetime) -> datetime:
+    # Stamps are UTC already: this runs once per write, so skip `to_ms`'s conversion.
+    return stamp.replace(microsecond=stamp.microsecond - stamp.microsecond % 1000)
 
 
 def stored_stamp(millisecond: datetime, precision: Precision, rng: random.Random) -> datetime:

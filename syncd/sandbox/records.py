@@ -221,18 +221,31 @@ class Submission:
     versions: list[SubmissionVersion] = field(default_factory=list)
     visible: int = -1
     deleted_at: datetime | None = None
+    # The version readers see now (None while none is, or once deleted): derived from
+    # `visible` and `deleted_at`, kept as a field because every list scan reads it.
+    shown: SubmissionVersion | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self._refresh()
+
+    def reveal(self, index: int) -> None:
+        """Version `index` has become visible (so have the ones before it)."""
+        self.visible = max(self.visible, index)
+        self._refresh()
+
+    def delete(self, at: datetime) -> None:
+        """The submission is deleted at `at`: gone for readers, its history kept."""
+        self.deleted_at = at
+        self._refresh()
+
+    def _refresh(self) -> None:
+        gone = self.visible < 0 or self.deleted_at is not None
+        self.shown = None if gone else self.versions[self.visible]
 
     @property
     def latest(self) -> SubmissionVersion:
         """The newest version, visible or not."""
         return self.versions[-1]
-
-    @property
-    def shown(self) -> SubmissionVersion | None:
-        """The version readers see now; None while none is visible or once deleted."""
-        if self.visible < 0 or self.deleted_at is not None:
-            return None
-        return self.versions[self.visible]
 
     @property
     def status(self) -> str:

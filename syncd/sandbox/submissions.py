@@ -179,7 +179,8 @@ class FormSubmissions(SandboxCore):
             before = None if previous is None else previous.updated_at
             millisecond = write_millisecond(now, before, practice.last_write, tie=tie)
         stamp = stored_stamp(millisecond, freedoms.updated_at_precision, rng)
-        visible_at = now + freedoms.late_visibility.draw(rng)
+        delay = freedoms.late_visibility.draw(rng)
+        visible_at = now + delay if delay else now
         if previous is not None:
             # A write waits for the one before it on the same row (a lock), so the versions
             # of one submission become visible in the order they were written.
@@ -198,7 +199,7 @@ class FormSubmissions(SandboxCore):
         practice.last_write = version.updated_at
         index = len(submission.versions) - 1
         if version.visible_at <= now:
-            submission.visible = index
+            submission.reveal(index)
         else:
             practice.pending_serial += 1
             entry = (version.visible_at, practice.pending_serial, submission.id, index)
@@ -212,7 +213,7 @@ class FormSubmissions(SandboxCore):
         submission = self.submissions.get(submission_id)
         if submission is None or submission.deleted_at is not None:
             raise not_found("Form submission")
-        submission.deleted_at = self.now()
+        submission.delete(self.now())
         practice = self.practices[submission.practice_id]
         practice.track_open(submission)
         practice.submissions_version += 1
@@ -230,7 +231,7 @@ class FormSubmissions(SandboxCore):
             _, _, submission_id, index = heapq.heappop(pending)
             submission = practice.submissions[submission_id]
             if submission.deleted_at is None:  # a deleted one's late writes never show
-                submission.visible = max(submission.visible, index)
+                submission.reveal(index)
         practice.submissions_version += 1
         self._touch()
 
@@ -243,7 +244,7 @@ class FormSubmissions(SandboxCore):
                 submission = practice.submissions[submission_id]
                 if submission.deleted_at is None:
                     submission.versions[index].visible_at = min(visible_at, now)
-                    submission.visible = max(submission.visible, index)
+                    submission.reveal(index)
                     published += 1
             if practice.pending:
                 practice.pending.clear()
