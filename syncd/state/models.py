@@ -184,6 +184,10 @@ class SubmissionVersion(Base):
     # The API's updatedAt exactly as received (ISO text), part of the version identity.
     updated_at: Mapped[str] = mapped_column(String(40), primary_key=True)
     content_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # `submissionStatus` of the version (NULL for rows recorded before it was kept, and for
+    # removals): with it a listed version sharing a rendered millisecond with a recorded one,
+    # but not its status, is still read.
+    status: Mapped[str | None] = mapped_column(String(32))
     # The event this version became; NULL once retention pruned the event. The row stays:
     # it is what keeps the same version from being emitted again.
     event_seq: Mapped[int | None] = mapped_column(

@@ -527,8 +527,9 @@ class SubmissionPoller:
                     counts.details += 1
                     testing_hooks.step(STEP_AFTER_DETAIL)
                     # Newer than listed is fine: that version is emitted (and its own
-                    # listing later is a duplicate). Older means a lagging read.
-                    if detail.updated_at < item.updated_at:
+                    # listing later is a duplicate). Older means a lagging read, and so
+                    # does another status at the same rendered millisecond.
+                    if _older_than_listed(detail, item):
                         counts.stale_details += 1
                         log.info(
                             "poller.detail_stale",
@@ -552,10 +553,17 @@ class SubmissionPoller:
         return detail
 
 
+def _older_than_listed(detail: SubmissionDetail, item: Listed) -> bool:
+    if detail.updated_at != item.updated_at:
+        return detail.updated_at < item.updated_at
+    return item.status is not None and detail.submission_status != item.status
+
+
 def _listed(item: SubmissionSummary) -> Listed:
     return Listed(
         item.id,
         item.updated_at,
+        status=item.submission_status,
         patient_id=item.patient.id if item.patient else None,
         form_id=item.form.id if item.form else None,
     )

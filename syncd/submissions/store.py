@@ -81,20 +81,27 @@ class Gone:
 
 @dataclass(frozen=True, slots=True)
 class History:
-    """What is recorded of one submission: its versions' `updatedAt` texts and the newest.
+    """What is recorded of one submission: the statuses recorded per `updatedAt` text, and
+    the newest `updatedAt`.
 
     Removal records (`form_submission.removed`) are left out: a submission that answered
     404 may have been a replica that had not caught up, and must be read again when listed.
     """
 
-    updated_at: frozenset[str]
+    statuses: Mapping[str, frozenset[str | None]]
     newest: datetime
 
     def covers(self, item: Listed) -> bool:
-        """Whether the listed version needs no detail read: recorded, or older than recorded."""
-        return item.updated_at <= self.newest and (
-            item.updated_at < self.newest or format_timestamp(item.updated_at) in self.updated_at
-        )
+        """Whether the listed version needs no detail read: recorded, or older than recorded.
+
+        Two writes can share a rendered millisecond on a server storing microseconds, so
+        a recorded `updatedAt` covers the listed one only with the same status (or when
+        the status was not recorded: rows older than the status column).
+        """
+        if item.updated_at < self.newest:
+            return True
+        statuses = self.statuses.get(format_timestamp(item.updated_at))
+        return statuses is not None and (None in statuses or item.status in statuses)
 
 
 class PollerStore:
@@ -197,6 +204,7 @@ class PollerStore:
                             "submission_id": version.key[0],
                             "updated_at": version.key[1],
                             "content_hash": version.key[2],
+                            "status": version.detail.submission_status,
                             "event_seq": seq,
                             "recorded_at": now,
                         }
@@ -269,6 +277,7 @@ class PollerStore:
                             "submission_id": key[0],
                             "updated_at": key[1],
                             "content_hash": key[2],
+                            "status": None,
                             "event_seq": seq,
                             "recorded_at": now,
                         }
@@ -357,18 +366,23 @@ def _removed_ordering_key(listed: Listed, links: Mapping[str, PatientLink]) -> s
 
 def _histories(session: Session, submission_ids: Sequence[str]) -> dict[str, History]:
     """Recorded versions (removal records left out) of these submissions, by id."""
-    texts: dict[str, set[str]] = {}
+    seen: dict[str, dict[str, set[str | None]]] = {}
     for chunk_start in range(0, len(submission_ids), 500):
         chunk = submission_ids[chunk_start : chunk_start + 500]
-        query = select(SubmissionVersion.submission_id, SubmissionVersion.updated_at).where(
+        query = select(
+            SubmissionVersion.submission_id, SubmissionVersion.updated_at, SubmissionVersion.status
+        ).where(
             SubmissionVersion.submission_id.in_(chunk),
             SubmissionVersion.content_hash.not_like(f"{REMOVED_HASH_PREFIX}%"),
         )
-        for submission_id, updated_at in session.execute(query):
-            texts.setdefault(submission_id, set()).add(updated_at)
+        for submission_id, updated_at, status in session.execute(query):
+            seen.setdefault(submission_id, {}).setdefault(updated_at, set()).add(status)
     return {
-        submission_id: History(frozenset(seen), max(map(parse_timestamp, seen)))
-        for submission_id, seen in texts.items()
+        submission_id: History(
+            {text: frozenset(statuses) for text, statuses in texts.items()},
+            max(map(parse_timestamp, texts)),
+        )
+        for submission_id, texts in seen.items()
     }
 
 

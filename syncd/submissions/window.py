@@ -155,6 +155,7 @@ class Listed:
 
     submission_id: str
     updated_at: datetime
+    status: str | None = None
     patient_id: str | None = None
     form_id: str | None = None
 
