@@ -69,6 +69,7 @@ class AdversarialServer:
     precision_us: int = 1  # 1: microseconds stored; 1000: milliseconds
     rounding: Literal["floor", "round"] = "floor"
     tick_us: int = 3000  # the clock moves up to this much per request
+    shuffle: bool = True  # False: a stable order (by id), as many servers give
     detail_lag_rate: float = 0.0
     clock_us: int = 0
     requests: dict[str, int] = field(default_factory=lambda: {"list": 0, "detail": 0})
@@ -116,7 +117,10 @@ class AdversarialServer:
             stored = self.stored(write)
             if (low is None or stored >= low) and (high is None or stored <= high):
                 rows.append(write)
-        self.rng.shuffle(rows)
+        if self.shuffle:
+            self.rng.shuffle(rows)
+        else:
+            rows.sort(key=lambda w: w.submission_id)
         chosen = rows[page * size : (page + 1) * size]
         return self._json(200, {"data": [self._item(w) for w in chosen], "count": len(rows)})
 

@@ -43,8 +43,11 @@ from sqlalchemy import Engine
 
 from syncd import metrics, testing_hooks
 from syncd.exceptions import (
+    RateLimited,
+    ServerError,
     VoxaresHTTPError,
     VoxaresMalformedResponse,
+    VoxaresTransportError,
     WindowUnstable,
 )
 from syncd.submissions.store import Gone, PollerStore, Recorded
@@ -118,6 +121,9 @@ class _Deferred:
 
 # What a detail read of a listed item came to.
 _Outcome = SubmissionDetail | Gone | _Deferred
+
+# Failures of a part that a new attempt at it may not meet.
+TRANSIENT: Final = (ServerError, RateLimited, VoxaresTransportError, VoxaresMalformedResponse)
 
 # Statuses of a detail read that mean the listed submission is gone (the list and the
 # detail may be served by different replicas, see the contract's form-submission facts).
@@ -323,18 +329,31 @@ class SubmissionPoller:
         pending = [window]
         while pending:
             part = pending.pop()
-            listed = await self._list(part, counts)
-            if isinstance(listed, tuple):
-                first, second = listed
+            # A part that fails on a transient answer is tried again at once: what it
+            # recorded is kept, so a retry re-lists it and reads only what is missing.
+            async for attempt in self._rereads(*TRANSIENT):
+                with attempt:
+                    halves = await self._poll_part(part, counts, run_id, found_at)
+            if halves is not None:
+                first, second = halves
                 pending += [second, first]
                 counts.splits += 1
                 log.info("poller.window_split", stream=self.stream, width_ms=part.width_ms)
                 continue
-            counts.listed += len(listed)
-            await self._emit(await self._unrecorded(listed, counts), counts, run_id, found_at)
             rest = window.after(Window(window.start, part.end))
             if keep_progress and rest is not None:
                 await asyncio.to_thread(self._store.save_window, rest)
+
+    async def _poll_part(
+        self, part: Window, counts: PollCounts, run_id: int | None, found_at: datetime | None
+    ) -> tuple[Window, Window] | None:
+        """List a part and emit what it holds, or return the halves to poll instead."""
+        listed = await self._list(part, counts)
+        if isinstance(listed, tuple):
+            return listed
+        counts.listed += len(listed)
+        await self._emit(await self._unrecorded(listed, counts), counts, run_id, found_at)
+        return None
 
     async def _unrecorded(self, listed: Mapping[str, Listed], counts: PollCounts) -> list[Listed]:
         """The listed versions that need a detail read, oldest first."""

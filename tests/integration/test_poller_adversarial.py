@@ -17,21 +17,26 @@ import json
 import random
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
+from structlog.testing import capture_logs
 
+from syncd.exceptions import SyncdError
 from syncd.state.db import make_engine, upgrade
 from syncd.state.models import OutboxEvent
 from syncd.submissions.poller import PollCounts, SubmissionPoller
 from syncd.submissions.sweep import Sweep
 from syncd.voxares.client import VoxaresClient
 from syncd.voxares.limits import ClientLimits
+from syncd.voxares.models import SubmissionFilters
 from syncd.voxares.retry import RetryPolicy
 from tests.adversarial import EPOCH, PREFIX, AdversarialServer, Write
 
@@ -68,7 +73,9 @@ def histories(draw: st.DrawFn) -> dict[str, list[Write]]:
             stamp_ms += steps[k] if k else 0
             sub_ms = draw(st.integers(0, 999)) if fine else 0
             stamp = stamp_ms * 1000 + sub_ms + k  # strictly increasing per submission
-            late = draw(st.sampled_from([0, 0, 0, 0, 300_000, 5 * SECOND, 40 * SECOND, 120 * SECOND]))
+            late = draw(
+                st.sampled_from([0, 0, 0, 0, 300_000, 5 * SECOND, 40 * SECOND, 120 * SECOND])
+            )
             visible = max(visible, stamp + late)
             history.append(Write(sid, stamp, visible, STATUSES[k]))
         writes[sid] = history
@@ -189,7 +196,6 @@ def test_the_server_hides_a_microsecond_tail_from_a_millisecond_bound() -> None:
         transport=server.transport(),
         retry=RetryPolicy.no_wait(),
     )
-    from syncd.voxares.models import SubmissionFilters
 
     async def count(low_ms: int, high_ms: int) -> int:
         filters = SubmissionFilters(
@@ -205,3 +211,149 @@ def test_the_server_hides_a_microsecond_tail_from_a_millisecond_bound() -> None:
             await client.aclose()
 
     assert asyncio.run(probe()) == (0, 0, 1)
+
+
+# --- targeted cases on the same server ----------------------------------------------------
+
+
+def _poller(
+    engine: Engine, client: VoxaresClient, stream: str, **overrides: object
+) -> SubmissionPoller:
+    options: dict[str, object] = {
+        "overlap": OVERLAP,
+        "settle": SETTLE,
+        "page_size": 5,
+        "max_window_seconds": 60,
+        "max_window_items": 10,
+        "detail_concurrency": 4,
+        "start_from": EPOCH - timedelta(seconds=1),
+        "provider": "ehr",
+        "stream": stream,
+        "stale_wait": 0,
+        "sweeps": [SWEEP],
+    }
+    options.update(overrides)
+    return SubmissionPoller(engine, client, **options)  # type: ignore[arg-type]
+
+
+def _client(transport: httpx.AsyncBaseTransport, attempts: int = 5) -> VoxaresClient:
+    return VoxaresClient(
+        base_url="http://adversarial" + PREFIX,
+        api_key="vox-test-adversarial000000000000",
+        transport=transport,
+        limits=ClientLimits(requests_per_second=None, max_concurrency=8),
+        retry=replace(RetryPolicy.no_wait(), attempts=attempts),
+    )
+
+
+def _quiet(n: int, prefix: str) -> dict[str, list[Write]]:
+    """n submissions completed one second apart, all visible at once."""
+    return {
+        f"{prefix}-{k}": [Write(f"{prefix}-{k}", k * SECOND, k * SECOND, "Completed")]
+        for k in range(n)
+    }
+
+
+def test_a_write_visible_after_the_overlap_is_found_by_the_sweep_and_reported(
+    engine: Engine,
+) -> None:
+    """A write made visible 90 s after its stamp (overlap 2 s): polling cannot see it, the
+    next due sweep emits it, counts it and logs how late it was (ids only)."""
+    prefix = uuid.uuid4().hex[:8]
+    writes = _quiet(5, prefix)
+    late = f"{prefix}-late"
+    writes[late] = [Write(late, 2 * SECOND + 500, 92 * SECOND, "Completed")]
+    server = AdversarialServer(writes, random.Random(3), tick_us=0)
+
+    async def scenario() -> tuple[PollCounts, PollCounts]:
+        client = _client(server.transport())
+        poller = _poller(engine, client, "adv-late-" + prefix)
+        try:
+            server.clock_us = 20 * SECOND
+            first = await poller.run(None)  # the first sweep runs at once (never swept)
+            server.clock_us = 95 * SECOND  # the late write is visible; its stamp is far
+            with capture_logs() as logs:  # behind the poll window, and a sweep is due
+                second = await poller.run(None)
+        finally:
+            await client.aclose()
+        found = [e for e in logs if e["event"] == "poller.sweep_found"]
+        assert [e["submission_id"] for e in found] == [late]
+        assert found[0]["log_level"] == "warning"
+        assert found[0]["late_seconds"] >= 90
+        return first, second
+
+    first, second = asyncio.run(scenario())
+    assert first.sweep_found == 0
+    assert second.sweep_found == 1
+    assert (late, server.final()[late], "Completed") in emitted(engine, {late})
+
+
+def test_a_sweep_over_recorded_submissions_reads_no_detail(engine: Engine) -> None:
+    """A sweep over 200 submissions already recorded makes list calls only, ~count/100
+    (on a server whose order is stable between requests; a shuffling one costs splits)."""
+    prefix = uuid.uuid4().hex[:8]
+    server = AdversarialServer(_quiet(200, prefix), random.Random(4), tick_us=0, shuffle=False)
+
+    async def scenario() -> dict[str, int]:
+        client = _client(server.transport())
+        poller = _poller(engine, client, "adv-cost-" + prefix, page_size=100, max_window_items=2000)
+        try:
+            server.clock_us = 300 * SECOND
+            await poller.run(None)
+            before = dict(server.requests)
+            counts = await poller.reconcile(None, since=EPOCH - timedelta(seconds=1))
+            assert counts.known_skipped == 200
+            assert counts.sweep_found == 0
+            return {k: server.requests[k] - before[k] for k in before}
+        finally:
+            await client.aclose()
+
+    calls = asyncio.run(scenario())
+    assert calls["detail"] == 0
+    assert calls["list"] <= 2 + 1  # two pages of 100 (+ the clock read)
+
+
+class _Flaky(httpx.AsyncBaseTransport):
+    """Answers a share of requests with 503 before they reach the server."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, rate: float, seed: int) -> None:
+        self.inner = inner
+        self.rate = rate
+        self.rng = random.Random(seed)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self.rng.random() < self.rate:
+            return httpx.Response(503, json={"statusCode": 503, "message": "unavailable"})
+        return await self.inner.handle_async_request(request)
+
+
+def test_runs_converge_under_heavy_faults_by_keeping_their_progress(engine: Engine) -> None:
+    """44% of answers are 503 and a call gives up after 2 attempts: runs fail, but each keeps
+    what it did (recorded details, completed parts), so repeated runs emit everything once."""
+    prefix = uuid.uuid4().hex[:8]
+    server = AdversarialServer(_quiet(120, prefix), random.Random(5), tick_us=0)
+    flaky = _Flaky(server.transport(), rate=0.44, seed=6)
+
+    async def scenario() -> tuple[int, int]:
+        client = _client(flaky, attempts=2)
+        poller = _poller(engine, client, "adv-faults-" + prefix, sweeps=[])
+        server.clock_us = 200 * SECOND
+        failed = runs = 0
+        try:
+            while runs < 200:
+                runs += 1
+                try:
+                    await poller.run(None)
+                except SyncdError:
+                    failed += 1
+                    continue
+                break
+        finally:
+            await client.aclose()
+        return runs, failed
+
+    runs, failed = asyncio.run(scenario())
+    assert failed > 0  # the faults did fail runs
+    assert runs < 200  # ... and the runs still converged
+    got = emitted(engine, set(server.writes))
+    assert sorted((s, a) for s, a, _ in got) == sorted(server.final().items())
