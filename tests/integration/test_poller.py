@@ -33,6 +33,7 @@ from syncd.voxares.client import VoxaresClient
 from syncd.voxares.contract import API_PREFIX, format_timestamp, parse_timestamp
 from syncd.voxares.limits import ClientLimits
 from syncd.voxares.retry import RetryPolicy
+from syncd.voxares.testing import SERVER_DATE
 
 SETTLE = timedelta(seconds=2)
 STREAM = "form_submissions"
@@ -488,3 +489,45 @@ async def test_on_postgresql_with_shuffle_and_mutation(postgres_url: str) -> Non
         runs.append(await world.catch_up())
         assert total(runs).relists > 0
         assert_latest_versions_emitted_once(world)
+
+
+class GoneDetails(httpx.AsyncBaseTransport):
+    """Wraps the sandbox transport: the detail of the chosen submissions answers `status`."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, gone: set[str], status: int) -> None:
+        self.inner = inner
+        self.gone = gone
+        self.status = status
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        prefix = API_PREFIX + "/form-submissions/"
+        if request.url.path.removeprefix(prefix) in self.gone:
+            body = {"statusCode": self.status, "message": "gone"}
+            return httpx.Response(self.status, json=body, headers={"Date": SERVER_DATE})
+        return await self.inner.handle_async_request(request)
+
+
+@pytest.mark.parametrize("status", [404, 403, 410])
+async def test_a_listed_submission_gone_at_its_detail_is_recorded_removed(
+    world: World, status: int
+) -> None:
+    """Detail 404/403/410 on every read: a form_submission.removed event, the window completes."""
+    world.activity(6)
+    gone = set(list(world.sandbox.submissions)[:2])
+    world.client = VoxaresClient(
+        base_url="http://sandbox" + API_PREFIX,
+        api_key=DEMO_API_KEY,
+        transport=GoneDetails(httpx.ASGITransport(app=world.app), gone, status),
+        retry=RetryPolicy.no_wait(),
+    )
+    counts = await world.catch_up(world.poller(stale_attempts=2, stale_wait=0))
+    assert counts.removed == len(gone)
+    with Session(world.engine) as session:
+        removed = session.scalars(
+            select(OutboxEvent).where(OutboxEvent.event_type == "form_submission.removed")
+        ).all()
+    payloads = [json.loads(r.payload)["submission"] for r in removed]
+    assert {p["id"] for p in payloads} == gone
+    assert {p["detailStatus"] for p in payloads} == {status}
+    state = PollerStore(world.engine, STREAM).load()
+    assert state.window is None  # not a failed window
