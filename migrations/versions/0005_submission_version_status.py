@@ -1,4 +1,4 @@
-"""The status of each recorded form-submission version.
+"""The status of each recorded form-submission version; when each sweep last ran.
 
 Revision ID: 0005
 Revises: 0002
@@ -27,8 +27,15 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     with op.batch_alter_table("submission_versions") as batch:
         batch.add_column(sa.Column("status", sa.String(length=32), nullable=True))
+    op.create_table(
+        "poller_sweeps",
+        sa.Column("stream", sa.String(length=64), primary_key=True),
+        sa.Column("sweep", sa.String(length=32), primary_key=True),
+        sa.Column("done_at", sa.DateTime(timezone=True), nullable=False),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("poller_sweeps")
     with op.batch_alter_table("submission_versions") as batch:
         batch.drop_column("status")

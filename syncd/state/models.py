@@ -159,6 +159,16 @@ class PollerState(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
+class PollerSweep(Base):
+    """When each reconciliation sweep of a stream last completed (server time)."""
+
+    __tablename__ = "poller_sweeps"
+
+    stream: Mapped[str] = mapped_column(String(64), primary_key=True)
+    sweep: Mapped[str] = mapped_column(String(32), primary_key=True)
+    done_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
 class OutboxEvent(Base):
     """An event for downstream systems, written in the transaction that caused it."""
 

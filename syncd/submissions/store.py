@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from syncd.exceptions import StateError
 from syncd.outbox.events import NewEvent, emit_many
 from syncd.state.db import session_factory
-from syncd.state.models import PatientMirror, PollerState, SubmissionVersion
+from syncd.state.models import PatientMirror, PollerState, PollerSweep, SubmissionVersion
 from syncd.state.runs import AuditRecord, audit_many
 from syncd.submissions.versions import (
     EVENT_TYPE,
@@ -131,29 +131,24 @@ class PollerStore:
             row.updated_at = datetime.now(UTC)
 
     def sweeps_done(self, names: Sequence[str]) -> dict[str, datetime | None]:
-        """When each named sweep last completed (server time), None for never.
-
-        A sweep's row in `poller_state` is keyed `<stream>.sweep.<name>`; its `watermark`
-        holds the server time the sweep completed at.
-        """
+        """When each named sweep last completed (server time), None for never."""
         with self._guard(), self._sessions() as session:
-            done: dict[str, datetime | None] = {}
-            for name in names:
-                row = session.get(PollerState, _sweep_key(self.stream, name))
-                done[name] = _aware(row.watermark) if row is not None else None
-            return done
+            return {
+                name: _aware(row.done_at)
+                if (row := session.get(PollerSweep, (self.stream, name)))
+                else None
+                for name in names
+            }
 
     def finish_sweeps(self, names: Sequence[str], at: datetime) -> None:
         """Record the named sweeps as completed at server time `at`, in one commit."""
         with self._guard(), self._sessions.begin() as session:
             for name in names:
-                key = _sweep_key(self.stream, name)
-                row = session.get(PollerState, key)
+                row = session.get(PollerSweep, (self.stream, name))
                 if row is None:
-                    row = PollerState(stream=key)
-                    session.add(row)
-                row.watermark = at
-                row.updated_at = datetime.now(UTC)
+                    session.add(PollerSweep(stream=self.stream, sweep=name, done_at=at))
+                else:
+                    row.done_at = at
 
     def histories(self, submission_ids: Iterable[str]) -> dict[str, History]:
         """The recorded versions of these submissions (absent: nothing recorded yet)."""
@@ -349,10 +344,6 @@ class PollerStore:
 
     def _guard(self) -> AbstractContextManager[None]:
         return _translated(self.stream)
-
-
-def _sweep_key(stream: str, name: str) -> str:
-    return f"{stream}.sweep.{name}"
 
 
 def _removed(gone: Gone) -> str:
