@@ -247,6 +247,25 @@ def _sync_command(target: str, doc: str) -> None:
 
 
 _sync_command("submissions", "Poll form submissions into the outbox once.")
+
+
+@sync_app.command("reconcile")
+def sync_reconcile(
+    config: ConfigOption = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            help="Re-list from this ISO 8601 time (default: the longest configured lookback)."
+        ),
+    ] = None,
+) -> None:
+    """Sweep for form-submission versions polling missed (list calls; details only if new)."""
+    from syncd.service import reconcile_once
+
+    moment = _since(since) if since else None
+    _report(_run(reconcile_once(_settings(config), since=moment)))
+
+
 _sync_command("outbox", "Deliver due outbox events to every sink once.")
 _sync_command("messages", "Send pending SMS requests once.")
 _sync_command("message-status", "Poll the delivery status of sent SMS once.")

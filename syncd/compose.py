@@ -171,6 +171,7 @@ def build_patient_push(rt: Runtime) -> Job:
 def build_submission_poller(rt: Runtime) -> Job:
     """The form-submission poller job."""
     from syncd.submissions.poller import SubmissionPoller
+    from syncd.submissions.sweep import Sweep
 
     s = rt.settings.submissions
     start_from = EPOCH if s.start_from == "beginning" else s.start_from
@@ -187,6 +188,18 @@ def build_submission_poller(rt: Runtime) -> Job:
             detail_concurrency=s.detail_concurrency,
             start_from=start_from,
             provider=rt.provider,
+            sweeps=(
+                Sweep(
+                    "daily",
+                    timedelta(seconds=s.sweep_interval_seconds),
+                    timedelta(seconds=s.sweep_lookback_seconds),
+                ),
+                Sweep(
+                    "weekly",
+                    timedelta(seconds=s.deep_sweep_interval_seconds),
+                    timedelta(seconds=s.deep_sweep_lookback_seconds),
+                ),
+            ),
         ),
         "poll_submissions",
     )

@@ -433,6 +433,12 @@ class SubmissionsSettings(_Section):
     detail_concurrency: PositiveInt = 8
     start_from: Literal["beginning"] | datetime = "beginning"
     freshness_seconds: PositiveFloat = 600.0
+    # Reconciliation sweeps (0 = off): re-list a lookback behind the watermark, list calls
+    # only, to find versions a server made visible after polling had passed them.
+    sweep_interval_seconds: NonNegativeFloat = 3600.0
+    sweep_lookback_seconds: PositiveFloat = 86400.0
+    deep_sweep_interval_seconds: NonNegativeFloat = 86400.0
+    deep_sweep_lookback_seconds: PositiveFloat = 7 * 86400.0
 
     @field_validator("start_from", mode="before")
     @classmethod
@@ -457,6 +463,9 @@ class SubmissionsSettings(_Section):
             raise problem("freshness_seconds", "must be longer than interval_seconds")
         if self.max_window_items < self.page_size:
             raise problem("max_window_items", "must be at least page_size")
+        for key in ("sweep_lookback_seconds", "deep_sweep_lookback_seconds"):
+            if getattr(self, key) <= self.overlap_seconds + self.settle_seconds:
+                raise problem(key, "must be longer than overlap_seconds + settle_seconds")
         return self
 
 

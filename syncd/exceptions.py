@@ -25,7 +25,6 @@ these at the adapter boundary.
     ├── SinkError                    a downstream sink refused or failed a delivery
     ├── MessageRequestError          an SMS request that cannot be sent as asked
     └── PollWindowFailed             a poller window not completed (watermark kept, retried)
-        ├── StaleSubmission          a detail stayed older than its listed version
         └── WindowUnstable           a window never listed completely
 """
 
@@ -167,10 +166,6 @@ class MessageRequestError(SyncdError):
 
 class PollWindowFailed(SyncdError):
     """A poller window could not be completed; its watermark stays and the next run retries."""
-
-
-class StaleSubmission(PollWindowFailed):
-    """A submission's detail stayed older than the version the list showed."""
 
 
 class WindowUnstable(PollWindowFailed):

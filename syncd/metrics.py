@@ -41,6 +41,18 @@ WATERMARK_LAG = Gauge(
     ["stream"],
     registry=REGISTRY,
 )
+SWEEP_FOUND = Counter(
+    "syncd_poller_sweep_found_total",
+    "Submission versions the reconciliation sweep found that polling had missed",
+    ["stream"],
+    registry=REGISTRY,
+)
+SWEEP_LATENESS = Gauge(
+    "syncd_poller_sweep_max_lateness_seconds",
+    "How late (server time since its updatedAt) the latest sweep's most overdue find was",
+    ["stream"],
+    registry=REGISTRY,
+)
 OUTBOX_BACKLOG = Gauge(
     "syncd_outbox_backlog", "Deliveries not yet delivered, by sink", ["sink"], registry=REGISTRY
 )

@@ -79,6 +79,28 @@ async def sync_once(
         return await JobRunner(rt.engine).run_once(job)
 
 
+async def reconcile_once(settings: Settings, *, since: datetime | None = None) -> RunResult:
+    """Run the reconciliation sweep now (`syncd sync reconcile`), under the poller's lock."""
+    async with runtime(settings) as rt:
+        await asyncio.to_thread(_prepare_database, settings, rt.engine)
+        jobs = build_jobs(rt)
+        if "poll_submissions" not in jobs:
+            raise ConfigError(["submissions.enabled: the submissions job is disabled"])
+        return await JobRunner(rt.engine).run_once(_Reconcile(jobs["poll_submissions"], since))
+
+
+class _Reconcile:
+    """The poller job, running its sweep instead of its poll (same name, so same lock)."""
+
+    def __init__(self, poller: Any, since: datetime | None) -> None:
+        self._poller = poller
+        self._since = since
+        self.name = poller.name
+
+    async def run(self, run_id: int) -> Any:
+        return await self._poller.reconcile(run_id, since=self._since)
+
+
 def _section_of(target: str) -> str:
     return {
         "patients": "patients",

@@ -159,6 +159,16 @@ class PollerState(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
+class PollerSweep(Base):
+    """When each reconciliation sweep of a stream last completed (server time)."""
+
+    __tablename__ = "poller_sweeps"
+
+    stream: Mapped[str] = mapped_column(String(64), primary_key=True)
+    sweep: Mapped[str] = mapped_column(String(32), primary_key=True)
+    done_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
 class OutboxEvent(Base):
     """An event for downstream systems, written in the transaction that caused it."""
 
@@ -184,6 +194,10 @@ class SubmissionVersion(Base):
     # The API's updatedAt exactly as received (ISO text), part of the version identity.
     updated_at: Mapped[str] = mapped_column(String(40), primary_key=True)
     content_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # `submissionStatus` of the version (NULL for rows recorded before it was kept, and for
+    # removals): with it a listed version sharing a rendered millisecond with a recorded one,
+    # but not its status, is still read.
+    status: Mapped[str | None] = mapped_column(String(32))
     # The event this version became; NULL once retention pruned the event. The row stays:
     # it is what keeps the same version from being emitted again.
     event_seq: Mapped[int | None] = mapped_column(

@@ -1,21 +1,32 @@
-"""The form-submission poller: every submission version into the outbox, once.
+"""The form-submission poller: the latest visible version of each submission into the outbox, once.
 
 One run reads the server's clock (the `Date` header of a cheap list call), then polls
 windows `[watermark - overlap, server_now - settle]` (see `window.py`) until caught up:
 
 1. save the window in `poller_state` BEFORE fetching it; a crashed run's window is resumed
    as saved, so no time range is skipped whatever the clock says by then;
-2. list it until a paging pass is provably complete (re-list, split, see `WindowPaging`);
-3. fetch the details, a bounded number at a time; a detail older than its listed version
-   (a lagging read) is fetched again a few times and otherwise fails the window (a page or
-   detail whose answer is malformed is read again the same way);
-4. emit one outbox event per version not yet recorded, each in the transaction of its
-   `submission_versions` row (one transaction per batch of details);
-5. only when every item of the window is done, move the watermark to the window's end and
-   clear the saved window, in one transaction.
+2. list it until a paging pass is provably complete (re-list, split, see `WindowPaging`),
+   each query covering the sub-millisecond tail of its last millisecond (`Window.query_to`);
+3. skip every listed `(id, updatedAt)` already recorded, or older than a recorded version
+   (the overlap and a re-run cost list calls, not detail reads);
+4. fetch the other details, a bounded number at a time. A detail older than listed (a
+   lagging replica) or malformed is read again a few times; one still older is left to the
+   sweep (step 7) instead of stalling the stream. A detail answering 404, 403 or 410 on
+   every read is recorded as `form_submission.removed`;
+5. emit one outbox event per version not yet recorded, each in the transaction of its
+   `submission_versions` row (one transaction per batch of details), and never a version
+   older than one already recorded for the same submission;
+6. after each completed part of a split window, save what is left of it, and when every
+   part is done, move the watermark to the window's end and clear the saved window, in
+   one transaction;
+7. when due, sweep a long lookback behind the watermark (`sweep.py`): list calls, and a
+   detail read only for a listed version never recorded. A version found there is logged
+   as a warning with how late it was: it means `settle`/`overlap` are too small for this
+   server.
 
-A failure anywhere leaves the watermark where it was: the next run repeats the window, and
-the version records make the repeat emit nothing twice.
+A failure anywhere leaves the watermark where it was: the next run repeats what is left of
+the window, and the version records make the repeat emit nothing twice and read no detail
+twice.
 """
 
 from __future__ import annotations
@@ -31,8 +42,16 @@ import structlog
 from sqlalchemy import Engine
 
 from syncd import metrics, testing_hooks
-from syncd.exceptions import StaleSubmission, VoxaresMalformedResponse, WindowUnstable
-from syncd.submissions.store import PollerStore, Recorded
+from syncd.exceptions import (
+    RateLimited,
+    ServerError,
+    VoxaresHTTPError,
+    VoxaresMalformedResponse,
+    VoxaresTransportError,
+    WindowUnstable,
+)
+from syncd.submissions.store import Gone, PollerStore, Recorded
+from syncd.submissions.sweep import Sweep, sweep_window
 from syncd.submissions.window import (
     Listed,
     PagingPolicy,
@@ -63,12 +82,18 @@ class PollCounts:
     windows: int = 0
     pages: int = 0
     listed: int = 0
+    known_skipped: int = 0
     details: int = 0
     emitted: int = 0
     duplicates_skipped: int = 0
+    superseded: int = 0
     stale_details: int = 0
+    deferred: int = 0
+    removed: int = 0
     relists: int = 0
     splits: int = 0
+    sweeps: int = 0
+    sweep_found: int = 0
 
     def as_dict(self) -> dict[str, int]:
         """The counters as a plain mapping."""
@@ -77,6 +102,32 @@ class PollCounts:
 
 class _StillStale(Exception):
     """Internal: the detail read is older than the listed version (retried by stamina)."""
+
+
+class _Missing(Exception):
+    """Internal: the detail answered 404, 403 or 410 (read again by stamina)."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class _Deferred:
+    """A listed version whose detail stayed older than listed: left to the sweep."""
+
+    listed: Listed
+
+
+# What a detail read of a listed item came to.
+_Outcome = SubmissionDetail | Gone | _Deferred
+
+# Failures of a part that a new attempt at it may not meet.
+TRANSIENT: Final = (ServerError, RateLimited, VoxaresTransportError, VoxaresMalformedResponse)
+
+# Statuses of a detail read that mean the listed submission is gone (the list and the
+# detail may be served by different replicas, see the contract's form-submission facts).
+GONE_STATUSES: Final = frozenset({403, 404, 410})
 
 
 def _as_timedelta(value: float | timedelta) -> timedelta:
@@ -88,7 +139,8 @@ class SubmissionPoller:
 
     `overlap` and `settle` are durations (seconds or timedelta) on the server's clock;
     `start_from` is where a stream without a watermark begins; `provider` is this
-    daemon's provider name, preferred when resolving a patient's EHR id through the mirror.
+    daemon's provider name, preferred when resolving a patient's EHR id through the mirror;
+    `sweeps` are the reconciliation sweeps run at the end of a run when due.
     """
 
     def __init__(
@@ -109,6 +161,7 @@ class SubmissionPoller:
         max_unsplittable_passes: int = 25,
         stale_attempts: int = 4,
         stale_wait: float = 0.25,
+        sweeps: Sequence[Sweep] = (),
     ) -> None:
         if start_from.tzinfo is None:
             raise ValueError("start_from must be timezone-aware")
@@ -135,13 +188,14 @@ class SubmissionPoller:
         self._detail_slots = asyncio.Semaphore(detail_concurrency)
         self._stale_attempts = stale_attempts
         self._stale_wait = stale_wait
+        self._sweeps = tuple(sweeps)
         self.stream = stream
 
     async def run(self, run_id: int | None) -> PollCounts:
-        """Poll windows until caught up with the server's clock; return what was done.
+        """Poll windows until caught up with the server's clock, then sweep when due.
 
-        Raises `PollWindowFailed` (stale detail, unstable window), `VoxaresError` or
-        `StateError` with the watermark unmoved; the next run resumes the same window.
+        Raises `PollWindowFailed` (unstable window), `VoxaresError` or `StateError` with
+        the watermark unmoved; the next run resumes what is left of the same window.
         """
         counts = PollCounts()
         # A semaphore belongs to the event loop that first waits on it: one per run.
@@ -166,13 +220,13 @@ class SubmissionPoller:
             else:
                 await asyncio.to_thread(self._store.save_window, window)
                 testing_hooks.step(STEP_WINDOW_SAVED)
-            await self._poll_window(window, counts, run_id)
+            await self._poll_window(window, counts, run_id, keep_progress=True)
             testing_hooks.step(STEP_BEFORE_WATERMARK)
             await asyncio.to_thread(self._store.finish_window, window)
             testing_hooks.step(STEP_AFTER_WATERMARK)
             counts.windows += 1
             watermark = window.end
-            log.info(
+            log.debug(
                 "poller.window_done",
                 stream=self.stream,
                 run_id=run_id,
@@ -185,8 +239,56 @@ class SubmissionPoller:
         if watermark is not None and server_now is not None:
             lag = (server_now - watermark).total_seconds()
             metrics.WATERMARK_LAG.labels(stream=self.stream).set(max(0.0, lag))
+        if self._sweeps and watermark is not None:
+            await self._sweep_when_due(counts, run_id, server_now or await self._server_now())
         log.info("poller.run_done", stream=self.stream, run_id=run_id, **counts.as_dict())
         return counts
+
+    async def reconcile(self, run_id: int | None, *, since: datetime | None = None) -> PollCounts:
+        """Sweep by hand (`syncd sync reconcile`): re-list from `since` to the watermark.
+
+        Without `since` the longest configured lookback is swept (a week by default).
+        """
+        counts = PollCounts()
+        self._detail_slots = asyncio.Semaphore(self._detail_concurrency)
+        server_now = await self._server_now()
+        if since is not None:
+            lookback = server_now - since
+        else:
+            lookback = max((s.lookback for s in self._sweeps), default=timedelta(days=7))
+        await self._sweep(lookback, counts, run_id, server_now)
+        log.info("poller.reconcile_done", stream=self.stream, run_id=run_id, **counts.as_dict())
+        return counts
+
+    async def _sweep_when_due(
+        self, counts: PollCounts, run_id: int | None, server_now: datetime
+    ) -> None:
+        """Run the longest of the sweeps that are due, and record it done for all of them."""
+        last = await asyncio.to_thread(self._store.sweeps_done, [s.name for s in self._sweeps])
+        due = [s for s in self._sweeps if s.due(last.get(s.name), server_now)]
+        if not due:
+            return
+        longest = max(due, key=lambda s: s.lookback)
+        await self._sweep(longest.lookback, counts, run_id, server_now)
+        await asyncio.to_thread(self._store.finish_sweeps, [s.name for s in due], server_now)
+
+    async def _sweep(
+        self, lookback: timedelta, counts: PollCounts, run_id: int | None, server_now: datetime
+    ) -> None:
+        state = await asyncio.to_thread(self._store.load)
+        window = sweep_window(lookback=lookback, server_now=server_now, watermark=state.watermark)
+        if window is None:
+            return
+        counts.sweeps += 1
+        await self._poll_window(window, counts, run_id, keep_progress=False, found_at=server_now)
+        log.info(
+            "poller.sweep_done",
+            stream=self.stream,
+            run_id=run_id,
+            window_start=contract.format_timestamp(window.start),
+            window_end=contract.format_timestamp(window.end),
+            found=counts.sweep_found,
+        )
 
     def _next(self, watermark: datetime | None, server_now: datetime) -> Window | None:
         return next_window(
@@ -209,35 +311,72 @@ class SubmissionPoller:
             )
         return page.server_date
 
-    async def _poll_window(self, window: Window, counts: PollCounts, run_id: int | None) -> None:
-        """List and emit a window, splitting it (earlier half first) as the listing demands."""
+    async def _poll_window(
+        self,
+        window: Window,
+        counts: PollCounts,
+        run_id: int | None,
+        *,
+        keep_progress: bool,
+        found_at: datetime | None = None,
+    ) -> None:
+        """List and emit a window, splitting it (earlier half first) as the listing demands.
+
+        The parts complete in time order, so what is done is always a prefix of the window:
+        with `keep_progress` the rest is saved after each part, and a failed run resumes
+        there. `found_at` (the server's clock) marks a sweep: what it emits was missed.
+        """
         pending = [window]
         while pending:
             part = pending.pop()
-            listed = await self._list(part, counts)
-            if isinstance(listed, tuple):
-                first, second = listed
+            # A part that fails on a transient answer is tried again at once: what it
+            # recorded is kept, so a retry re-lists it and reads only what is missing.
+            async for attempt in self._rereads(*TRANSIENT):
+                with attempt:
+                    halves = await self._poll_part(part, counts, run_id, found_at)
+            if halves is not None:
+                first, second = halves
                 pending += [second, first]
                 counts.splits += 1
                 log.info("poller.window_split", stream=self.stream, width_ms=part.width_ms)
                 continue
-            counts.listed += len(listed)
-            in_order = sorted(listed.values(), key=lambda i: (i.updated_at, i.submission_id))
-            await self._emit(in_order, counts, run_id)
+            rest = window.after(Window(window.start, part.end))
+            if keep_progress and rest is not None:
+                await asyncio.to_thread(self._store.save_window, rest)
+
+    async def _poll_part(
+        self, part: Window, counts: PollCounts, run_id: int | None, found_at: datetime | None
+    ) -> tuple[Window, Window] | None:
+        """List a part and emit what it holds, or return the halves to poll instead."""
+        listed = await self._list(part, counts)
+        if isinstance(listed, tuple):
+            return listed
+        counts.listed += len(listed)
+        await self._emit(await self._unrecorded(listed, counts), counts, run_id, found_at)
+        return None
+
+    async def _unrecorded(self, listed: Mapping[str, Listed], counts: PollCounts) -> list[Listed]:
+        """The listed versions that need a detail read, oldest first."""
+        histories = await asyncio.to_thread(self._store.histories, listed)
+        todo = [
+            item
+            for item in listed.values()
+            if item.submission_id not in histories or not histories[item.submission_id].covers(item)
+        ]
+        counts.known_skipped += len(listed) - len(todo)
+        return sorted(todo, key=lambda i: (i.updated_at, i.submission_id))
 
     async def _list(
         self, window: Window, counts: PollCounts
     ) -> Mapping[str, Listed] | tuple[Window, Window]:
         """The window's complete listing, or the two halves to poll instead."""
         paging = WindowPaging(window, self._policy)
-        filters = SubmissionFilters(updated_from=window.start, updated_to=window.end)
+        filters = SubmissionFilters(updated_from=window.start, updated_to=window.query_to)
         while True:
             page = await self._page(filters, paging.next_page)
             counts.pages += 1
             testing_hooks.step(STEP_AFTER_PAGE)
-            verdict = paging.record(
-                page.count, [Listed(item.id, item.updated_at) for item in page.data]
-            )
+            verdict = paging.record(page.count, [_listed(item) for item in page.data])
             if verdict is Verdict.ACCEPT:
                 return paging.listed
             if verdict is Verdict.SPLIT:
@@ -282,7 +421,13 @@ class SubmissionPoller:
             wait_jitter=0,
         )
 
-    async def _emit(self, items: Sequence[Listed], counts: PollCounts, run_id: int | None) -> None:
+    async def _emit(
+        self,
+        items: Sequence[Listed],
+        counts: PollCounts,
+        run_id: int | None,
+        found_at: datetime | None,
+    ) -> None:
         """Fetch details a page-size batch at a time and record each batch in one commit.
 
         The next batch's fetches start before this batch is recorded (two batches in
@@ -303,7 +448,7 @@ class SubmissionPoller:
                 )
                 try:
                     results = await asyncio.gather(*current, return_exceptions=True)
-                    await self._record(results, counts, run_id)
+                    await self._record(results, counts, run_id, found_at)
                 except BaseException:
                     if following is not None:
                         await _cancel_all(following)
@@ -315,26 +460,28 @@ class SubmissionPoller:
             await _cancel_all(current)
             raise
 
-    def _fetch(
-        self, batch: Sequence[Listed], counts: PollCounts
-    ) -> list[asyncio.Task[SubmissionDetail]]:
+    def _fetch(self, batch: Sequence[Listed], counts: PollCounts) -> list[asyncio.Task[_Outcome]]:
         """Start fetching the details of one batch (the semaphore bounds the calls)."""
         return [asyncio.create_task(self._detail(item, counts)) for item in batch]
 
     async def _record(
         self,
-        results: Sequence[SubmissionDetail | BaseException],
+        results: Sequence[_Outcome | BaseException],
         counts: PollCounts,
         run_id: int | None,
+        found_at: datetime | None,
     ) -> None:
         """Record a batch's fetched details in one commit, then raise its first failure."""
         details = [r for r in results if isinstance(r, SubmissionDetail)]
+        gone = [r for r in results if isinstance(r, Gone)]
+        counts.deferred += sum(isinstance(r, _Deferred) for r in results)
         # Record what was fetched even when some failed: the work is kept, and the
         # failed ones fail the window below (the watermark stays for the next run).
         if details:
             recorded: Recorded = await asyncio.to_thread(self._store.record, details, run_id)
             counts.emitted += recorded.emitted
             counts.duplicates_skipped += recorded.duplicates
+            counts.superseded += len(recorded.superseded)
             testing_hooks.step(STEP_AFTER_OUTBOX_INSERT)
             log.info(
                 "poller.batch_recorded",
@@ -342,29 +489,68 @@ class SubmissionPoller:
                 details=len(details),
                 emitted=recorded.emitted,
                 duplicates=recorded.duplicates,
+                superseded=len(recorded.superseded),
                 first_seq=min(recorded.event_seqs, default=None),
                 last_seq=max(recorded.event_seqs, default=None),
             )
+            if found_at is not None:
+                self._report_found(recorded, found_at, counts)
+        if gone:
+            removed = await asyncio.to_thread(self._store.record_removed, gone, run_id)
+            counts.removed += removed.emitted
+            for item in gone:
+                log.warning(
+                    "poller.submission_gone",
+                    stream=self.stream,
+                    submission_id=item.listed.submission_id,
+                    status=item.status,
+                )
         failures = [r for r in results if isinstance(r, BaseException)]
         if failures:
             raise failures[0]
 
-    async def _detail(self, item: Listed, counts: PollCounts) -> SubmissionDetail:
-        """The detail of a listed item, at least as new as listed (or StaleSubmission)."""
+    def _report_found(self, recorded: Recorded, found_at: datetime, counts: PollCounts) -> None:
+        """Count and log the versions a sweep emitted: polling missed each of them."""
+        if not recorded.emitted_versions:
+            return
+        counts.sweep_found += len(recorded.emitted_versions)
+        metrics.SWEEP_FOUND.labels(stream=self.stream).inc(len(recorded.emitted_versions))
+        worst = 0.0
+        for submission_id, updated_at in recorded.emitted_versions:
+            late = max(0.0, (found_at - updated_at).total_seconds())
+            worst = max(worst, late)
+            log.warning(
+                "poller.sweep_found",
+                stream=self.stream,
+                submission_id=submission_id,
+                late_seconds=round(late, 3),
+                hint="settle_seconds/overlap_seconds are too small for this server",
+            )
+        metrics.SWEEP_LATENESS.labels(stream=self.stream).set(worst)
+
+    async def _detail(self, item: Listed, counts: PollCounts) -> _Outcome:
+        """The detail of a listed item, at least as new as listed, or what became of it."""
         detail: SubmissionDetail | None = None
         try:
-            # A malformed answer is read again like a stale one (see `_page`).
-            async for attempt in self._rereads(_StillStale, VoxaresMalformedResponse):
+            # A malformed answer is read again like a stale one (see `_page`), and so is a
+            # missing one: a replica behind the list may not hold the submission yet.
+            async for attempt in self._rereads(_StillStale, _Missing, VoxaresMalformedResponse):
                 with attempt:
-                    async with self._detail_slots:
-                        detail = await self._client.get_form_submission(item.submission_id)
+                    try:
+                        async with self._detail_slots:
+                            detail = await self._client.get_form_submission(item.submission_id)
+                    except VoxaresHTTPError as exc:
+                        if exc.status in GONE_STATUSES:
+                            raise _Missing(exc.status) from None
+                        raise
                     counts.details += 1
                     testing_hooks.step(STEP_AFTER_DETAIL)
                     # Newer than listed is fine: that version is emitted (and its own
-                    # listing later is a duplicate). Older means a lagging read.
-                    if detail.updated_at < item.updated_at:
+                    # listing later is a duplicate). Older means a lagging read, and so
+                    # does another status at the same rendered millisecond.
+                    if _older_than_listed(detail, item):
                         counts.stale_details += 1
-                        log.warning(
+                        log.info(
                             "poller.detail_stale",
                             stream=self.stream,
                             submission_id=item.submission_id,
@@ -372,15 +558,37 @@ class SubmissionPoller:
                         )
                         raise _StillStale
         except _StillStale:
-            raise StaleSubmission(
-                f"stream={self.stream} submission={item.submission_id} stayed older than "
-                f"listed after {self._stale_attempts} reads"
-            ) from None
+            log.warning(
+                "poller.detail_deferred",
+                stream=self.stream,
+                submission_id=item.submission_id,
+                reads=self._stale_attempts,
+                hint="left to the reconciliation sweep",
+            )
+            return _Deferred(item)
+        except _Missing as missing:
+            return Gone(item, missing.status)
         assert detail is not None
         return detail
 
 
-async def _cancel_all(tasks: Sequence[asyncio.Task[SubmissionDetail]]) -> None:
+def _older_than_listed(detail: SubmissionDetail, item: Listed) -> bool:
+    if detail.updated_at != item.updated_at:
+        return detail.updated_at < item.updated_at
+    return item.status is not None and detail.submission_status != item.status
+
+
+def _listed(item: SubmissionSummary) -> Listed:
+    return Listed(
+        item.id,
+        item.updated_at,
+        status=item.submission_status,
+        patient_id=item.patient.id if item.patient else None,
+        form_id=item.form.id if item.form else None,
+    )
+
+
+async def _cancel_all(tasks: Sequence[asyncio.Task[_Outcome]]) -> None:
     """Cancel unfinished fetches and wait for every task, retrieving their outcomes."""
     for task in tasks:
         task.cancel()

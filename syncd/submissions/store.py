@@ -21,19 +21,24 @@ from sqlalchemy.orm import Session
 from syncd.exceptions import StateError
 from syncd.outbox.events import NewEvent, emit_many
 from syncd.state.db import session_factory
-from syncd.state.models import PatientMirror, PollerState, SubmissionVersion
+from syncd.state.models import PatientMirror, PollerState, PollerSweep, SubmissionVersion
 from syncd.state.runs import AuditRecord, audit_many
 from syncd.submissions.versions import (
     EVENT_TYPE,
+    REMOVED_EVENT_TYPE,
+    REMOVED_HASH_PREFIX,
     PatientLink,
     Version,
     event_payload_json,
     ordering_key,
+    removed_payload_json,
 )
-from syncd.submissions.window import Window
+from syncd.submissions.window import Listed, Window
+from syncd.voxares.contract import format_timestamp, parse_timestamp
 from syncd.voxares.models import SubmissionDetail
 
 AUDIT_ACTION: Final = "submission.received"
+REMOVED_AUDIT_ACTION: Final = "submission.removed"
 _VERSIONS: Final = cast(Table, SubmissionVersion.__table__)
 
 
@@ -59,6 +64,44 @@ class Recorded:
     emitted: int
     duplicates: int
     event_seqs: tuple[int, ...]
+    # Details older than a version already recorded for their submission (a lagging read):
+    # emitting them would put an older state after a newer one downstream.
+    superseded: tuple[str, ...] = ()
+    # (submission id, updatedAt) of each version emitted, in the order of `event_seqs`.
+    emitted_versions: tuple[tuple[str, datetime], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Gone:
+    """A listed submission whose detail answered 404, 403 or 410 on every read."""
+
+    listed: Listed
+    status: int
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """What is recorded of one submission: the statuses recorded per `updatedAt` text, and
+    the newest `updatedAt`.
+
+    Removal records (`form_submission.removed`) are left out: a submission that answered
+    404 may have been a replica that had not caught up, and must be read again when listed.
+    """
+
+    statuses: Mapping[str, frozenset[str | None]]
+    newest: datetime
+
+    def covers(self, item: Listed) -> bool:
+        """Whether the listed version needs no detail read: recorded, or older than recorded.
+
+        Two writes can share a rendered millisecond on a server storing microseconds, so
+        a recorded `updatedAt` covers the listed one only with the same status (or when
+        the status was not recorded: rows older than the status column).
+        """
+        if item.updated_at < self.newest:
+            return True
+        statuses = self.statuses.get(format_timestamp(item.updated_at))
+        return statuses is not None and (None in statuses or item.status in statuses)
 
 
 class PollerStore:
@@ -87,6 +130,34 @@ class PollerStore:
             row.window_start, row.window_end = window.start, window.end
             row.updated_at = datetime.now(UTC)
 
+    def sweeps_done(self, names: Sequence[str]) -> dict[str, datetime | None]:
+        """When each named sweep last completed (server time), None for never."""
+        with self._guard(), self._sessions() as session:
+            return {
+                name: _aware(row.done_at)
+                if (row := session.get(PollerSweep, (self.stream, name)))
+                else None
+                for name in names
+            }
+
+    def finish_sweeps(self, names: Sequence[str], at: datetime) -> None:
+        """Record the named sweeps as completed at server time `at`, in one commit."""
+        with self._guard(), self._sessions.begin() as session:
+            for name in names:
+                row = session.get(PollerSweep, (self.stream, name))
+                if row is None:
+                    session.add(PollerSweep(stream=self.stream, sweep=name, done_at=at))
+                else:
+                    row.done_at = at
+
+    def histories(self, submission_ids: Iterable[str]) -> dict[str, History]:
+        """The recorded versions of these submissions (absent: nothing recorded yet)."""
+        wanted = sorted(set(submission_ids))
+        if not wanted:
+            return {}
+        with self._guard(), self._sessions() as session:
+            return _histories(session, wanted)
+
     def finish_window(self, window: Window) -> None:
         """Move the watermark to the window's end and forget the window, in one commit."""
         with self._guard(), self._sessions.begin() as session:
@@ -108,7 +179,15 @@ class PollerStore:
             # A repeat within the batch keeps the first one's place and the last one's body.
             keyed = {version.key: version for version in map(Version.of, details)}
             known = self._known(session, keyed)
-            fresh = [version for key, version in keyed.items() if key not in known]
+            candidates = [version for key, version in keyed.items() if key not in known]
+            # Checked in the transaction that writes: never an older state after a newer one.
+            newest = _newest_by_id(
+                _histories(session, sorted({v.key[0] for v in candidates})), candidates
+            )
+            fresh = [v for v in candidates if v.detail.updated_at >= newest[v.key[0]]]
+            superseded = tuple(
+                v.key[0] for v in candidates if v.detail.updated_at < newest[v.key[0]]
+            )
             links = self._links(session, {v.detail.patient.id for v in fresh if v.detail.patient})
             now = datetime.now(UTC)
             seqs = emit_many(session, [_event(v, links) for v in fresh], at=now)
@@ -120,6 +199,7 @@ class PollerStore:
                             "submission_id": version.key[0],
                             "updated_at": version.key[1],
                             "content_hash": version.key[2],
+                            "status": version.detail.submission_status,
                             "event_seq": seq,
                             "recorded_at": now,
                         }
@@ -143,8 +223,79 @@ class PollerStore:
             )
             return Recorded(
                 emitted=len(fresh),
-                duplicates=len(details) - len(fresh),
+                duplicates=len(details) - len(fresh) - len(superseded),
                 event_seqs=tuple(seqs),
+                superseded=superseded,
+                emitted_versions=tuple((v.key[0], v.detail.updated_at) for v in fresh),
+            )
+
+    def record_removed(self, gone: Sequence[Gone], run_id: int | None) -> Recorded:
+        """Emit `form_submission.removed` for each listed version whose detail is gone; one commit.
+
+        Recorded as a version `(id, listed updatedAt, "removed:<status>")`, so the same
+        removal is emitted once, while a later read that finds the submission after all
+        (a replica that had not caught up) emits it as an ordinary version.
+        """
+        with self._guard(), self._sessions.begin() as session:
+            keyed = {
+                (g.listed.submission_id, format_timestamp(g.listed.updated_at), _removed(g)): g
+                for g in gone
+            }
+            known = self._known(session, keyed)
+            histories = _histories(session, sorted({key[0] for key in keyed}))
+            fresh = [
+                (key, g)
+                for key, g in keyed.items()
+                if key not in known
+                and (key[0] not in histories or g.listed.updated_at >= histories[key[0]].newest)
+            ]
+            links = self._links(
+                session, {g.listed.patient_id for _, g in fresh if g.listed.patient_id}
+            )
+            now = datetime.now(UTC)
+            events = [
+                NewEvent(
+                    event_type=REMOVED_EVENT_TYPE,
+                    payload=removed_payload_json(
+                        g.listed, g.status, links.get(g.listed.patient_id or "")
+                    ),
+                    ordering_key=_removed_ordering_key(g.listed, links),
+                )
+                for _, g in fresh
+            ]
+            seqs = emit_many(session, events, at=now)
+            if fresh:
+                session.execute(
+                    insert(_VERSIONS),
+                    [
+                        {
+                            "submission_id": key[0],
+                            "updated_at": key[1],
+                            "content_hash": key[2],
+                            "status": None,
+                            "event_seq": seq,
+                            "recorded_at": now,
+                        }
+                        for (key, _), seq in zip(fresh, seqs, strict=True)
+                    ],
+                )
+            audit_many(
+                session,
+                self.stream,
+                run_id,
+                [
+                    AuditRecord(
+                        action=REMOVED_AUDIT_ACTION,
+                        object_type="form_submission",
+                        object_id=key[0],
+                        detail=f"updatedAt={key[1]} status={g.status} seq={seq}",
+                    )
+                    for (key, g), seq in zip(fresh, seqs, strict=True)
+                ],
+                at=now,
+            )
+            return Recorded(
+                emitted=len(fresh), duplicates=len(gone) - len(fresh), event_seqs=tuple(seqs)
             )
 
     def _row(self, session: Session) -> PollerState:
@@ -193,6 +344,50 @@ class PollerStore:
 
     def _guard(self) -> AbstractContextManager[None]:
         return _translated(self.stream)
+
+
+def _removed(gone: Gone) -> str:
+    return f"{REMOVED_HASH_PREFIX}{gone.status}"
+
+
+def _removed_ordering_key(listed: Listed, links: Mapping[str, PatientLink]) -> str | None:
+    link = links.get(listed.patient_id) if listed.patient_id else None
+    return link.provider_id if link is not None else listed.patient_id
+
+
+def _histories(session: Session, submission_ids: Sequence[str]) -> dict[str, History]:
+    """Recorded versions (removal records left out) of these submissions, by id."""
+    seen: dict[str, dict[str, set[str | None]]] = {}
+    for chunk_start in range(0, len(submission_ids), 500):
+        chunk = submission_ids[chunk_start : chunk_start + 500]
+        query = select(
+            SubmissionVersion.submission_id, SubmissionVersion.updated_at, SubmissionVersion.status
+        ).where(
+            SubmissionVersion.submission_id.in_(chunk),
+            SubmissionVersion.content_hash.not_like(f"{REMOVED_HASH_PREFIX}%"),
+        )
+        for submission_id, updated_at, status in session.execute(query):
+            seen.setdefault(submission_id, {}).setdefault(updated_at, set()).add(status)
+    return {
+        submission_id: History(
+            {text: frozenset(statuses) for text, statuses in texts.items()},
+            max(map(parse_timestamp, texts)),
+        )
+        for submission_id, texts in seen.items()
+    }
+
+
+def _newest_by_id(
+    histories: Mapping[str, History], batch: Sequence[Version]
+) -> dict[str, datetime]:
+    """The newest `updatedAt` per submission among what is recorded and this batch."""
+    newest = {submission_id: h.newest for submission_id, h in histories.items()}
+    for version in batch:
+        moment = version.detail.updated_at
+        current = newest.get(version.key[0])
+        if current is None or moment > current:
+            newest[version.key[0]] = moment
+    return newest
 
 
 def _event(version: Version, links: Mapping[str, PatientLink]) -> NewEvent:

@@ -13,10 +13,16 @@ from datetime import datetime
 from typing import Any, Final
 
 from syncd.hashing import canonical_json, canonical_object, sha256_hex
+from syncd.submissions.window import Listed
 from syncd.voxares.contract import format_timestamp
 from syncd.voxares.models import SubmissionDetail
 
 EVENT_TYPE: Final = "form_submission.updated"
+# A listed submission whose detail answered 404, 403 or 410 on every read (see README).
+REMOVED_EVENT_TYPE: Final = "form_submission.removed"
+# The `content_hash` of a removal's version record: a removal is not content, and a later
+# successful read of the same `updatedAt` must still count as a new version.
+REMOVED_HASH_PREFIX: Final = "removed:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,3 +122,22 @@ def ordering_key(detail: SubmissionDetail, link: PatientLink | None) -> str | No
     if link is not None:
         return link.provider_id
     return detail.patient.id if detail.patient else None
+
+
+def removed_payload_json(listed: Listed, status: int, link: PatientLink | None) -> bytes:
+    """The `form_submission.removed` payload: ids only, as listed before the detail was gone."""
+    return canonical_json(
+        {
+            "submission": {
+                "id": listed.submission_id,
+                "updatedAt": format_timestamp(listed.updated_at),
+                "detailStatus": status,
+            },
+            "form": {"id": listed.form_id},
+            "patient": {
+                "voxaresId": listed.patient_id,
+                "providerId": link.provider_id if link else None,
+                "provider": link.provider if link else None,
+            },
+        }
+    )

@@ -17,6 +17,15 @@ least `settle` before the server's clock can only lose items (an update moves an
 server's "now", past the window; an insert is stamped "now" too), so a later window always
 catches what moved out of this one.
 
+Windows are kept in the API's rendered resolution (milliseconds), but the server may store
+and compare `updatedAt` more finely (a Node + PostgreSQL server keeps microseconds, so an
+item stored at `...15.123456Z` is rendered `...15.123Z` yet matches neither
+`updatedTo=...15.123Z` nor `updatedFrom=...15.124Z`). Every query therefore asks for
+`[start, end + 1 ms]` (`Window.query_to`): it covers the sub-millisecond tail of its last
+millisecond whatever the storage precision, the two halves of a split overlap by exactly
+that instant, and a tie window `[t, t]` asks for `[t, t + 1 ms]`. The overlap is read twice
+at most and absorbed by the version records.
+
 Everything here takes and returns plain values; the poller does the I/O.
 """
 
@@ -58,6 +67,16 @@ class Window:
         return (self.end - self.start) // MILLISECOND
 
     @property
+    def query_to(self) -> datetime:
+        """The `updatedTo` that covers every value stored within the window's last millisecond.
+
+        `end + 1 ms` (inclusive) is the first value that renders after the window: asking
+        for it reads at most that one instant twice (absorbed by the version records),
+        where asking for `end` would miss `end + 0.456 ms` on a server storing microseconds.
+        """
+        return self.end + MILLISECOND
+
+    @property
     def splittable(self) -> bool:
         """Whether the window spans more than one millisecond timestamp."""
         return self.width_ms > 0
@@ -76,6 +95,18 @@ class Window:
         else:
             mid = min(max(floor_ms(at), self.start), self.end - MILLISECOND)
         return Window(self.start, mid), Window(mid + MILLISECOND, self.end)
+
+    def after(self, done: Window) -> Window | None:
+        """What is left of this window once its prefix `done` (same start) is complete.
+
+        None when `done` reaches this window's end. The rest starts one millisecond after
+        `done` ends, and `done`'s query already covered its last millisecond's tail.
+        """
+        if done.start != self.start or not self.start <= done.end <= self.end:
+            raise ValueError("done must be a prefix of this window")
+        if done.end == self.end:
+            return None
+        return Window(done.end + MILLISECOND, self.end)
 
 
 def next_window(
@@ -116,10 +147,17 @@ def next_window(
 
 @dataclass(frozen=True, slots=True)
 class Listed:
-    """One list item as far as the poller cares: its id and the `updatedAt` listed."""
+    """One list item as far as the poller cares: its id and the `updatedAt` listed.
+
+    The ids of its patient and form are kept for a submission that is gone by the time
+    its detail is read: its removal event can still name them.
+    """
 
     submission_id: str
     updated_at: datetime
+    status: str | None = None
+    patient_id: str | None = None
+    form_id: str | None = None
 
 
 def _merge(into: dict[str, Listed], items: Iterable[Listed]) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -255,3 +256,39 @@ def test_sync_then_quarantine_list_names_row_field_and_reason(migrated: Workspac
     assert push[2] == "ok"
     for result in (synced, listed, status):
         assert_no_key(result, migrated.practice.key)
+
+
+# --- reconciliation sweep -----------------------------------------------------------------
+
+
+def test_sync_reconcile_sweeps_by_hand_and_finds_nothing_twice(workspace: Workspace) -> None:
+    """`sync reconcile --since` re-lists what polling covered: nothing new, no detail read;
+    a bad --since is a usage error (exit 2)."""
+    practice = workspace.practice
+    practice.sandbox.admin.seed_patients(4, practice_id=practice.id)
+    practice.sandbox.admin.seed_submissions(12, practice_id=practice.id, status="Completed")
+    workspace.write_config(submissions=True)
+    assert workspace.run("db", "upgrade").returncode == 0
+    polled = workspace.run("sync", "submissions", env=workspace.env(COLUMNS=WIDE))
+    assert polled.returncode == 0, polled.stderr
+    before = practice.stats()
+    swept = workspace.run(
+        "sync", "reconcile", "--since", "2000-01-01T00:00:00Z", env=workspace.env(COLUMNS=WIDE)
+    )
+    assert swept.returncode == 0, swept.stderr
+    counts = {row[0]: row[1] for row in table_rows(swept.stdout) if len(row) == 2}
+    assert counts["sweeps"] == "1"
+    assert counts["known_skipped"] == "12"
+    assert counts["sweep_found"] == counts["details"] == "0"
+    assert detail_reads(practice.stats()) == detail_reads(before)
+    bad = workspace.run("sync", "reconcile", "--since", "yesterday")
+    assert bad.returncode == 2
+    assert "--since" in bad.stderr
+    assert_no_key(swept, practice.key)
+
+
+def detail_reads(stats: dict[str, Any]) -> int:
+    """How many detail reads (`GET /form-submissions/<id>`) the sandbox answered."""
+    return sum(
+        n for label, n in stats["requests"].items() if label.startswith("GET /form-submissions/")
+    )

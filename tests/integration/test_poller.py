@@ -21,7 +21,6 @@ from sqlalchemy.orm import Session
 from structlog.testing import capture_logs
 
 from syncd import testing_hooks
-from syncd.exceptions import StaleSubmission
 from syncd.sandbox.app import create_app
 from syncd.sandbox.faults import FaultConfig
 from syncd.sandbox.state import DEMO_API_KEY, Sandbox
@@ -34,6 +33,7 @@ from syncd.voxares.client import VoxaresClient
 from syncd.voxares.contract import API_PREFIX, format_timestamp, parse_timestamp
 from syncd.voxares.limits import ClientLimits
 from syncd.voxares.retry import RetryPolicy
+from syncd.voxares.testing import SERVER_DATE
 
 SETTLE = timedelta(seconds=2)
 STREAM = "form_submissions"
@@ -230,12 +230,14 @@ async def test_many_submissions_sharing_one_timestamp_at_a_window_edge(world: Wo
     first = await poller.run(None)
     assert first.splits > 0  # narrowed down to the zero-width window at the edge
     assert first.listed >= 260
-    # Some of them move on; the next window re-reads the edge (overlap): no duplicates.
+    # Some of them move on; the next window re-lists the edge (overlap): the versions
+    # already recorded cost no detail read and emit nothing twice.
     for submission_id in ids[:30]:
         world.clock.advance(0.01)
         world.sandbox.advance_submission(submission_id)
     second = await world.catch_up(poller)
-    assert second.duplicates_skipped >= 230
+    assert second.known_skipped >= 230
+    assert second.details == second.emitted
     assert_latest_versions_emitted_once(world)
 
 
@@ -384,21 +386,21 @@ async def test_stale_detail_is_refetched_until_current(world: World) -> None:
     assert_latest_versions_emitted_once(world)
 
 
-async def test_persistently_stale_detail_fails_the_window_and_keeps_the_watermark(
+async def test_persistently_stale_detail_is_left_to_the_sweep_not_the_stream(
     world: World,
 ) -> None:
-    """Still stale after every attempt: StaleSubmission, watermark unmoved, window kept."""
+    """Still stale after every read: deferred, the stream moves on, the sweep emits it once."""
     world.activity(10)
     twister = twist(world, stale_reads=3, advance=0)
-    with pytest.raises(StaleSubmission):
-        await world.poller(stale_attempts=3).run(None)
+    first = await world.poller(stale_attempts=3).run(None)
+    assert first.deferred == first.listed > 0
+    assert emitted(world.engine) == []  # an older state is never emitted for a newer one
     state = PollerStore(world.engine, STREAM).load()
-    earliest = min(s.updated_at for s in world.sandbox.submissions.values())
-    assert state.window is not None
-    assert state.window.start <= earliest <= state.window.end
-    assert state.watermark is None or state.watermark < earliest
-    assert emitted(world.engine) == []
+    assert state.window is None
+    assert state.watermark is not None
     twister.stale_reads = 0
+    swept = await world.poller().reconcile(None)
+    assert swept.sweep_found == first.deferred
     await world.catch_up()
     assert_latest_versions_emitted_once(world)
 
@@ -487,3 +489,45 @@ async def test_on_postgresql_with_shuffle_and_mutation(postgres_url: str) -> Non
         runs.append(await world.catch_up())
         assert total(runs).relists > 0
         assert_latest_versions_emitted_once(world)
+
+
+class GoneDetails(httpx.AsyncBaseTransport):
+    """Wraps the sandbox transport: the detail of the chosen submissions answers `status`."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, gone: set[str], status: int) -> None:
+        self.inner = inner
+        self.gone = gone
+        self.status = status
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        prefix = API_PREFIX + "/form-submissions/"
+        if request.url.path.removeprefix(prefix) in self.gone:
+            body = {"statusCode": self.status, "message": "gone"}
+            return httpx.Response(self.status, json=body, headers={"Date": SERVER_DATE})
+        return await self.inner.handle_async_request(request)
+
+
+@pytest.mark.parametrize("status", [404, 403, 410])
+async def test_a_listed_submission_gone_at_its_detail_is_recorded_removed(
+    world: World, status: int
+) -> None:
+    """Detail 404/403/410 on every read: a form_submission.removed event, the window completes."""
+    world.activity(6)
+    gone = set(list(world.sandbox.submissions)[:2])
+    world.client = VoxaresClient(
+        base_url="http://sandbox" + API_PREFIX,
+        api_key=DEMO_API_KEY,
+        transport=GoneDetails(httpx.ASGITransport(app=world.app), gone, status),
+        retry=RetryPolicy.no_wait(),
+    )
+    counts = await world.catch_up(world.poller(stale_attempts=2, stale_wait=0))
+    assert counts.removed == len(gone)
+    with Session(world.engine) as session:
+        removed = session.scalars(
+            select(OutboxEvent).where(OutboxEvent.event_type == "form_submission.removed")
+        ).all()
+    payloads = [json.loads(r.payload)["submission"] for r in removed]
+    assert {p["id"] for p in payloads} == gone
+    assert {p["detailStatus"] for p in payloads} == {status}
+    state = PollerStore(world.engine, STREAM).load()
+    assert state.window is None  # not a failed window

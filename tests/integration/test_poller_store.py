@@ -4,7 +4,7 @@ audit entry, in one transaction, seqs paired with the right rows, duplicates ski
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -14,8 +14,15 @@ from sqlalchemy.orm import Session
 from syncd.exceptions import StateError
 from syncd.hashing import canonical_json
 from syncd.state.models import AuditEntry, OutboxEvent, PatientMirror, SubmissionVersion
-from syncd.submissions.store import AUDIT_ACTION, PollerStore
-from syncd.submissions.versions import EVENT_TYPE, PatientLink, content_hash, event_payload
+from syncd.submissions.store import AUDIT_ACTION, Gone, PollerStore
+from syncd.submissions.versions import (
+    EVENT_TYPE,
+    REMOVED_EVENT_TYPE,
+    PatientLink,
+    content_hash,
+    event_payload,
+)
+from syncd.submissions.window import Listed
 from syncd.voxares.models import SubmissionDetail
 
 STREAM = "form_submissions"
@@ -151,3 +158,61 @@ def test_record_failing_midway_writes_nothing(state_engine: Engine) -> None:
     with pytest.raises(StateError, match="stream=form_submissions"):
         PollerStore(state_engine, STREAM).record([detail(1), detail(2)], run_id=None)
     assert count(state_engine, OutboxEvent) == count(state_engine, SubmissionVersion) == 0
+
+
+def test_a_detail_older_than_a_recorded_version_is_never_emitted(state_engine: Engine) -> None:
+    """A lagging read after a newer version was recorded: superseded, not emitted."""
+    store = PollerStore(state_engine, STREAM)
+    newer = detail(5, updatedAt="2025-05-20T09:00:05.500Z", submissionStatus="Completed")
+    older = detail(5, updatedAt="2025-05-20T09:00:05.100Z", submissionStatus="Opened")
+    assert store.record([newer], run_id=None).emitted == 1
+    lagging = store.record([older], run_id=None)
+    assert (lagging.emitted, lagging.superseded) == (0, ("sub-5",))
+    # Both in one batch: the newer one only.
+    both = store.record(
+        [
+            detail(6, updatedAt="2025-05-20T09:00:06.100Z"),
+            detail(6, updatedAt="2025-05-20T09:00:06.200Z"),
+        ],
+        run_id=None,
+    )
+    assert both.emitted == 1
+    assert both.emitted_versions[0][1].microsecond == 200_000
+    assert count(state_engine, OutboxEvent) == 2
+
+
+def test_histories_cover_recorded_and_older_versions_by_status(state_engine: Engine) -> None:
+    """Listed (id, updatedAt) is covered when recorded with its status, or older than recorded;
+    the same rendered millisecond with another status is not (a finer-stored second write)."""
+    store = PollerStore(state_engine, STREAM)
+    store.record([detail(7, submissionStatus="Opened")], run_id=None)
+    at = detail(7).updated_at
+    history = store.histories(["sub-7", "sub-unknown"])
+    assert set(history) == {"sub-7"}
+    assert history["sub-7"].covers(Listed("sub-7", at, status="Opened"))
+    assert not history["sub-7"].covers(Listed("sub-7", at, status="Completed"))
+    assert history["sub-7"].covers(Listed("sub-7", at - timedelta(seconds=1), status="Pending"))
+    assert not history["sub-7"].covers(Listed("sub-7", at + timedelta(milliseconds=1)))
+
+
+def test_a_removal_is_emitted_once_and_a_later_read_still_counts(state_engine: Engine) -> None:
+    """404 on every read: one form_submission.removed (ids only); the same removal again is a
+    duplicate; the submission read after all (a replica behind) is emitted as a version."""
+    mirror(state_engine, "pat-8", "P-8")
+    store = PollerStore(state_engine, STREAM)
+    at = detail(8).updated_at
+    listed = Listed("sub-8", at, status="Completed", patient_id="pat-8", form_id="form-1")
+    first = store.record_removed([Gone(listed, 404)], run_id=3)
+    again = store.record_removed([Gone(listed, 404)], run_id=4)
+    assert (first.emitted, again.emitted, again.duplicates) == (1, 0, 1)
+    with Session(state_engine) as session:
+        event = session.scalars(select(OutboxEvent)).one()
+    assert event.event_type == REMOVED_EVENT_TYPE
+    assert event.ordering_key == "P-8"
+    assert json.loads(event.payload) == {
+        "submission": {"id": "sub-8", "updatedAt": "2025-05-20T09:00:08.120Z", "detailStatus": 404},
+        "form": {"id": "form-1"},
+        "patient": {"voxaresId": "pat-8", "providerId": "P-8", "provider": "ehr"},
+    }
+    assert not store.histories(["sub-8"])  # a removal does not count as read
+    assert store.record([detail(8, patient="pat-8")], run_id=None).emitted == 1

@@ -310,3 +310,36 @@ def test_split_halves_the_listed_items_not_the_time() -> None:
     at_end = WindowPaging(Window(T0, T0 + MIN), PagingPolicy(page_size=1, max_window_items=1))
     at_end.record(2, [Listed("x", T0 + MIN)])
     assert at_end.halves()[1] == Window(T0 + MIN, T0 + MIN)
+
+
+# --- storage precision: query bounds and prefixes ------------------------------------------
+
+
+def test_a_query_covers_the_sub_millisecond_tail_of_its_last_millisecond() -> None:
+    """updatedTo is end + 1 ms: a value stored at end + 0.456 ms is inside the query."""
+    w = Window(T0, T0 + 10 * MILLISECOND)
+    assert w.query_to == T0 + 11 * MILLISECOND
+    stored = w.end + timedelta(microseconds=456)
+    assert w.start <= stored <= w.query_to
+    tie = Window(T0, T0)
+    assert tie.query_to == T0 + MILLISECOND  # a tie window reads its whole millisecond
+
+
+@pytest.mark.parametrize("micro", [0, 1, 456, 999])
+def test_split_halves_leave_no_stored_value_uncovered(micro: int) -> None:
+    """Any value stored within the window, at any precision, is inside some half's query."""
+    w = Window(T0, T0 + 9 * MILLISECOND)
+    first, second = w.halves()
+    for ms in range(10):
+        stored = T0 + ms * MILLISECOND + timedelta(microseconds=micro)
+        assert any(h.start <= stored <= h.query_to for h in (first, second))
+
+
+def test_what_is_left_after_a_completed_prefix() -> None:
+    """after(prefix) starts 1 ms past the prefix; None once the prefix reaches the end."""
+    w = Window(T0, T0 + MIN)
+    first, _ = w.halves()
+    assert w.after(first) == Window(first.end + MILLISECOND, w.end)
+    assert w.after(w) is None
+    with pytest.raises(ValueError, match="prefix"):
+        w.after(Window(T0 + MILLISECOND, T0 + 2 * MILLISECOND))
