@@ -41,7 +41,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import httpx
 
@@ -207,7 +206,7 @@ class Daemon:
     @contextlib.contextmanager
     def running(self) -> Iterator[subprocess.Popen[bytes]]:
         """A started daemon, killed on the way out if still running."""
-        process = subprocess.Popen(
+        process = subprocess.Popen(  # noqa: S603 (our own CLI, arguments we built)
             syncd_command("run", "--config", str(self.directory / "config.toml")),
             cwd=self.directory,
             env=self.env,
