@@ -1,7 +1,10 @@
 """The `syncd` command line: parse arguments, call one function, render the result.
 
 Exit codes: 0 ok; 1 a command failed; 78 (EX_CONFIG) the configuration is invalid, one line
-per problem on stderr naming the key.
+per problem on stderr naming the key. `syncd sync <job>` reports its run on the severity
+scale `syncd status` uses: 0 ok, 1 partial (some items failed for now, retried next run),
+2 failed (the run failed, stopped early in an outage, or could not start), 75 (EX_TEMPFAIL)
+another process is running the job.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import sys
 from collections.abc import Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -21,7 +24,13 @@ from syncd.config import Settings, load_settings
 from syncd.exceptions import ConfigError, SyncdError
 from syncd.logging import configure_logging
 
+if TYPE_CHECKING:
+    from syncd.jobs import RunResult
+
 EX_CONFIG = 78
+# `syncd sync` when its run could not even start (as syncd.jobs.EXIT_FAILED, kept here so
+# the CLI starts without importing the job machinery).
+EXIT_SYNC_FAILED = 2
 T = TypeVar("T")
 
 app = typer.Typer(
@@ -71,8 +80,8 @@ def _settings(config: Path | None) -> Settings:
     return settings
 
 
-def _run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine, turning our own errors into one line and exit 1."""
+def _run(coro: Coroutine[Any, Any, T], *, failure_code: int = 1) -> T:
+    """Run a coroutine, turning our own errors into one line and exit `failure_code`."""
     try:
         return asyncio.run(coro)
     except ConfigError as exc:
@@ -81,7 +90,7 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
         raise typer.Exit(EX_CONFIG) from None
     except SyncdError as exc:
         err.print(f"error: {exc}", markup=False, highlight=False)
-        raise typer.Exit(1) from None
+        raise typer.Exit(failure_code) from None
 
 
 def _engine(settings: Settings) -> Any:
@@ -200,10 +209,11 @@ def sync_patients(
                     settings,
                     "patients",
                     progress=lambda n: bar.update(task, description=f"rows read: {n}"),
-                )
+                ),
+                failure_code=EXIT_SYNC_FAILED,
             )
     else:
-        result = _run(sync_once(settings, "patients"))
+        result = _run(sync_once(settings, "patients"), failure_code=EXIT_SYNC_FAILED)
     _report(result)
 
 
@@ -226,21 +236,23 @@ def _print_dry_run(counts: Any) -> None:
         out.print(table)
 
 
-def _report(result: Any) -> None:
+def _report(result: RunResult) -> None:
+    """Print a run's counts; exit with its code (0 ok, 1 partial, 2 failed, 75 locked)."""
     if result.outcome == "locked":
         err.print(f"{result.job}: another process is running this job; try again later")
-        raise typer.Exit(1)
+        raise typer.Exit(result.exit_code)
     _print_counts(f"{result.job} run {result.run_id}: {result.outcome}", result.counts)
     if result.outcome != "ok":
-        err.print(f"error: {result.error}", markup=False)
-        raise typer.Exit(1)
+        label = "warning" if result.outcome == "partial" else "error"
+        err.print(f"{label}: {result.error or result.outcome}", markup=False)
+        raise typer.Exit(result.exit_code)
 
 
 def _sync_command(target: str, doc: str) -> None:
     def command(config: ConfigOption = None) -> None:
         from syncd.service import sync_once
 
-        _report(_run(sync_once(_settings(config), target)))
+        _report(_run(sync_once(_settings(config), target), failure_code=EXIT_SYNC_FAILED))
 
     command.__doc__ = doc
     sync_app.command(target)(command)

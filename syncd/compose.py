@@ -165,6 +165,7 @@ def build_patient_push(rt: Runtime) -> Job:
         provider=rt.provider,
         batch_size=p.batch_size,
         missing_rows=p.missing_rows,
+        outage_after=p.outage_after,
     )
 
 

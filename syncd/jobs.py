@@ -55,6 +55,13 @@ class Job(Protocol):
     async def run(self, run_id: int) -> Any: ...
 
 
+# Exit codes of `syncd sync <job>`, on the severity scale `syncd status` uses (Nagios).
+EXIT_OK: Final = 0
+EXIT_PARTIAL: Final = 1  # some items failed for now; they are retried next run
+EXIT_FAILED: Final = 2  # the run failed, stopped early, or could not start
+EXIT_LOCKED: Final = 75  # EX_TEMPFAIL: another process runs this job; try again later
+
+
 @dataclass(frozen=True, slots=True)
 class RunResult:
     """How one run ended."""
@@ -64,6 +71,17 @@ class RunResult:
     outcome: str  # ok | partial | failed | locked | interrupted
     counts: Mapping[str, int]
     error: str | None = None
+
+    @property
+    def exit_code(self) -> int:
+        """The exit code of a one-shot command that made this run."""
+        if self.outcome == "ok":
+            return EXIT_OK
+        if self.outcome == "partial":
+            return EXIT_PARTIAL
+        if self.outcome == "locked":
+            return EXIT_LOCKED
+        return EXIT_FAILED
 
 
 def counts_of(result: Any) -> dict[str, int]:

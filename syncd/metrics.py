@@ -40,7 +40,8 @@ RATE_LIMIT_WAIT = Counter(
 )
 PATIENTS = Counter(
     "syncd_patients",
-    "Patients handled by the push job, by result (created, updated, unchanged, quarantined)",
+    "Patients handled by the push job, by result "
+    "(created, updated, unchanged, quarantined, failed)",
     ["result"],
     registry=REGISTRY,
 )

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from syncd.demo_data import BROKEN_ROWS, write_sample_export
+from syncd.sandbox.faults import FaultConfig, FaultRule
 from tests.acceptance.conftest import Workspace, clean_env, syncd_command
 
 EX_CONFIG = 78
@@ -255,3 +256,37 @@ def test_sync_then_quarantine_list_names_row_field_and_reason(migrated: Workspac
     assert push[2] == "ok"
     for result in (synced, listed, status):
         assert_no_key(result, migrated.practice.key)
+
+
+def test_sync_patients_exits_non_zero_when_an_outage_stops_the_run(migrated: Workspace) -> None:
+    """Every push answered 503: `sync patients` stops early after `outage_after` failures,
+    exits 2 saying so, records the run `failed` (status shows it); with Voxares back, the
+    next run pushes every valid row and exits 0."""
+    admin = migrated.practice.sandbox.admin
+    admin.set_faults(
+        FaultConfig(
+            retry_after_seconds=0,
+            rules=[FaultRule(method="POST", path_prefix="/patients", error_rates={503: 1.0})],
+        )
+    )
+    try:
+        down = migrated.run(
+            "sync",
+            "patients",
+            env=migrated.env(COLUMNS=WIDE, SYNCD_PATIENTS__OUTAGE_AFTER="3"),
+        )
+    finally:
+        admin.set_faults(None)
+    assert down.returncode == 2, down.stderr
+    counts = {row[0]: row[1] for row in table_rows(down.stdout) if len(row) == 2}
+    assert (counts["stopped_early"], counts["failed"], counts["created"]) == ("1", "3", "0")
+    assert "failed" in down.stdout.split("┌")[0]  # the table's title: run 1: failed
+    assert "error: stopped early: Voxares unreachable or failing" in down.stderr
+    assert migrated.practice.stats()["patients"] == 0
+
+    back = migrated.run("sync", "patients", env=migrated.env(COLUMNS=WIDE))
+    assert back.returncode == 0, back.stderr
+    counts = {row[0]: row[1] for row in table_rows(back.stdout) if len(row) == 2}
+    assert counts["created"] == str(PATIENTS - len(BROKEN_ROWS))
+    assert counts["stopped_early"] == "0"
+    assert_no_key(down, migrated.practice.key)

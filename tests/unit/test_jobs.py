@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pytest
 
 from syncd.exceptions import ConfigError, JobLocked, SyncdError, Unauthorized
-from syncd.jobs import counts_of, describe_error, did_work, verdict
+from syncd.jobs import RunResult, counts_of, describe_error, did_work, verdict
 
 
 @dataclass
@@ -126,3 +126,20 @@ def test_did_work_follows_idle_else_any_non_zero_counter() -> None:
 
     assert not did_work(Polled(), {"pages": 1})
     assert did_work(Polled(idle=False), {"pages": 1})
+
+
+@pytest.mark.parametrize(
+    ("outcome", "code"),
+    [("ok", 0), ("partial", 1), ("failed", 2), ("interrupted", 2), ("locked", 75)],
+)
+def test_exit_code_of_a_run(outcome: str, code: int) -> None:
+    """`syncd sync` exits 0 ok, 1 partial, 2 failed or interrupted, 75 (EX_TEMPFAIL) locked."""
+    assert RunResult("push_patients", 1, outcome, {}).exit_code == code
+
+
+def test_the_cli_failure_code_matches_the_runner() -> None:
+    """The CLI's code for a sync that could not start is the runner's `failed` code."""
+    from syncd.cli import EXIT_SYNC_FAILED
+    from syncd.jobs import EXIT_FAILED
+
+    assert EXIT_SYNC_FAILED == EXIT_FAILED
