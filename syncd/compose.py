@@ -290,6 +290,22 @@ def build_schedules(rt: Runtime, jobs: dict[str, Job]) -> list[Schedule]:
     ]
 
 
+# The least grace a graceful stop gives the runs in flight (seconds).
+MIN_SHUTDOWN_GRACE: Final = 20.0
+
+
+def shutdown_grace_seconds(settings: Settings) -> float:
+    """How long a graceful stop lets runs in flight finish before cancelling them.
+
+    Long enough for one API call to end by its own timeouts (connect + read, plus a margin):
+    an SMS send cancelled mid-air ends `unknown`, so the sends already claimed must be able
+    to finish. The service manager must wait longer than this before it kills the process
+    (the systemd unit's TimeoutStopSec=60 covers the default 40 s).
+    """
+    v = settings.voxares
+    return max(MIN_SHUTDOWN_GRACE, v.connect_timeout + v.read_timeout + 5.0)
+
+
 def build_health(rt: Runtime, started_at: datetime) -> HealthServer | None:
     """The health endpoint and its readiness checks, when enabled."""
     h = rt.settings.health

@@ -24,7 +24,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final, Literal, Protocol
+from typing import Any, Final, Literal, Protocol, runtime_checkable
 
 import structlog
 from sqlalchemy import Engine
@@ -60,6 +60,15 @@ EXIT_OK: Final = 0
 EXIT_PARTIAL: Final = 1  # some items failed for now; they are retried next run
 EXIT_FAILED: Final = 2  # the run failed, stopped early, or could not start
 EXIT_LOCKED: Final = 75  # EX_TEMPFAIL: another process runs this job; try again later
+
+
+@runtime_checkable
+class Stoppable(Protocol):
+    """A job that can wind down cleanly: after `request_stop` its run starts no new work,
+    finishes what it started and returns (the daemon calls it on SIGTERM, before the grace
+    period). Jobs without it are cancelled if they outlast the grace period."""
+
+    def request_stop(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
