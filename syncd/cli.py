@@ -41,7 +41,10 @@ app = typer.Typer(
     add_completion=False,
 )
 db_app = typer.Typer(help="The state database.", no_args_is_help=True)
-sync_app = typer.Typer(help="Run one job once, now.", no_args_is_help=True)
+sync_app = typer.Typer(
+    help="Run one job once, now. Exit 0 ok, 1 partial, 2 failed, 75 job busy elsewhere.",
+    no_args_is_help=True,
+)
 quarantine_app = typer.Typer(help="Source rows that could not be pushed.", no_args_is_help=True)
 outbox_app = typer.Typer(help="Events for downstream systems.", no_args_is_help=True)
 messages_app = typer.Typer(help="SMS requests.", no_args_is_help=True)
@@ -269,8 +272,20 @@ _sync_command("content", "Mirror templates, forms and documents once.")
 
 
 @app.command()
-def status(config: ConfigOption = None) -> None:
-    """Is it working? Last runs, failures, polling lag, backlog, quarantine, SMS in doubt."""
+def status(
+    config: ConfigOption = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object (ids in full) instead of tables.")
+    ] = False,
+) -> None:
+    """Is it working? Last runs, failures, polling lag, backlog, quarantine, SMS in doubt.
+
+    Exits like a Nagios check: 0 ok, 1 warning, 2 critical (see the README).
+    """
+    import json
+
+    from syncd.compose import job_freshness
+    from syncd.monitoring import EXIT_CODES, assess, status_json
     from syncd.state.db import check_migrated
     from syncd.status import gather_status
 
@@ -281,13 +296,26 @@ def status(config: ConfigOption = None) -> None:
         report = gather_status(engine)
     except SyncdError as exc:
         err.print(f"error: {exc}", markup=False)
-        raise typer.Exit(1) from None
+        raise typer.Exit(EXIT_CODES["critical"]) from None
     finally:
         engine.dispose()
+    verdict = assess(report, job_freshness(settings))
+    if as_json:
+        typer.echo(json.dumps(status_json(report, verdict), indent=2))
+        raise typer.Exit(verdict.exit_code)
+    _print_status(report)
+    colour = {"ok": "green", "warning": "yellow", "critical": "red"}[verdict.level]
+    out.print(f"[bold {colour}]status: {verdict.level.upper()}[/bold {colour}]")
+    for problem in verdict.problems:
+        out.print(f"  {problem.level}: {problem.check}: {problem.reason}", markup=False)
+    raise typer.Exit(verdict.exit_code)
+
+
+def _print_status(report: Any) -> None:
     runs = Table("job", "last run", "outcome", "counts", "error", title="jobs")
     for r in report.runs:
         counts = " ".join(f"{k}={v}" for k, v in r.counts.items() if v)
-        style = "green" if r.outcome == "ok" else "red"
+        style = {"ok": "green", "running": "green", "partial": "yellow"}.get(r.outcome, "red")
         runs.add_row(
             r.job, _ago(r.started_at), f"[{style}]{r.outcome}[/{style}]", counts, r.error or ""
         )

@@ -205,7 +205,18 @@ JobSpec = tuple[Callable[[Runtime], Job], bool, float, str | None, float, float]
 
 def job_specs(rt: Runtime) -> dict[str, JobSpec]:
     """Every job this configuration enables, by name."""
-    s = rt.settings
+    return specs_for(rt.settings)
+
+
+def job_freshness(settings: Settings) -> dict[str, timedelta]:
+    """How recently each enabled job must have succeeded to count as fresh (what `/readyz`
+    and `syncd status` hold it to), by job name."""
+    return {name: timedelta(seconds=spec[5]) for name, spec in specs_for(settings).items()}
+
+
+def specs_for(settings: Settings) -> dict[str, JobSpec]:
+    """Every job `settings` enables, by name (the settings-only part of `job_specs`)."""
+    s = settings
     specs: dict[str, JobSpec] = {}
     if s.patients.enabled:
         p = s.patients

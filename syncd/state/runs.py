@@ -127,6 +127,18 @@ def last_success(engine: Engine, job: str) -> datetime | None:
         return conn.execute(query).scalar_one_or_none()
 
 
+def last_successes(engine: Engine) -> dict[str, datetime]:
+    """When each job that ever succeeded last finished `ok` or `partial`, by job name."""
+    query = (
+        select(JobRun.job, func.max(JobRun.finished_at))
+        .where(JobRun.outcome.in_(SUCCEEDED))
+        .group_by(JobRun.job)
+    )
+    with engine.connect() as conn:
+        rows = conn.execute(query).all()
+    return {str(job): moment for job, moment in rows if moment is not None}
+
+
 def _summary(run: JobRun) -> RunSummary:
     return RunSummary(
         id=run.id,
