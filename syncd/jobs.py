@@ -282,6 +282,9 @@ class JobRunner:
             except Exception as exc:
                 return await self._finished(job, run_id, started, "failed", {}, describe_error(exc))
             counts = counts_of(result)
+            if keeper.lost is not None:  # the job swallowed the cancel, or ended just then
+                error = f"lost the job lock ({describe_error(keeper.lost)})"
+                return await self._finished(job, run_id, started, "failed", counts, error)
             outcome, problem = verdict(result)
             return await self._finished(
                 job, run_id, started, outcome, counts, problem, worked=did_work(result, counts)

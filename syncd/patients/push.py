@@ -77,8 +77,9 @@ T = TypeVar("T")
 
 @dataclass(slots=True)
 class PushCounts:
-    """What one run did. `rows` (rows read) = created + updated + unchanged + quarantined
-    + duplicates + failed + not_pushed. `not_pushed`: rows to push whose push the run
+    """What one run did. `rows` (rows handled) = created + updated + unchanged + quarantined
+    + duplicates + failed + not_pushed (a batch read after an outage stop is left, uncounted,
+    to the next run). `not_pushed`: rows to push whose push the run
     cancelled when it stopped (outage, bad key); `stopped_early`: the run stopped in an
     outage before the end of the source. In a dry run, created/updated/quarantined say what
     would have happened, and `quarantined_rows` lists (row_key, field, reason) of every

@@ -9,6 +9,7 @@ objects satisfying the `Job` protocol.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -254,6 +255,34 @@ async def test_a_run_that_loses_its_lock_is_stopped_recorded_failed_and_releases
         assert session.scalars(select(JobLock)).all() == []
     again = await JobRunner(any_engine).run_once(ReportingJob("guarded", {"done": 1}))
     assert again.outcome == "ok"
+
+
+@dataclass
+class StubbornJob:
+    """A job that swallows its cancellation and returns counts anyway."""
+
+    name: str
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def run(self, run_id: int) -> dict[str, int]:
+        self.started.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(60)
+        return {"done": 1}
+
+
+async def test_a_job_that_ignores_the_cancel_after_losing_its_lock_is_still_failed(
+    engine: Engine,
+) -> None:
+    """A job that swallows the cancel and returns still ran without its lock: `failed`."""
+    job = StubbornJob("stubborn")
+    running = asyncio.create_task(JobRunner(engine, lease_seconds=0.9).run_once(job))
+    await asyncio.wait_for(job.started.wait(), timeout=10)
+    await asyncio.to_thread(expire_lease, engine, "stubborn")
+    result = await asyncio.wait_for(running, timeout=20)
+    assert (result.outcome, result.counts) == ("failed", {"done": 1})
+    assert result.error is not None
+    assert result.error.startswith("lost the job lock")
 
 
 class ScriptedLock(JobLockHandle):
