@@ -276,17 +276,27 @@ async def test_concurrent_sends_with_a_crash_mid_run(world: World) -> None:
 
 
 async def test_sends_are_concurrent_but_bounded(world: World) -> None:
-    """With concurrency 3, three sends are in flight at once, never more."""
-    in_flight = peak = 0
+    """With concurrency 3, three sends are in flight at once, never more.
+
+    The first three sends are held until all three have arrived (so the peak of a correct
+    sender is 3 however slow the machine), then 0.3 s more, long enough for a fourth send
+    to arrive if the bound were broken."""
+    in_flight = peak = arrived = 0
     app = world.app
+    three_in = asyncio.Event()
 
     async def counting(scope: Any, receive: Any, send: Any) -> None:
-        nonlocal in_flight, peak
+        nonlocal in_flight, peak, arrived
         is_send = scope["type"] == "http" and scope["path"].endswith("/messages/send")
         if is_send:
             in_flight += 1
+            arrived += 1
             peak = max(peak, in_flight)
-            await asyncio.sleep(0.02)
+            if arrived == 3:
+                three_in.set()
+            if arrived <= 3:
+                await asyncio.wait_for(three_in.wait(), timeout=30)
+                await asyncio.sleep(0.3)
         try:
             await app(scope, receive, send)
         finally:
