@@ -1,7 +1,10 @@
 """The `syncd` command line: parse arguments, call one function, render the result.
 
 Exit codes: 0 ok; 1 a command failed; 78 (EX_CONFIG) the configuration is invalid, one line
-per problem on stderr naming the key.
+per problem on stderr naming the key. `syncd sync <job>` reports its run on the severity
+scale `syncd status` uses: 0 ok, 1 partial (some items failed for now, retried next run),
+2 failed (the run failed, stopped early in an outage, or could not start), 75 (EX_TEMPFAIL)
+another process is running the job.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import sys
 from collections.abc import Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -21,7 +24,13 @@ from syncd.config import Settings, load_settings
 from syncd.exceptions import ConfigError, SyncdError
 from syncd.logging import configure_logging
 
+if TYPE_CHECKING:
+    from syncd.jobs import RunResult
+
 EX_CONFIG = 78
+# `syncd sync` when its run could not even start (as syncd.jobs.EXIT_FAILED, kept here so
+# the CLI starts without importing the job machinery).
+EXIT_SYNC_FAILED = 2
 T = TypeVar("T")
 
 app = typer.Typer(
@@ -32,7 +41,10 @@ app = typer.Typer(
     add_completion=False,
 )
 db_app = typer.Typer(help="The state database.", no_args_is_help=True)
-sync_app = typer.Typer(help="Run one job once, now.", no_args_is_help=True)
+sync_app = typer.Typer(
+    help="Run one job once, now. Exit 0 ok, 1 partial, 2 failed, 75 job busy elsewhere.",
+    no_args_is_help=True,
+)
 quarantine_app = typer.Typer(help="Source rows that could not be pushed.", no_args_is_help=True)
 outbox_app = typer.Typer(help="Events for downstream systems.", no_args_is_help=True)
 messages_app = typer.Typer(help="SMS requests.", no_args_is_help=True)
@@ -71,8 +83,8 @@ def _settings(config: Path | None) -> Settings:
     return settings
 
 
-def _run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine, turning our own errors into one line and exit 1."""
+def _run(coro: Coroutine[Any, Any, T], *, failure_code: int = 1) -> T:
+    """Run a coroutine, turning our own errors into one line and exit `failure_code`."""
     try:
         return asyncio.run(coro)
     except ConfigError as exc:
@@ -81,7 +93,7 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
         raise typer.Exit(EX_CONFIG) from None
     except SyncdError as exc:
         err.print(f"error: {exc}", markup=False, highlight=False)
-        raise typer.Exit(1) from None
+        raise typer.Exit(failure_code) from None
 
 
 def _engine(settings: Settings) -> Any:
@@ -200,10 +212,11 @@ def sync_patients(
                     settings,
                     "patients",
                     progress=lambda n: bar.update(task, description=f"rows read: {n}"),
-                )
+                ),
+                failure_code=EXIT_SYNC_FAILED,
             )
     else:
-        result = _run(sync_once(settings, "patients"))
+        result = _run(sync_once(settings, "patients"), failure_code=EXIT_SYNC_FAILED)
     _report(result)
 
 
@@ -226,21 +239,23 @@ def _print_dry_run(counts: Any) -> None:
         out.print(table)
 
 
-def _report(result: Any) -> None:
+def _report(result: RunResult) -> None:
+    """Print a run's counts; exit with its code (0 ok, 1 partial, 2 failed, 75 locked)."""
     if result.outcome == "locked":
         err.print(f"{result.job}: another process is running this job; try again later")
-        raise typer.Exit(1)
+        raise typer.Exit(result.exit_code)
     _print_counts(f"{result.job} run {result.run_id}: {result.outcome}", result.counts)
     if result.outcome != "ok":
-        err.print(f"error: {result.error}", markup=False)
-        raise typer.Exit(1)
+        label = "warning" if result.outcome == "partial" else "error"
+        err.print(f"{label}: {result.error or result.outcome}", markup=False)
+        raise typer.Exit(result.exit_code)
 
 
 def _sync_command(target: str, doc: str) -> None:
     def command(config: ConfigOption = None) -> None:
         from syncd.service import sync_once
 
-        _report(_run(sync_once(_settings(config), target)))
+        _report(_run(sync_once(_settings(config), target), failure_code=EXIT_SYNC_FAILED))
 
     command.__doc__ = doc
     sync_app.command(target)(command)
@@ -276,8 +291,20 @@ _sync_command("content", "Mirror templates, forms and documents once.")
 
 
 @app.command()
-def status(config: ConfigOption = None) -> None:
-    """Is it working? Last runs, failures, polling lag, backlog, quarantine, SMS in doubt."""
+def status(
+    config: ConfigOption = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object (ids in full) instead of tables.")
+    ] = False,
+) -> None:
+    """Is it working? Last runs, failures, polling lag, backlog, quarantine, SMS in doubt.
+
+    Exits like a Nagios check: 0 ok, 1 warning, 2 critical (see the README).
+    """
+    import json
+
+    from syncd.compose import job_freshness
+    from syncd.monitoring import EXIT_CODES, assess, status_json
     from syncd.state.db import check_migrated
     from syncd.status import gather_status
 
@@ -288,13 +315,26 @@ def status(config: ConfigOption = None) -> None:
         report = gather_status(engine)
     except SyncdError as exc:
         err.print(f"error: {exc}", markup=False)
-        raise typer.Exit(1) from None
+        raise typer.Exit(EXIT_CODES["critical"]) from None
     finally:
         engine.dispose()
+    verdict = assess(report, job_freshness(settings))
+    if as_json:
+        typer.echo(json.dumps(status_json(report, verdict), indent=2))
+        raise typer.Exit(verdict.exit_code)
+    _print_status(report)
+    colour = {"ok": "green", "warning": "yellow", "critical": "red"}[verdict.level]
+    out.print(f"[bold {colour}]status: {verdict.level.upper()}[/bold {colour}]")
+    for problem in verdict.problems:
+        out.print(f"  {problem.level}: {problem.check}: {problem.reason}", markup=False)
+    raise typer.Exit(verdict.exit_code)
+
+
+def _print_status(report: Any) -> None:
     runs = Table("job", "last run", "outcome", "counts", "error", title="jobs")
     for r in report.runs:
         counts = " ".join(f"{k}={v}" for k, v in r.counts.items() if v)
-        style = "green" if r.outcome == "ok" else "red"
+        style = {"ok": "green", "running": "green", "partial": "yellow"}.get(r.outcome, "red")
         runs.add_row(
             r.job, _ago(r.started_at), f"[{style}]{r.outcome}[/{style}]", counts, r.error or ""
         )

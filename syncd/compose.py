@@ -165,6 +165,7 @@ def build_patient_push(rt: Runtime) -> Job:
         provider=rt.provider,
         batch_size=p.batch_size,
         missing_rows=p.missing_rows,
+        outage_after=p.outage_after,
     )
 
 
@@ -217,7 +218,18 @@ JobSpec = tuple[Callable[[Runtime], Job], bool, float, str | None, float, float]
 
 def job_specs(rt: Runtime) -> dict[str, JobSpec]:
     """Every job this configuration enables, by name."""
-    s = rt.settings
+    return specs_for(rt.settings)
+
+
+def job_freshness(settings: Settings) -> dict[str, timedelta]:
+    """How recently each enabled job must have succeeded to count as fresh (what `/readyz`
+    and `syncd status` hold it to), by job name."""
+    return {name: timedelta(seconds=spec[5]) for name, spec in specs_for(settings).items()}
+
+
+def specs_for(settings: Settings) -> dict[str, JobSpec]:
+    """Every job `settings` enables, by name (the settings-only part of `job_specs`)."""
+    s = settings
     specs: dict[str, JobSpec] = {}
     if s.patients.enabled:
         p = s.patients
@@ -300,6 +312,22 @@ def build_schedules(rt: Runtime, jobs: dict[str, Job]) -> list[Schedule]:
         for name, job in jobs.items()
         for spec in [specs[name]]
     ]
+
+
+# The least grace a graceful stop gives the runs in flight (seconds).
+MIN_SHUTDOWN_GRACE: Final = 20.0
+
+
+def shutdown_grace_seconds(settings: Settings) -> float:
+    """How long a graceful stop lets runs in flight finish before cancelling them.
+
+    Long enough for one API call to end by its own timeouts (connect + read, plus a margin):
+    an SMS send cancelled mid-air ends `unknown`, so the sends already claimed must be able
+    to finish. The service manager must wait longer than this before it kills the process
+    (the systemd unit's TimeoutStopSec=60 covers the default 40 s).
+    """
+    v = settings.voxares
+    return max(MIN_SHUTDOWN_GRACE, v.connect_timeout + v.read_timeout + 5.0)
 
 
 def build_health(rt: Runtime, started_at: datetime) -> HealthServer | None:

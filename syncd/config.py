@@ -52,6 +52,7 @@ from pydantic_settings import (
 from pydantic_settings.sources.utils import parse_env_vars
 
 from syncd.exceptions import ConfigError
+from syncd.patients.outage import DEFAULT_OUTAGE_AFTER
 from syncd.sources import REQUIRED_SOURCE_FIELDS, SOURCE_FIELDS
 from syncd.state.db import database_url_problem
 from syncd.voxares.contract import MAX_PAGE_SIZE, PRODUCTION_BASE_URL
@@ -363,6 +364,8 @@ class PatientsSettings(_Section):
     date_formats: Annotated[list[NonEmptyStr], Field(min_length=1)] = ["%Y-%m-%d"]
     missing_rows: Literal["ignore", "mark_inactive"] = "ignore"
     batch_size: PositiveInt = 100
+    # Consecutive 5xx/connection failures after which a push run stops early.
+    outage_after: PositiveInt = DEFAULT_OUTAGE_AFTER
     source: PatientSource | None = None
 
     @model_validator(mode="before")

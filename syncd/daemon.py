@@ -2,9 +2,10 @@
 
 Each job runs on its own interval or cron, never overlapping itself (APScheduler
 `max_instances=1` plus the per-job database lock in `JobRunner`, which also keeps a second
-daemon on the same database away). SIGTERM/SIGINT stop the scheduler, give in-flight runs a
-grace period to finish, then cancel them; every job leaves its state resumable, so a cancelled
-run is picked up by the next start.
+daemon on the same database away). SIGTERM/SIGINT stop the scheduler, ask every job that
+can stop cleanly (`request_stop`, e.g. the SMS sender: claim nothing new) to do so, give
+in-flight runs a grace period to finish, then cancel them; every job leaves its state
+resumable, so a cancelled run is picked up by the next start.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from syncd import sdnotify
-from syncd.jobs import Job, JobRunner
+from syncd.jobs import Job, JobRunner, Stoppable
 
 log = structlog.get_logger(__name__)
 
@@ -137,6 +138,7 @@ class Daemon:
             # No new runs, then the grace period for the ones in flight (a run the scheduler
             # had already started joins them), then the rest is cancelled and awaited.
             scheduler.pause()
+            self._ask_jobs_to_stop()
             await self._drain()
             scheduler.shutdown(wait=False)
             for task in background:
@@ -145,6 +147,12 @@ class Daemon:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             log.info("daemon.stopped")
+
+    def _ask_jobs_to_stop(self) -> None:
+        """Tell each job that can wind down cleanly to start no new work (`Stoppable`)."""
+        for schedule in self.schedules:
+            if isinstance(schedule.job, Stoppable):
+                schedule.job.request_stop()
 
     async def _drain(self) -> None:
         """Let in-flight runs finish within the grace period, then cancel the rest."""

@@ -42,6 +42,7 @@ from starlette.routing import Route
 from syncd.exceptions import ConfigError
 from syncd.metrics import REGISTRY
 from syncd.state.models import JobRun
+from syncd.state.runs import SUCCEEDED
 
 log = structlog.get_logger(__name__)
 
@@ -283,28 +284,46 @@ def job_freshness_check(
 ) -> ReadinessCheck:
     """Ready while `job` succeeded within `max_age`, counting from `started_at` at the latest.
 
-    `started_at` is the daemon's start: a fresh install or a daemon that was down for a
-    while gets one `max_age` to complete a run before it is reported stale.
+    A success is a run that ended `ok` or `partial` (it did its work, or part of it and the
+    rest is retried next run; `syncd status` warns about partial runs). A `failed` run never
+    refreshes the check, so a job whose runs keep failing (an outage, a wrong key) turns
+    stale once its last success is older than `max_age`; the reason says how many runs
+    failed since. `started_at` is the daemon's start: a fresh install or a daemon that was
+    down for a while gets one `max_age` to complete a run before it is reported stale.
     """
-    query = select(func.max(JobRun.finished_at)).where(JobRun.job == job, JobRun.outcome == "ok")
+    last_ok = select(func.max(JobRun.finished_at)).where(
+        JobRun.job == job, JobRun.outcome.in_(SUCCEEDED)
+    )
 
     def check() -> str | None:
         try:
             with engine.connect() as conn:
-                last_ok = conn.execute(query).scalar_one_or_none()
+                last_success = conn.execute(last_ok).scalar_one_or_none()
+                failed = select(func.count()).where(JobRun.job == job, JobRun.outcome == "failed")
+                if last_success is not None:
+                    failed = failed.where(JobRun.finished_at > last_success)
+                failures = int(conn.execute(failed).scalar_one())
         except SQLAlchemyError as exc:
             return f"job runs unreadable ({type(exc).__name__})"
-        return freshness_reason(last_ok, now=now(), max_age=max_age, started_at=started_at)
+        return freshness_reason(
+            last_success, now=now(), max_age=max_age, started_at=started_at, failures=failures
+        )
 
     return check
 
 
 def freshness_reason(
-    last_success: datetime | None, *, now: datetime, max_age: timedelta, started_at: datetime
+    last_success: datetime | None,
+    *,
+    now: datetime,
+    max_age: timedelta,
+    started_at: datetime,
+    failures: int = 0,
 ) -> str | None:
     """Why a job whose last success was `last_success` is stale at `now`, or None if fresh.
 
-    Naive datetimes are taken as UTC (SQLite returns timezone-aware columns naive).
+    `failures`: runs that failed since that success, named in the reason. Naive datetimes
+    are taken as UTC (SQLite returns timezone-aware columns naive).
     """
     reference = _utc(started_at)
     if last_success is not None:
@@ -314,8 +333,12 @@ def freshness_reason(
         return None
     limit = int(max_age.total_seconds())
     if last_success is None:
-        return f"no successful run in {int(age.total_seconds())}s (limit {limit}s)"
-    return f"last success {int(age.total_seconds())}s ago (limit {limit}s)"
+        reason = f"no successful run in {int(age.total_seconds())}s (limit {limit}s)"
+    else:
+        reason = f"last success {int(age.total_seconds())}s ago (limit {limit}s)"
+    if failures:
+        reason += f"; {failures} failed run{'s' if failures != 1 else ''} since"
+    return reason
 
 
 def _utc(moment: datetime) -> datetime:

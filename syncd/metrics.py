@@ -10,10 +10,19 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 JOB_RUNS = Counter(
-    "syncd_job_runs", "Job runs by job and outcome", ["job", "outcome"], registry=REGISTRY
+    "syncd_job_runs",
+    "Job runs by job and outcome (ok, partial, failed, locked, interrupted)",
+    ["job", "outcome"],
+    registry=REGISTRY,
 )
 JOB_DURATION = Histogram(
     "syncd_job_duration_seconds", "Job run duration", ["job"], registry=REGISTRY
+)
+JOB_LAST_SUCCESS = Gauge(
+    "syncd_job_last_success_timestamp_seconds",
+    "Unix time the job last finished ok or partial (alert on time() minus this)",
+    ["job"],
+    registry=REGISTRY,
 )
 API_CALLS = Counter(
     "syncd_api_calls",
@@ -31,7 +40,8 @@ RATE_LIMIT_WAIT = Counter(
 )
 PATIENTS = Counter(
     "syncd_patients",
-    "Patients handled by the push job, by result (created, updated, unchanged, quarantined)",
+    "Patients handled by the push job, by result "
+    "(created, updated, unchanged, quarantined, failed)",
     ["result"],
     registry=REGISTRY,
 )

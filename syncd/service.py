@@ -13,7 +13,13 @@ from typing import Any
 
 import structlog
 
-from syncd.compose import build_health, build_jobs, build_schedules, runtime
+from syncd.compose import (
+    build_health,
+    build_jobs,
+    build_schedules,
+    runtime,
+    shutdown_grace_seconds,
+)
 from syncd.config import Settings
 from syncd.daemon import Daemon
 from syncd.exceptions import ConfigError
@@ -51,6 +57,7 @@ async def serve(settings: Settings) -> None:
             JobRunner(rt.engine),
             build_schedules(rt, jobs),
             health=build_health(rt, started_at),
+            shutdown_grace_seconds=shutdown_grace_seconds(settings),
         )
         await daemon.run()
 

@@ -12,7 +12,7 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from syncd.state.models import MessageRequest, PatientMirror, PollerState, QuarantinedRow
-from syncd.state.runs import RunSummary, last_runs
+from syncd.state.runs import RunSummary, last_runs, last_successes
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +31,7 @@ class StatusReport:
     """Everything `syncd status` shows."""
 
     runs: list[RunSummary]
+    last_success: dict[str, datetime]  # job -> end of its last ok or partial run
     patients_active: int
     patients_inactive: int
     quarantined: int
@@ -79,6 +80,7 @@ def gather_status(engine: Engine, *, now: datetime | None = None) -> StatusRepor
     lag = (moment - watermark).total_seconds() if watermark is not None else None
     return StatusReport(
         runs=last_runs(engine),
+        last_success=last_successes(engine),
         patients_active=int(by_state.get("active", 0)),
         patients_inactive=int(by_state.get("inactive", 0)),
         quarantined=int(quarantined),

@@ -15,13 +15,24 @@ else, makes every `sending` request `unknown`: it is never resent without a huma
 Sends of different requests run concurrently (bounded), each following that sequence.
 A 401 or 403 fails its request and stops the run (every other send would be refused too);
 the requests not yet started stay `pending`.
+
+Graceful stop: `request_stop()` (the daemon calls it on SIGTERM) makes the run claim no
+new request: the sends already claimed finish their sequence (the daemon's grace period
+covers one send's timeouts), the run returns, and every request not started stays
+`pending` for the next start. Only a send still in flight when the grace runs out is
+cancelled and, like a crash, ends `unknown`.
+
+Outcome (`SendCounts.outcome`): `ok` unless some request was left undelivered (`not_sent`)
+or in doubt (`unknown`): then `partial` when others were sent, else `failed`. A request
+Voxares refused (`failed`) is that request's own problem, as a quarantined row is for the
+push.
 """
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import asdict, dataclass
-from typing import Final
+from typing import Final, Literal
 
 import stamina
 import structlog
@@ -49,7 +60,8 @@ RECORD_ATTEMPTS: Final = 3
 class SendCounts:
     """What one run did. `recovered`: requests found `sending` (now `unknown`);
     `not_sent`: provably not delivered to Voxares, left `pending` for the next run;
-    `skipped`: not started because the run stopped (bad key) or was claimed elsewhere."""
+    `skipped`: not started because the run stopped (bad key, graceful stop) or was claimed
+    elsewhere; `stopped`: a graceful stop ended the run early."""
 
     sent: int = 0
     failed: int = 0
@@ -57,6 +69,24 @@ class SendCounts:
     not_sent: int = 0
     recovered: int = 0
     skipped: int = 0
+    stopped: bool = False  # a graceful stop ended the run before every request was tried
+
+    @property
+    def outcome(self) -> Literal["ok", "partial", "failed"]:
+        """How the run went (see the module docstring)."""
+        if self.not_sent + self.unknown == 0:
+            return "ok"
+        return "partial" if self.sent else "failed"
+
+    @property
+    def problem(self) -> str | None:
+        """Id-only text for the run record when the run was not ok."""
+        if self.outcome == "ok":
+            return None
+        return (
+            f"{self.not_sent} not sent (pending for the next run), "
+            f"{self.unknown} unknown (resolve with `syncd messages resolve`)"
+        )
 
 
 class MessageSender:
@@ -88,9 +118,16 @@ class MessageSender:
         self._batch_size = batch_size
         self._concurrency = concurrency
         self.provider = provider
+        self.stopping = False
 
     def __repr__(self) -> str:
         return f"MessageSender(provider={self.provider!r})"
+
+    def request_stop(self) -> None:
+        """Claim no new request from now on; sends already claimed finish (graceful stop)."""
+        if not self.stopping:
+            self.stopping = True
+            log.info("messages.stop_requested", provider=self.provider)
 
     async def run(self, run_id: int | None) -> SendCounts:
         """Recover interrupted sends, then send every request pending at the start of the run.
@@ -127,7 +164,7 @@ class _Run:
         if recovered:
             log.warning("messages.interrupted_sends_unknown", count=len(recovered))
         after: Cursor | None = None
-        while self.stop is None:
+        while self.stop is None and not self.sender.stopping:
             batch = await asyncio.to_thread(
                 self.store.pending_batch, after, self.sender._batch_size
             )
@@ -140,14 +177,17 @@ class _Run:
             for result in results:
                 if isinstance(result, BaseException) and self.stop is None:
                     self.stop = result
-        log.info("messages.sent", provider=self.sender.provider, **asdict(self.counts))
+        self.counts.stopped = self.sender.stopping
+        # DEBUG: the job runner logs the run's one INFO line with these counts.
+        log.debug("messages.sent", provider=self.sender.provider, **asdict(self.counts))
         if self.stop is not None:
             raise self.stop
         return self.counts
 
     async def _send_one(self, key: str) -> None:
         async with self.slots:
-            if self.stop is not None:
+            if self.stop is not None or self.sender.stopping:
+                # Not claimed: the request stays `pending` for the next run (or start).
                 self.counts.skipped += 1
                 return
             try:

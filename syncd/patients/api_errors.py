@@ -8,7 +8,8 @@
   database or the logs.
 - Anything else (5xx or transport failure after the client's retries, 404, 409, a malformed
   answer): the row failed this time; its mirror row stays as it was, so the next run
-  pushes it again.
+  pushes it again. 5xx and transport failures are marked `outage`: enough of them in a row
+  stop the run (`syncd.patients.outage`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from syncd.exceptions import Forbidden, Invalid, Unauthorized, VoxaresError
+from syncd.exceptions import (
+    Forbidden,
+    Invalid,
+    ServerError,
+    Unauthorized,
+    VoxaresError,
+    VoxaresTransportError,
+)
 from syncd.voxares.contract import PATIENT_FIELDS
 
 REASON_MAX: Final = 512
@@ -44,12 +52,19 @@ class RejectedByApi:
 
 @dataclass(frozen=True, slots=True)
 class Failed:
-    """The push failed for now; `error` is an id-only description for the log."""
+    """The push failed for now; `error` is an id-only description for the log. `outage`:
+    the kind of failure an unreachable or failing API gives (5xx, connect error, timeout)."""
 
     error: str
+    outage: bool = False
 
 
-Outcome = Abort | RejectedByApi | Failed
+@dataclass(frozen=True, slots=True)
+class NotPushed:
+    """The run stopped before this push had an answer; the row is pushed again next run."""
+
+
+Outcome = Abort | RejectedByApi | Failed | NotPushed
 
 
 def classify(error: VoxaresError, payload: Mapping[str, Any]) -> Outcome:
@@ -62,7 +77,8 @@ def classify(error: VoxaresError, payload: Mapping[str, Any]) -> Outcome:
         reason = f"rejected by Voxares ({error.status}): {message or 'no reason given'}"
         return RejectedByApi(field, reason[:REASON_MAX])
     status = f" status={error.status}" if error.status is not None else ""
-    return Failed(f"{type(error).__name__}{status}")
+    outage = isinstance(error, ServerError | VoxaresTransportError)
+    return Failed(f"{type(error).__name__}{status}", outage=outage)
 
 
 def field_named_in(message: str) -> str | None:

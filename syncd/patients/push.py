@@ -10,6 +10,16 @@ being pushed, the worker reads and decides batch N+1, and its pushes start as so
 ready, so the client's concurrency stays full across batch boundaries. At most two batches
 are in flight, which keeps memory flat in the size of the source.
 
+Outage: after `outage_after` consecutive pushes failed with a 5xx or a connection error
+(each already retried by the client), the run stops early instead of retrying every
+remaining row in full: pushes in flight are cancelled, what succeeded is recorded, the rest
+of the source is not read, nothing is marked inactive, and the run ends `failed` with
+`stopped_early` set. Rows not tried keep their mirror state and are pushed by the next run.
+
+Outcome (`PushCounts.outcome`): `ok` when no push failed (quarantined rows are the source's
+problem, reported on their own); `partial` when some pushes failed but others got through;
+`failed` when it stopped early or no push got through.
+
 Crash safety: a patient is recorded in the mirror only after Voxares accepted it, in the
 batch's transaction. A crash between the two loses only the record: the next run finds no
 (or an older) mirror row and pushes the row again, which is harmless because
@@ -34,6 +44,7 @@ from syncd.exceptions import VoxaresError
 from syncd.hashing import canonical_json
 from syncd.normalize import NormalizePolicy, Rejection, normalize_row
 from syncd.patients import api_errors
+from syncd.patients.outage import DEFAULT_OUTAGE_AFTER, OutageDetector
 from syncd.patients.plan import (
     Normalized,
     Push,
@@ -66,9 +77,13 @@ T = TypeVar("T")
 
 @dataclass(slots=True)
 class PushCounts:
-    """What one run did. `rows` = created + updated + unchanged + quarantined + duplicates
-    + failed. In a dry run, created/updated/quarantined say what would have happened, and
-    `quarantined_rows` lists (row_key, field, reason) of every quarantined row."""
+    """What one run did. `rows` (rows handled) = created + updated + unchanged + quarantined
+    + duplicates + failed + not_pushed (a batch read after an outage stop is left, uncounted,
+    to the next run). `not_pushed`: rows to push whose push the run
+    cancelled when it stopped (outage, bad key); `stopped_early`: the run stopped in an
+    outage before the end of the source. In a dry run, created/updated/quarantined say what
+    would have happened, and `quarantined_rows` lists (row_key, field, reason) of every
+    quarantined row."""
 
     created: int = 0
     updated: int = 0
@@ -76,9 +91,34 @@ class PushCounts:
     quarantined: int = 0
     duplicates: int = 0
     failed: int = 0
+    not_pushed: int = 0
     inactivated: int = 0
     rows: int = 0
+    stopped_early: bool = False
     quarantined_rows: list[tuple[str, str | None, str]] = field(default_factory=list)
+
+    @property
+    def outcome(self) -> Literal["ok", "partial", "failed"]:
+        """How the run went (see the module docstring)."""
+        if self.stopped_early:
+            return "failed"
+        if self.failed == 0:
+            return "ok"
+        return "partial" if self.created + self.updated > 0 else "failed"
+
+    @property
+    def problem(self) -> str | None:
+        """Id-only text for the run record when the run was not ok."""
+        if self.stopped_early:
+            return (
+                f"stopped early: Voxares unreachable or failing ({self.failed} pushes failed, "
+                f"{self.not_pushed} cancelled, the rest of the source not read); "
+                "every row not pushed is tried again next run"
+            )
+        if self.failed:
+            tried = self.created + self.updated + self.failed
+            return f"{self.failed} of {tried} pushes failed (tried again next run)"
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,9 +169,12 @@ class PatientPush:
         provider: str,
         batch_size: int = 500,
         missing_rows: MissingRows = "ignore",
+        outage_after: int = DEFAULT_OUTAGE_AFTER,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
+        if outage_after < 1:
+            raise ValueError("outage_after must be at least 1")
         if missing_rows not in ("ignore", "mark_inactive"):
             raise ValueError("missing_rows must be 'ignore' or 'mark_inactive'")
         self._engine = engine
@@ -141,6 +184,7 @@ class PatientPush:
         self._provider = provider
         self._batch_size = batch_size
         self._missing_rows = missing_rows
+        self._outage_after = outage_after
 
     def __repr__(self) -> str:
         return f"PatientPush(source={self._source.name!r}, provider={self._provider!r})"
@@ -155,11 +199,13 @@ class PatientPush:
         """Push the source once; `progress` is called with the number of rows done so far.
 
         Raises `Unauthorized`/`Forbidden` (the key or its scope is wrong), `SourceError` and
-        `StateError`; batches finished before the error stay recorded.
+        `StateError`; batches finished before the error stay recorded. An outage is not
+        raised: the run stops early and says so in its counts (`outcome`, `stopped_early`).
         """
         run = _Run(self, run_id, dry_run=dry_run, progress=progress)
         counts = await run.execute()
-        log.info(
+        # DEBUG: the job runner logs the run's one INFO line with these counts.
+        log.debug(
             "patients.pushed",
             created=counts.created,
             updated=counts.updated,
@@ -167,6 +213,8 @@ class PatientPush:
             quarantined=counts.quarantined,
             duplicates=counts.duplicates,
             failed=counts.failed,
+            not_pushed=counts.not_pushed,
+            stopped_early=counts.stopped_early,
             inactivated=counts.inactivated,
             rows=counts.rows,
             dry_run=dry_run,
@@ -212,6 +260,8 @@ class _Run:
         self.store: PushStore | None = None
         self.rows: Iterator[SourceRow] | None = None
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="patients-push")
+        self.outage = OutageDetector(job._outage_after)
+        self.pushing: set[asyncio.Task[UpsertResult | api_errors.Outcome]] = set()
         # A batch's pushes are all created at once but wait here, before doing any work, so
         # that only a few more than the client runs at a time have started. Otherwise each
         # of a batch's 1,000 tasks runs its first step (request body, client bookkeeping) in
@@ -232,8 +282,8 @@ class _Run:
             while True:
                 batch = await deciding
                 deciding = None
-                if batch is None:
-                    break
+                if batch is None or self.counts.stopped_early:
+                    break  # a batch decided after an outage stop is left to the next run
                 self.start_pushes(batch)
                 in_flight.append(batch)
                 deciding = asyncio.ensure_future(self.in_worker(self.decide_next))
@@ -242,7 +292,7 @@ class _Run:
             while in_flight:
                 await self.finish(in_flight.popleft(), in_flight)
             # Only here has the whole source been read with no abort.
-            if not self.dry_run:
+            if not self.dry_run and not self.counts.stopped_early:
                 self.counts.inactivated = await self.in_worker(self.finish_complete)
             return self.counts
         finally:
@@ -360,6 +410,9 @@ class _Run:
 
     def start_pushes(self, batch: _Batch) -> None:
         batch.tasks = [asyncio.create_task(self.push_one(p)) for p in batch.pending]
+        self.pushing.update(batch.tasks)
+        for task in batch.tasks:
+            task.add_done_callback(self.pushing.discard)
 
     async def push_one(self, pending: _Pending) -> UpsertResult | api_errors.Outcome:
         """Upsert one patient. 401/403 raise (the run stops); other errors become outcomes."""
@@ -370,9 +423,29 @@ class _Run:
             outcome = api_errors.classify(exc, pending.push.payload)
             if isinstance(outcome, api_errors.Abort):
                 raise
+            self.observe(outage_like=isinstance(outcome, api_errors.Failed) and outcome.outage)
             return outcome
+        self.observe(outage_like=False)
         step("push.after_http")
         return result
+
+    def observe(self, *, outage_like: bool) -> None:
+        """Count one answer towards (or against) an outage; stop the run when it is one."""
+        if not self.outage.observe(outage_like=outage_like):
+            return
+        self.counts.stopped_early = True
+        # Every other push in flight or waiting is cancelled (an upsert cancelled mid-air is
+        # harmless: its row keeps its mirror state and is pushed again next run). Not this
+        # one: it is returning its own answer.
+        current = asyncio.current_task()
+        cancelled = [t for t in self.pushing if t is not current and not t.done()]
+        for task in cancelled:
+            task.cancel()
+        log.warning(
+            "patients.push_stopped_outage",
+            consecutive_failures=self.outage.consecutive,
+            cancelled=len(cancelled),
+        )
 
     async def finish(self, batch: _Batch, others: deque[_Batch]) -> None:
         """Wait for a batch's pushes, record them, count them.
@@ -401,7 +474,7 @@ class _Run:
 
     def count(self, batch: _Batch, results: list[UpsertResult | api_errors.Outcome]) -> None:
         counts = self.counts
-        created = updated = rejected = failed = 0
+        created = updated = rejected = failed = not_pushed = 0
         if self.dry_run:
             created, updated = batch.would_create, batch.would_update
         for pending, result in zip(batch.pending, results, strict=True):
@@ -418,9 +491,11 @@ class _Run:
                     line=pending.line,
                     field=result.field,
                 )
+            elif isinstance(result, api_errors.NotPushed):
+                not_pushed += 1
             else:
                 failed += 1
-                error = result.error if isinstance(result, api_errors.Failed) else "cancelled"
+                error = result.error if isinstance(result, api_errors.Failed) else "aborted"
                 log.warning(
                     "patients.push_failed", row_key=pending.key, line=pending.line, error=error
                 )
@@ -431,7 +506,9 @@ class _Run:
         counts.quarantined += batch.quarantined + rejected
         counts.duplicates += batch.duplicates
         counts.failed += failed
+        counts.not_pushed += not_pushed
         if not self.dry_run:
+            metrics.PATIENTS.labels("failed").inc(failed)
             metrics.PATIENTS.labels("created").inc(created)
             metrics.PATIENTS.labels("updated").inc(updated)
             metrics.PATIENTS.labels("unchanged").inc(batch.unchanged)
@@ -469,9 +546,9 @@ def _first_error(tasks: list[asyncio.Task[Any]]) -> BaseException | None:
 
 
 def _result_or_failed(task: asyncio.Task[UpsertResult | api_errors.Outcome]) -> Any:
-    """A finished push's result; a cancelled or aborted one counts as failed."""
+    """A finished push's result; a cancelled one was not pushed, an aborted one failed."""
     if task.cancelled():
-        return api_errors.Failed("cancelled")
+        return api_errors.NotPushed()
     error = task.exception()
     if error is not None:
         return api_errors.Failed(type(error).__name__)

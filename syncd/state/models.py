@@ -127,7 +127,7 @@ class JobRun(Base):
     job: Mapped[str] = mapped_column(String(64))
     started_at: Mapped[datetime] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    outcome: Mapped[str] = mapped_column(String(16))  # running | ok | failed | interrupted
+    outcome: Mapped[str] = mapped_column(String(16))  # running, or an outcome of syncd.state.runs
     counts: Mapped[str] = mapped_column(Text, default="{}")  # JSON object of counters
     error: Mapped[str | None] = mapped_column(String(1024))  # exception class and id-only text
 

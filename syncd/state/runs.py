@@ -4,6 +4,16 @@ A run is written `running` when it starts and gets its outcome, counters and an 
 error text when it ends. A process that dies mid-run leaves `running` behind;
 `interrupt_stale_runs` marks those `interrupted` at the next start-up. `syncd status` and
 the health checks read `last_runs` and `last_success`.
+
+Outcomes:
+- `ok`: the run did all its work (rows quarantined for their content are work done);
+- `partial`: it finished, but some items failed for now and are retried next run;
+- `failed`: it raised, lost its lock, or got nothing through (e.g. stopped early in an
+  outage); what it had done before is kept;
+- `interrupted`: cancelled at shutdown or ended with its process.
+
+A run "succeeded" when it ended `ok` or `partial`: the job is working and makes progress
+(what `last_success` and the `/readyz` freshness checks count).
 """
 
 from __future__ import annotations
@@ -20,8 +30,10 @@ from sqlalchemy.orm import Session
 from syncd.exceptions import StateError
 from syncd.state.models import AuditEntry, JobRun
 
-Outcome = Literal["ok", "failed", "interrupted"]
-OUTCOMES: Final = ("ok", "failed", "interrupted")
+Outcome = Literal["ok", "partial", "failed", "interrupted"]
+OUTCOMES: Final = ("ok", "partial", "failed", "interrupted")
+# The outcomes of a run that did its work (fully or in part): what freshness counts.
+SUCCEEDED: Final = ("ok", "partial")
 RUNNING: Final = "running"
 _ERROR_MAX = 1024  # job_runs.error
 _DETAIL_MAX = 256  # audit_log.detail
@@ -35,7 +47,7 @@ class RunSummary:
     job: str
     started_at: datetime
     finished_at: datetime | None
-    outcome: str  # running | ok | failed | interrupted
+    outcome: str  # running | ok | partial | failed | interrupted
     counts: dict[str, int]
     error: str | None
 
@@ -107,10 +119,24 @@ def last_runs(engine: Engine) -> list[RunSummary]:
 
 
 def last_success(engine: Engine, job: str) -> datetime | None:
-    """When `job` last finished `ok`, or None if it never did."""
-    query = select(func.max(JobRun.finished_at)).where(JobRun.job == job, JobRun.outcome == "ok")
+    """When `job` last finished `ok` or `partial`, or None if it never did."""
+    query = select(func.max(JobRun.finished_at)).where(
+        JobRun.job == job, JobRun.outcome.in_(SUCCEEDED)
+    )
     with engine.connect() as conn:
         return conn.execute(query).scalar_one_or_none()
+
+
+def last_successes(engine: Engine) -> dict[str, datetime]:
+    """When each job that ever succeeded last finished `ok` or `partial`, by job name."""
+    query = (
+        select(JobRun.job, func.max(JobRun.finished_at))
+        .where(JobRun.outcome.in_(SUCCEEDED))
+        .group_by(JobRun.job)
+    )
+    with engine.connect() as conn:
+        rows = conn.execute(query).all()
+    return {str(job): moment for job, moment in rows if moment is not None}
 
 
 def _summary(run: JobRun) -> RunSummary:

@@ -3,6 +3,7 @@ sandbox on a loopback port, the API key in SYNCD_VOXARES__API_KEY."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 
 from syncd.demo_data import BROKEN_ROWS, write_sample_export
+from syncd.sandbox.faults import FaultConfig, FaultRule
 from tests.acceptance.conftest import Workspace, clean_env, syncd_command
 
 EX_CONFIG = 78
@@ -144,18 +146,21 @@ def test_every_problem_gets_its_own_line(tmp_path: Path) -> None:
 
 
 def test_db_upgrade_then_status(workspace: Workspace) -> None:
-    """`db upgrade` creates the schema; `status` then reports an empty, healthy state."""
+    """`db upgrade` creates the schema; `status` then reports an empty state, warning (exit
+    1) that the push job has not run yet. Unmigrated, status is critical (exit 2)."""
     before = workspace.run("status")
-    assert before.returncode == 1
+    assert before.returncode == 2
     assert "syncd db upgrade" in before.stderr
     upgraded = workspace.run("db", "upgrade")
     assert upgraded.returncode == 0, upgraded.stderr
     assert "state database at revision" in upgraded.stdout
     status = workspace.run("status", env=workspace.env(COLUMNS=WIDE))
-    assert status.returncode == 0, status.stderr
+    assert status.returncode == 1, status.stderr
     assert "patients mirrored: 0 active, 0 inactive | quarantined rows: 0" in status.stdout
     assert "form polling lag: never polled" in status.stdout
     assert "SMS requests: none" in status.stdout
+    assert "status: WARNING" in status.stdout
+    assert "warning: job:push_patients: no run recorded yet" in status.stdout
     assert_no_key(status, workspace.practice.key)
 
 
@@ -292,3 +297,50 @@ def detail_reads(stats: dict[str, Any]) -> int:
     return sum(
         n for label, n in stats["requests"].items() if label.startswith("GET /form-submissions/")
     )
+
+
+def test_sync_patients_exits_non_zero_when_an_outage_stops_the_run(migrated: Workspace) -> None:
+    """Every push answered 503: `sync patients` stops early after `outage_after` failures,
+    exits 2 saying so, and `status --json` is critical (exit 2) naming the failed run;
+    with Voxares back, the next run pushes every valid row and both exit 0."""
+    admin = migrated.practice.sandbox.admin
+    admin.set_faults(
+        FaultConfig(
+            retry_after_seconds=0,
+            rules=[FaultRule(method="POST", path_prefix="/patients", error_rates={503: 1.0})],
+        )
+    )
+    try:
+        down = migrated.run(
+            "sync",
+            "patients",
+            env=migrated.env(COLUMNS=WIDE, SYNCD_PATIENTS__OUTAGE_AFTER="3"),
+        )
+    finally:
+        admin.set_faults(None)
+    assert down.returncode == 2, down.stderr
+    counts = {row[0]: row[1] for row in table_rows(down.stdout) if len(row) == 2}
+    assert (counts["stopped_early"], counts["failed"], counts["created"]) == ("1", "3", "0")
+    assert "failed" in down.stdout.split("┌")[0]  # the table's title: run 1: failed
+    assert "error: stopped early: Voxares unreachable or failing" in down.stderr
+    assert migrated.practice.stats()["patients"] == 0
+    critical = migrated.run("status", "--json")
+    assert critical.returncode == 2, critical.stderr
+    body = json.loads(critical.stdout)
+    assert body["status"] == "critical"
+    [problem] = body["problems"]
+    assert (problem["level"], problem["check"]) == ("critical", "job:push_patients")
+    assert problem["reason"].startswith("last run failed: stopped early")
+    [job] = body["jobs"]
+    assert (job["run_id"], job["outcome"], job["counts"]["stopped_early"]) == (1, "failed", 1)
+
+    back = migrated.run("sync", "patients", env=migrated.env(COLUMNS=WIDE))
+    assert back.returncode == 0, back.stderr
+    counts = {row[0]: row[1] for row in table_rows(back.stdout) if len(row) == 2}
+    assert counts["created"] == str(PATIENTS - len(BROKEN_ROWS))
+    assert counts["stopped_early"] == "0"
+    ok = migrated.run("status", "--json")
+    assert ok.returncode == 0, ok.stderr
+    assert (json.loads(ok.stdout)["status"], json.loads(ok.stdout)["problems"]) == ("ok", [])
+    for result in (down, critical, back, ok):
+        assert_no_key(result, migrated.practice.key)

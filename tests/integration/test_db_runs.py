@@ -76,6 +76,16 @@ def test_last_success_ignores_failures(engine: Engine) -> None:
     assert last_success(engine, "content") is None
 
 
+def test_last_success_counts_partial_runs(engine: Engine) -> None:
+    """A partial run did work and is retried in part: it counts as a success; failed does not."""
+    partial = start_run(engine, "patients")
+    finish_run(engine, partial, "partial", {"created": 5, "failed": 1}, "1 row failed")
+    (partial_run,) = last_runs(engine)
+    failed = start_run(engine, "patients")
+    finish_run(engine, failed, "failed", {"failed": 6}, "stopped early")
+    assert last_success(engine, "patients") == partial_run.finished_at
+
+
 def test_stale_running_runs_become_interrupted(engine: Engine) -> None:
     """Runs a crash left `running` are marked `interrupted`; finished runs are untouched."""
     crashed = start_run(engine, "patients")

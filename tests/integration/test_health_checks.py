@@ -79,8 +79,10 @@ def test_migrations_check(engine: Engine) -> None:
 
 
 def test_job_freshness_check(engine: Engine) -> None:
-    """A job is ready while its last ok run is within max_age; failed runs do not count."""
+    """A job is ready while its last ok run is within max_age; failed runs do not count,
+    and the reason says how many failed since."""
     Base.metadata.create_all(engine)
+    add_run(engine, "patients", "failed", NOW - timedelta(minutes=40))
     add_run(engine, "patients", "ok", NOW - timedelta(minutes=20))
     add_run(engine, "patients", "failed", NOW - timedelta(minutes=1))
     add_run(engine, "poll", "ok", NOW - timedelta(minutes=1))
@@ -92,8 +94,27 @@ def test_job_freshness_check(engine: Engine) -> None:
         )()
 
     assert check("patients", 30) is None
-    assert check("patients", 10) == "last success 1200s ago (limit 600s)"
+    assert check("patients", 10) == "last success 1200s ago (limit 600s); 1 failed run since"
     assert check("content", 10) == "no successful run in 86400s (limit 600s)"
+
+
+def test_a_partial_run_keeps_a_job_fresh_and_failed_runs_do_not(engine: Engine) -> None:
+    """A partial run (work done, some items retried next run) counts as a success; a job
+    whose runs all failed within max_age is stale, with the failures named."""
+    Base.metadata.create_all(engine)
+    add_run(engine, "push_patients", "partial", NOW - timedelta(minutes=5))
+    add_run(engine, "send_messages", "ok", NOW - timedelta(minutes=70))
+    for minutes in (50, 35, 20):
+        add_run(engine, "send_messages", "failed", NOW - timedelta(minutes=minutes))
+    long_ago = NOW - timedelta(days=1)
+
+    def check(job: str) -> str | None:
+        return job_freshness_check(
+            engine, job, timedelta(minutes=30), started_at=long_ago, now=lambda: NOW
+        )()
+
+    assert check("push_patients") is None
+    assert check("send_messages") == "last success 4200s ago (limit 1800s); 3 failed runs since"
 
 
 def test_job_freshness_check_without_table(tmp_path: object) -> None:

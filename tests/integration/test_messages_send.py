@@ -128,6 +128,8 @@ async def test_send_fault_matrix(world: World, case: Case, crash: str | None) ->
     if crash is None:
         counts = await world.sender(client).run(1)
         assert counts.sent + counts.failed + counts.unknown == 1
+        # Refused is the request's own problem (like a quarantined row); in doubt is not ok.
+        assert counts.outcome == ("failed" if case.state == "unknown" else "ok")
     else:
         with crash_at(crash), pytest.raises(Crash):
             await world.sender(client).run(1)
@@ -174,6 +176,10 @@ async def test_429_until_retries_run_out_leaves_the_request_pending(world: World
     world.set_faults(on_send(error_rates={429: 1.0}))
     first = await world.sender(world.client(attempts=3)).run(None)
     assert first.not_sent == 1
+    assert (first.outcome, first.problem) == (
+        "failed",
+        "1 not sent (pending for the next run), 0 unknown (resolve with `syncd messages resolve`)",
+    )
     stored = request(world.engine, "reminder-1")
     assert stored.state == "pending"
     assert stored.error is not None
@@ -181,7 +187,29 @@ async def test_429_until_retries_run_out_leaves_the_request_pending(world: World
     world.set_faults()
     second = await world.sender().run(None)
     assert second.sent == 1
+    assert (second.outcome, second.problem) == ("ok", None)
     assert world.sends("P-1", f"template:{template_id}") == 1
+
+
+async def test_a_run_with_some_sends_in_doubt_is_partial(world: World) -> None:
+    """One send answered, one whose answer was lost (unknown): the run is `partial`."""
+    for n in range(2):
+        add_patient(world.engine, f"P-{n}")
+    submit_request(
+        world.engine, key="a", provider=PROVIDER, provider_id="P-0", content="Hi", origin="api"
+    )
+    first = await world.sender().run(None)
+    assert (first.sent, first.outcome) == (1, "ok")
+    submit_request(
+        world.engine, key="b", provider=PROVIDER, provider_id="P-1", content="Hi", origin="api"
+    )
+    submit_request(
+        world.engine, key="c", provider=PROVIDER, provider_id="P-0", content="Yo", origin="api"
+    )
+    world.set_faults(on_send(drop_rate=0.5, drop_phase="after", seed=3))
+    counts = await world.sender(concurrency=1).run(None)
+    assert (counts.sent, counts.unknown) == (1, 1)
+    assert counts.outcome == "partial"
 
 
 async def test_crash_before_marking_leaves_it_pending_and_the_next_run_sends(world: World) -> None:
@@ -248,17 +276,27 @@ async def test_concurrent_sends_with_a_crash_mid_run(world: World) -> None:
 
 
 async def test_sends_are_concurrent_but_bounded(world: World) -> None:
-    """With concurrency 3, three sends are in flight at once, never more."""
-    in_flight = peak = 0
+    """With concurrency 3, three sends are in flight at once, never more.
+
+    The first three sends are held until all three have arrived (so the peak of a correct
+    sender is 3 however slow the machine), then 0.3 s more, long enough for a fourth send
+    to arrive if the bound were broken."""
+    in_flight = peak = arrived = 0
     app = world.app
+    three_in = asyncio.Event()
 
     async def counting(scope: Any, receive: Any, send: Any) -> None:
-        nonlocal in_flight, peak
+        nonlocal in_flight, peak, arrived
         is_send = scope["type"] == "http" and scope["path"].endswith("/messages/send")
         if is_send:
             in_flight += 1
+            arrived += 1
             peak = max(peak, in_flight)
-            await asyncio.sleep(0.02)
+            if arrived == 3:
+                three_in.set()
+            if arrived <= 3:
+                await asyncio.wait_for(three_in.wait(), timeout=30)
+                await asyncio.sleep(0.3)
         try:
             await app(scope, receive, send)
         finally:

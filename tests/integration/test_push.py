@@ -427,11 +427,73 @@ async def test_server_errors_beyond_retries_leave_rows_for_the_next_run(world: W
     assert world.transport.calls == 12  # three attempts each
     assert world.mirror() == {}
     assert world.quarantine() == {}
+    # Fewer failures than `outage_after`: no early stop, but nothing got through.
+    assert (counts.outcome, counts.stopped_early) == ("failed", False)
+    assert counts.problem == "4 of 4 pushes failed (tried again next run)"
 
     world.app.state.faults.configure(FaultConfig())
     counts = await world.run()
     assert (counts.created, counts.failed) == (4, 0)
     assert set(world.mirror()) == {"P1", "P2", "P3", "P8"}
+    assert (counts.outcome, counts.problem) == ("ok", None)
+
+
+async def test_some_rows_failing_make_a_partial_run(world: World) -> None:
+    """One row answered 503 past its retries while the others are pushed: the run is
+    `partial`, says how many pushes failed, and that row is pushed by the next run."""
+    world.transport.refuse["P3"] = (503, "Service Unavailable")
+    world.write(*VALID, *INVALID)
+    counts = await world.run()
+    assert (counts.created, counts.failed, counts.quarantined) == (3, 1, 5)
+    assert (counts.outcome, counts.stopped_early) == ("partial", False)
+    assert counts.problem == "1 of 4 pushes failed (tried again next run)"
+
+    world.transport.refuse.clear()
+    counts = await world.run()
+    assert (counts.created, counts.failed, counts.outcome) == (1, 0, "ok")
+    assert "P3" in world.mirror()
+
+
+async def test_an_outage_stops_the_run_early_and_loses_nothing(world: World) -> None:
+    """Every push answered 503: the run stops after `outage_after` consecutive failures
+    instead of retrying every row in full, ends `failed` saying it stopped early, records
+    nothing, leaves unread rows alone (none marked inactive); the next run without faults
+    pushes every row."""
+    world.write(*VALID)
+    await world.run(missing_rows="mark_inactive")  # P1 P2 P3 P8 mirrored and active
+    many = [f"Q{n:03d},Iva,Marić,,," for n in range(60)]
+    world.write(*many, *VALID)  # the known rows come last: a stopped run never reads them
+    world.app.state.faults.configure(
+        FaultConfig(
+            retry_after_seconds=0,
+            rules=[FaultRule(method="POST", path_prefix="/patients", error_rates={503: 1.0})],
+        )
+    )
+    calls = world.transport.calls
+
+    with capture_logs() as logs:
+        counts = await world.run(missing_rows="mark_inactive", outage_after=5)
+
+    assert counts.stopped_early
+    assert counts.outcome == "failed"
+    assert counts.problem is not None
+    assert counts.problem.startswith("stopped early: Voxares unreachable or failing")
+    assert counts.failed == 5  # exactly the streak: every push still in flight is cancelled
+    assert counts.created == counts.updated == counts.inactivated == 0
+    assert counts.rows < len(many)  # the rest of the source was not read
+    # Each failed row cost three attempts; in flight at the stop: at most two batches of 3.
+    assert world.transport.calls - calls <= (5 + 6) * 3 < len(many) * 3
+    [stop] = [e for e in logs if e["event"] == "patients.push_stopped_outage"]
+    assert (stop["log_level"], stop["consecutive_failures"]) == ("warning", 5)
+    assert set(world.mirror()) == {"P1", "P2", "P3", "P8"}
+    assert {row.state for row in world.mirror().values()} == {"active"}
+    assert world.quarantine() == {}
+
+    world.app.state.faults.configure(FaultConfig())
+    counts = await world.run(missing_rows="mark_inactive", outage_after=5)
+    assert (counts.created, counts.unchanged, counts.failed) == (60, 4, 0)
+    assert (counts.outcome, counts.stopped_early) == ("ok", False)
+    assert len(world.mirror()) == 64
 
 
 async def test_wrong_key_aborts_the_run(world: World) -> None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pytest
 
 from syncd.exceptions import ConfigError, JobLocked, SyncdError, Unauthorized
-from syncd.jobs import counts_of, describe_error
+from syncd.jobs import RunResult, counts_of, describe_error, did_work, verdict
 
 
 @dataclass
@@ -86,3 +86,60 @@ def test_describe_error_is_bounded() -> None:
     described = describe_error(SyncdError("x" * 5000))
     assert len(described) == 1000
     assert described.startswith("SyncdError: x")
+
+
+@dataclass
+class _Reported:
+    outcome: object = "ok"
+    problem: object = None
+
+
+@pytest.mark.parametrize(
+    ("result", "expected"),
+    [
+        (None, ("ok", None)),
+        ({"sent": 1}, ("ok", None)),
+        (_Reported("ok", "ignored when ok"), ("ok", None)),
+        (_Reported("partial", "2 rows failed"), ("partial", "2 rows failed")),
+        (_Reported("failed", 42), ("failed", None)),
+        (_Reported("interrupted"), ("failed", "the job reported an unknown outcome 'interrupted'")),
+    ],
+)
+def test_verdict_reads_the_outcome_a_result_reports(
+    result: object, expected: tuple[str, str | None]
+) -> None:
+    """A result's `outcome` (ok/partial/failed) and text `problem` decide the run's outcome;
+    no outcome means ok, and anything else is a failed run naming what was reported."""
+    assert verdict(result) == expected
+
+
+def test_did_work_follows_idle_else_any_non_zero_counter() -> None:
+    """An explicit `idle` wins; otherwise a run worked when any counter is non-zero."""
+    assert not did_work(None, {})
+    assert not did_work({"a": 0}, {"a": 0})
+    assert did_work({"a": 2}, {"a": 2})
+
+    @dataclass
+    class Polled:
+        pages: int = 1
+        idle: bool = True
+
+    assert not did_work(Polled(), {"pages": 1})
+    assert did_work(Polled(idle=False), {"pages": 1})
+
+
+@pytest.mark.parametrize(
+    ("outcome", "code"),
+    [("ok", 0), ("partial", 1), ("failed", 2), ("interrupted", 2), ("locked", 75)],
+)
+def test_exit_code_of_a_run(outcome: str, code: int) -> None:
+    """`syncd sync` exits 0 ok, 1 partial, 2 failed or interrupted, 75 (EX_TEMPFAIL) locked."""
+    assert RunResult("push_patients", 1, outcome, {}).exit_code == code
+
+
+def test_the_cli_failure_code_matches_the_runner() -> None:
+    """The CLI's code for a sync that could not start is the runner's `failed` code."""
+    from syncd.cli import EXIT_SYNC_FAILED
+    from syncd.jobs import EXIT_FAILED
+
+    assert EXIT_SYNC_FAILED == EXIT_FAILED

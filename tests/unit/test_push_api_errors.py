@@ -6,6 +6,7 @@ from syncd.exceptions import (
     Conflict,
     Forbidden,
     Invalid,
+    RateLimited,
     ServerError,
     Unauthorized,
     VoxaresTransportError,
@@ -55,12 +56,16 @@ def test_echoed_values_are_scrubbed_from_the_reason() -> None:
 
 
 def test_server_and_transport_failures_are_failed_for_now() -> None:
-    """5xx, transport errors and other statuses count as failed, with an id-only text."""
-    assert classify(ServerError(status=503), PAYLOAD) == Failed("ServerError status=503")
-    assert classify(VoxaresTransportError(reached_server=True), PAYLOAD) == Failed(
-        "VoxaresTransportError"
+    """5xx, transport errors and other statuses count as failed, with an id-only text;
+    only 5xx and transport errors look like an outage."""
+    assert classify(ServerError(status=503), PAYLOAD) == Failed(
+        "ServerError status=503", outage=True
+    )
+    assert classify(VoxaresTransportError(reached_server=False), PAYLOAD) == Failed(
+        "VoxaresTransportError", outage=True
     )
     assert classify(Conflict(status=409), PAYLOAD) == Failed("Conflict status=409")
+    assert classify(RateLimited(status=429), PAYLOAD) == Failed("RateLimited status=429")
 
 
 def test_field_named_in_finds_whole_words_only() -> None:
