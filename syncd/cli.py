@@ -1,17 +1,19 @@
 """The `syncd` command line: parse arguments, call one function, render the result.
 
-Exit codes: 0 ok; 1 a command failed; 78 (EX_CONFIG) the configuration is invalid, one line
-per problem on stderr naming the key.
+Exit codes: 0 ok; 1 a command failed (one `error:` line on stderr); 2 a bad argument or
+option value (`error: --option: why`); 78 (EX_CONFIG) the configuration is invalid, one
+line per problem on stderr naming the key. Every list command takes `--json`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Coroutine
+from collections.abc import Collection, Coroutine, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -20,8 +22,11 @@ from rich.table import Table
 from syncd.config import Settings, load_settings
 from syncd.exceptions import ConfigError, SyncdError
 from syncd.logging import configure_logging
+from syncd.render import Column, print_records, to_json
+from syncd.render import ago as _ago
 
 EX_CONFIG = 78
+EX_USAGE = 2
 T = TypeVar("T")
 
 app = typer.Typer(
@@ -30,6 +35,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 db_app = typer.Typer(help="The state database.", no_args_is_help=True)
 sync_app = typer.Typer(help="Run one job once, now.", no_args_is_help=True)
@@ -57,6 +63,27 @@ ConfigOption = Annotated[
     Path | None,
     typer.Option("--config", "-c", help="The TOML config file (default: $SYNCD_CONFIG)."),
 ]
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print the rows as a JSON array (for scripts).")
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        out.print(f"voxares-syncd {version('voxares-syncd')}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    show_version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """voxares-syncd: keeps a clinic's EHR and Voxares in sync."""
 
 
 def _settings(config: Path | None) -> Settings:
@@ -71,17 +98,22 @@ def _settings(config: Path | None) -> Settings:
     return settings
 
 
-def _run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine, turning our own errors into one line and exit 1."""
-    try:
-        return asyncio.run(coro)
-    except ConfigError as exc:
+def _exit_for(exc: SyncdError) -> NoReturn:
+    """Our own error as one line per problem (`config error:` exit 78, else `error:` exit 1)."""
+    if isinstance(exc, ConfigError):
         for line in exc.problems or [str(exc)]:
             err.print(f"config error: {line}", markup=False, highlight=False)
         raise typer.Exit(EX_CONFIG) from None
+    err.print(f"error: {exc}", markup=False, highlight=False)
+    raise typer.Exit(1) from None
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine, turning our own errors into one line and exit 1 (78 for config)."""
+    try:
+        return asyncio.run(coro)
     except SyncdError as exc:
-        err.print(f"error: {exc}", markup=False, highlight=False)
-        raise typer.Exit(1) from None
+        _exit_for(exc)
 
 
 def _engine(settings: Settings) -> Any:
@@ -90,15 +122,49 @@ def _engine(settings: Settings) -> Any:
     return build_engine(settings)
 
 
-def _ago(moment: datetime | None) -> str:
-    if moment is None:
-        return "never"
-    seconds = (datetime.now(UTC) - moment).total_seconds()
-    if seconds < 120:
-        return f"{seconds:.0f}s ago"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m ago"
-    return f"{seconds / 3600:.1f}h ago"
+@contextmanager
+def _state(settings: Settings) -> Iterator[Any]:
+    """The state database for a local command, checked to be at the code's schema revision
+    first (an unmigrated one says `run syncd db upgrade`, not `no such table`)."""
+    from syncd.state.db import check_migrated
+
+    engine = _engine(settings)
+    try:
+        check_migrated(engine)
+        yield engine
+    finally:
+        engine.dispose()
+
+
+def _bad_option(option: str, reason: str) -> NoReturn:
+    """A bad option value: `error: --option: reason`, exit 2 (as click does for usage)."""
+    err.print(f"error: {option}: {reason}", markup=False, highlight=False)
+    raise typer.Exit(EX_USAGE)
+
+
+def _one_of(option: str, value: str | None, choices: Collection[str]) -> str | None:
+    """`value` when it is one of `choices` (or None); otherwise a bad option."""
+    if value is not None and value not in choices:
+        _bad_option(option, f"{value!r} is not one of {', '.join(choices)}")
+    return value
+
+
+def _named(option: str, value: str | None, what: str, known: Collection[str]) -> str | None:
+    """`value` when it names a known `what` (configured or in the state database)."""
+    if value is not None and value not in known:
+        names = ", ".join(sorted(known)) or "none"
+        _bad_option(option, f"no {what} {value!r} (known: {names})")
+    return value
+
+
+def _positive(option: str, value: int) -> int:
+    if value < 1:
+        _bad_option(option, f"must be at least 1, got {value}")
+    return value
+
+
+def _print_json(records: Any) -> None:
+    sys.stdout.write(to_json(records) + "\n")
 
 
 # --- the daemon ---------------------------------------------------------------------------
@@ -331,37 +397,61 @@ def doctor(config: ConfigOption = None) -> None:
 
 # --- quarantine ---------------------------------------------------------------------------
 
+QUARANTINE_COLUMNS = (
+    Column("source", "source", "id"),
+    Column("row", "row", "id"),
+    Column("line", "line"),
+    Column("field", "field"),
+    Column("reason", "reason"),
+    Column("last_seen_at", "last seen", "time"),
+    Column("seen_count", "seen"),
+)
+
 
 @quarantine_app.command("list")
 def quarantine_list(
     config: ConfigOption = None,
-    source: Annotated[str | None, typer.Option(help="Only this source.")] = None,
+    source: Annotated[
+        str | None, typer.Option(help="Only this source (a patient or message source name).")
+    ] = None,
     limit: Annotated[int, typer.Option(help="At most this many rows.")] = 200,
+    as_json: JsonOption = False,
 ) -> None:
     """Each rejected row: source, row (providerId or line), field and reason."""
     from syncd.status import quarantine_rows
 
     settings = _settings(config)
-    engine = _engine(settings)
-    try:
+    _positive("--limit", limit)
+    with _state(settings) as engine:
+        if source is not None and not quarantine_rows(engine, source=source, limit=1):
+            _named("--source", source, "source", _source_names(settings))
         rows = quarantine_rows(engine, source=source, limit=limit)
-    finally:
-        engine.dispose()
-    table = Table(
-        "source", "row", "line", "field", "reason", "last seen", "seen", title="quarantine"
-    )
-    for q in rows:
-        table.add_row(
-            q.source,
-            q.row_key,
-            str(q.line_number or ""),
-            q.field or "-",
-            q.reason,
-            _ago(q.last_seen_at),
-            str(q.seen_count),
-        )
-    out.print(table)
+    records = [
+        {
+            "source": q.source,
+            "row": q.row_key,
+            "line": q.line_number,
+            "field": q.field,
+            "reason": q.reason,
+            "first_seen_at": q.first_seen_at,
+            "last_seen_at": q.last_seen_at,
+            "seen_count": q.seen_count,
+        }
+        for q in rows
+    ]
+    if as_json:
+        _print_json(records)
+        return
+    print_records(out, "quarantine", QUARANTINE_COLUMNS, records)
     out.print(f"{len(rows)} row(s). Fix them in the EHR: the next run picks them up by itself.")
+
+
+def _source_names(settings: Settings) -> set[str]:
+    """The configured names of sources whose rows can be quarantined."""
+    names = {s.name for s in settings.messages.sources}
+    if settings.patients.source is not None:
+        names.add(settings.patients.source.name)
+    return names
 
 
 # --- outbox -------------------------------------------------------------------------------
@@ -371,9 +461,24 @@ def _since(value: str) -> datetime:
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
-        err.print(f"error: --since: not an ISO 8601 date or time: {value!r}", markup=False)
-        raise typer.Exit(2) from None
+        _bad_option("--since", f"not an ISO 8601 date or time: {value!r}")
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _sink_names(settings: Settings, engine: Any) -> set[str]:
+    """Sinks the configuration names, and sinks the state database still holds events for."""
+    from syncd.outbox.store import sink_states
+
+    return set(settings.outbox.sinks) | set(sink_states(engine))
+
+
+OUTBOX_COLUMNS = (
+    Column("seq", "seq"),
+    Column("event_id", "event id", "id"),
+    Column("event_type", "type"),
+    Column("created_at", "created", "time"),
+    Column("delivery_states", "deliveries"),
+)
 
 
 @outbox_app.command("list")
@@ -385,25 +490,30 @@ def outbox_list(
     sink: Annotated[str | None, typer.Option(help="Only this sink.")] = None,
     since: Annotated[str | None, typer.Option(help="Only events since (ISO 8601).")] = None,
     limit: Annotated[int, typer.Option(help="At most this many events.")] = 50,
+    as_json: JsonOption = False,
 ) -> None:
     """Recent events and their delivery state per sink (ids only, no payloads)."""
-    from syncd.outbox.store import list_events
+    from dataclasses import asdict
+
+    from syncd.outbox.store import STATES, list_events
 
     settings = _settings(config)
-    engine = _engine(settings)
-    try:
-        events = list_events(
-            engine, state=state, sink=sink, since=_since(since) if since else None, limit=limit
+    _one_of("--state", state, STATES)
+    _positive("--limit", limit)
+    moment = _since(since) if since else None
+    with _state(settings) as engine:
+        _named("--sink", sink, "sink", _sink_names(settings, engine))
+        events = list_events(engine, state=state, sink=sink, since=moment, limit=limit)
+    records = [asdict(e) for e in events]
+    if as_json:
+        _print_json(records)
+        return
+    for record in records:
+        record["delivery_states"] = ", ".join(
+            f"{d['sink']}:{d['state']}" + (f"({d['attempts']})" if d["attempts"] else "")
+            for d in record["deliveries"]
         )
-    finally:
-        engine.dispose()
-    table = Table("seq", "event id", "type", "created", "deliveries", title="outbox")
-    for e in events:
-        deliveries = ", ".join(
-            f"{d.sink}:{d.state}" + (f"({d.attempts})" if d.attempts else "") for d in e.deliveries
-        )
-        table.add_row(str(e.seq), e.event_id, e.event_type, _ago(e.created_at), deliveries or "-")
-    out.print(table)
+    print_records(out, "outbox", OUTBOX_COLUMNS, records)
 
 
 @outbox_app.command("show")
@@ -417,11 +527,8 @@ def outbox_show(
     from syncd.outbox.store import show_event
 
     settings = _settings(config)
-    engine = _engine(settings)
-    try:
+    with _state(settings) as engine:
         event = show_event(engine, event_id)
-    finally:
-        engine.dispose()
     if event is None:
         err.print(f"error: no event {event_id!r}", markup=False)
         raise typer.Exit(1)
@@ -445,11 +552,9 @@ def outbox_retry(
     from syncd.outbox.store import retry
 
     settings = _settings(config)
-    engine = _engine(settings)
-    try:
+    with _state(settings) as engine:
+        _named("--sink", sink, "sink", _sink_names(settings, engine))
         result = retry(engine, event_id=event_id, sink=sink)
-    finally:
-        engine.dispose()
     for name, n in sorted(result.requeued.items()):
         out.print(f"{name}: {n} delivery(ies) queued again")
     for name in result.enabled:
@@ -469,13 +574,12 @@ def outbox_replay(
     from syncd.outbox.store import replay
 
     settings = _settings(config)
-    engine = _engine(settings)
-    try:
+    moment = _since(since)
+    _named("--sink", sink, "configured sink", set(settings.outbox.sinks))
+    with _state(settings) as engine:
         queued = replay(
-            engine, since=_since(since), sink=sink, routes=routes_from_settings(settings.outbox)
+            engine, since=moment, sink=sink, routes=routes_from_settings(settings.outbox)
         )
-    finally:
-        engine.dispose()
     for name, n in sorted(queued.items()):
         out.print(f"{name}: {n} event(s) queued for delivery again (same webhook-id)")
     if not queued:
@@ -496,69 +600,85 @@ def messages_send(
         typer.Option(help="A unique request key; the same key is never sent twice."),
     ] = None,
 ) -> None:
-    """Request an SMS (sent by the next `send_messages` run, or `syncd sync messages`)."""
+    """Request an SMS (sent by the next `send_messages` run, or `syncd sync messages`).
+
+    Refused at once when SMS sending is disabled (`messages.enabled`), and, where this
+    daemon pushes the patients, when the patient is not in the patient mirror.
+    """
     import uuid
 
     from syncd.compose import provider_name
-    from syncd.messages.requests import submit_request
+    from syncd.messages.requests import patient_problem, submit_request
 
     if (content is None) == (template is None):
         err.print("error: give exactly one of --content and --template")
-        raise typer.Exit(2)
+        raise typer.Exit(EX_USAGE)
     settings = _settings(config)
-    engine = _engine(settings)
-    request_key = key or f"cli:{uuid.uuid4()}"
-    try:
+    if not settings.messages.enabled:
+        _exit_for(
+            ConfigError(
+                [
+                    "messages.enabled: SMS sending is off, so the request would never be "
+                    "sent (set enabled = true under [messages])"
+                ]
+            )
+        )
+    provider = provider_name(settings)
+    with _state(settings) as engine:
+        if settings.patients.enabled:
+            problem = patient_problem(engine, provider, provider_id)
+            if problem is not None:
+                err.print(f"error: {problem}", markup=False, highlight=False)
+                raise typer.Exit(1)
         request = submit_request(
             engine,
-            key=request_key,
-            provider=provider_name(settings),
+            key=key or f"cli:{uuid.uuid4()}",
+            provider=provider,
             provider_id=provider_id,
             content=content,
             template_id=template,
             origin="cli",
         )
-    except SyncdError as exc:
-        err.print(f"error: {exc}", markup=False)
-        raise typer.Exit(1) from None
-    finally:
-        engine.dispose()
-    out.print(f"request {request.key}: {request.state}")
+    out.print(f"request {request.key}: {request.state}", highlight=False)
+
+
+MESSAGES_COLUMNS = (
+    Column("key", "key", "id"),
+    Column("provider_id", "providerId", "id"),
+    Column("state", "state"),
+    Column("message_id", "message id", "id"),
+    Column("delivery_status", "status"),
+    Column("error", "why (failed, unknown)"),
+    Column("updated_at", "updated", "time"),
+)
 
 
 @messages_app.command("list")
 def messages_list(
     config: ConfigOption = None,
-    state: Annotated[str | None, typer.Option(help="Only requests in this state.")] = None,
+    state: Annotated[
+        str | None,
+        typer.Option(help="Only requests in this state (pending, sending, sent, failed, ...)."),
+    ] = None,
     limit: Annotated[int, typer.Option(help="At most this many.")] = 50,
+    as_json: JsonOption = False,
 ) -> None:
-    """SMS requests: key, patient id, state, message id, delivery status (no text)."""
-    from sqlalchemy import select
-    from sqlalchemy.orm import Session
+    """SMS requests: key, patient id, state, message id, delivery status, why one failed
+    (never the text)."""
+    from dataclasses import asdict
 
-    from syncd.state.models import MessageRequest
+    from syncd.messages.states import STATES
+    from syncd.messages.views import list_requests
 
     settings = _settings(config)
-    engine = _engine(settings)
-    query = select(MessageRequest).order_by(MessageRequest.updated_at.desc()).limit(limit)
-    if state:
-        query = query.where(MessageRequest.state == state)
-    try:
-        with Session(engine) as session:
-            rows = list(session.scalars(query))
-            table = Table("key", "providerId", "state", "message id", "status", "updated")
-            for r in rows:
-                table.add_row(
-                    r.key,
-                    r.provider_id,
-                    r.state,
-                    r.message_id or "-",
-                    r.delivery_status or "-",
-                    _ago(r.updated_at),
-                )
-    finally:
-        engine.dispose()
-    out.print(table)
+    _one_of("--state", state, STATES)
+    _positive("--limit", limit)
+    with _state(settings) as engine:
+        records = [asdict(r) for r in list_requests(engine, state=state, limit=limit)]
+    if as_json:
+        _print_json(records)
+        return
+    print_records(out, "SMS requests", MESSAGES_COLUMNS, records)
 
 
 @messages_app.command("resolve")
@@ -584,20 +704,22 @@ def messages_resolve(
     ]
     if len(chosen) != 1:
         err.print("error: give exactly one of --resend, --mark-sent, --cancel")
-        raise typer.Exit(2)
+        raise typer.Exit(EX_USAGE)
     settings = _settings(config)
-    engine = _engine(settings)
-    try:
+    with _state(settings) as engine:
         request = resolve(engine, key, chosen[0], message_id)
-    except SyncdError as exc:
-        err.print(f"error: {exc}", markup=False)
-        raise typer.Exit(1) from None
-    finally:
-        engine.dispose()
-    out.print(f"request {request.key}: now {request.state}")
+    out.print(f"request {request.key}: now {request.state}", highlight=False)
 
 
 # --- content ------------------------------------------------------------------------------
+
+CONTENT_COLUMNS = (
+    Column("kind", "kind"),
+    Column("id", "id", "id"),
+    Column("name", "name"),
+    Column("last_seen_at", "last seen", "time"),
+    Column("removed_at", "removed", "time"),
+)
 
 
 @content_app.command("list")
@@ -606,29 +728,21 @@ def content_list(
     kind: Annotated[
         str | None, typer.Option(help="template, form or document (default: all).")
     ] = None,
+    as_json: JsonOption = False,
 ) -> None:
     """The mirrored templates, forms and documents (run `syncd sync content` to refresh)."""
-    from syncd.content.mirror import list_content
+    from dataclasses import asdict
+
+    from syncd.content.mirror import KINDS, list_content
 
     settings = _settings(config)
-    engine = _engine(settings)
-    try:
-        entries = list_content(engine, kind)
-    except ValueError as exc:
-        err.print(f"error: --kind: {exc}", markup=False)
-        raise typer.Exit(2) from None
-    finally:
-        engine.dispose()
-    table = Table("kind", "id", "name", "last seen", "removed", title="content")
-    for e in entries:
-        table.add_row(
-            e.kind,
-            e.id,
-            e.name or "-",
-            _ago(e.last_seen_at),
-            _ago(e.removed_at) if e.removed_at else "",
-        )
-    out.print(table)
+    _one_of("--kind", kind, KINDS)
+    with _state(settings) as engine:
+        records = [asdict(e) for e in list_content(engine, kind)]
+    if as_json:
+        _print_json(records)
+        return
+    print_records(out, "content", CONTENT_COLUMNS, records)
 
 
 # --- sandbox ------------------------------------------------------------------------------
@@ -653,8 +767,14 @@ def sandbox_serve(
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point: our own errors end as one line, never a traceback."""
+    try:
+        app()
+    except SyncdError as exc:
+        try:
+            _exit_for(exc)
+        except typer.Exit as stop:
+            sys.exit(stop.exit_code)
 
 
 if __name__ == "__main__":

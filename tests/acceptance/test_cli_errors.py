@@ -4,6 +4,7 @@ a traceback, a password, the API key or a patient's data (issue 11)."""
 from __future__ import annotations
 
 import json
+import socket
 import sqlite3
 import subprocess
 import threading
@@ -14,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.acceptance.conftest import clean_env, config_text, syncd_command
+from tests.acceptance.conftest import Workspace, clean_env, config_text, syncd_command
 
 EX_CONFIG = 78
 KEY = "vox-live-Q2FuYXJ5QXBpS2V5U2VjcmV0"
@@ -145,3 +146,115 @@ def test_api_errors_echoing_the_key_or_patient_data_leave_no_trace(
         "job_runs.error": "\n".join(errors),
     }.items():
         assert not leaks(text), f"{where} holds {leaks(text)}"
+
+
+# --- a busy health port (item 5) ---------------------------------------------------------
+
+
+def test_a_busy_health_port_stops_start_up_naming_key_and_port(workspace: Workspace) -> None:
+    """`syncd run` with health.port taken exits 78 at once with a line naming key and port."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        workspace.write_config(
+            extra=f'\n[health]\nenabled = true\nhost = "127.0.0.1"\nport = {port}\n'
+        )
+        text = workspace.config.read_text(encoding="utf-8")
+        # write_config's own [health] table says enabled = false: keep only ours.
+        workspace.config.write_text(
+            text.replace("[health]\nenabled = false\n", "", 1), encoding="utf-8"
+        )
+        assert workspace.run("db", "upgrade").returncode == 0
+        result = workspace.run("run", timeout=60)
+    assert result.returncode == EX_CONFIG, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("config error:")]
+    assert errors == [
+        f"config error: health.port: cannot listen on 127.0.0.1:{port} (Address already in use)"
+    ]
+    assert "Traceback" not in result.stderr
+
+
+# --- the state database (items 6 and 7) --------------------------------------------------
+
+LOCAL_COMMANDS = [
+    ["quarantine", "list"],
+    ["outbox", "list"],
+    ["outbox", "show", "0b4f2a9e-6f1c-4d8e-9a43-2f8e1c7d5b10"],
+    ["outbox", "retry"],
+    ["outbox", "replay", "--since", "2024-01-01"],
+    ["messages", "list"],
+    ["messages", "send", "--provider-id", "EHR-1", "--content", "hello"],
+    ["messages", "resolve", "cli:1", "--cancel"],
+    ["content", "list"],
+    ["status"],
+]
+
+
+def error_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
+    """The `error:` lines a command printed on stderr."""
+    return [line for line in result.stderr.splitlines() if line.startswith("error:")]
+
+
+@pytest.mark.parametrize("command", LOCAL_COMMANDS, ids=" ".join)
+def test_an_unmigrated_database_says_run_db_upgrade(
+    workspace: Workspace, command: list[str]
+) -> None:
+    """Every local command on a database without schema: one line, `run syncd db upgrade`."""
+    workspace.write_config(extra="\n[messages]\nenabled = true\n")
+    result = workspace.run(*command)
+    assert result.returncode == 1
+    assert error_lines(result) == [
+        "error: the state database has no schema: run `syncd db upgrade`"
+    ]
+    assert "Traceback" not in result.stderr
+    assert "no such table" not in result.stderr
+
+
+def pg_config(tmp_path: Path, url: str) -> list[str]:
+    """A config whose state database is `url`; the `--config` arguments for it."""
+    config = tmp_path / "config.toml"
+    config.write_text(f'[database]\nurl = "{url}"\n[health]\nenabled = false\n', encoding="utf-8")
+    return ["--config", str(config)]
+
+
+PASSWORD = "Pa55-w0rd-C4nary"
+
+
+@pytest.mark.parametrize("command", [["db", "upgrade"], ["status"], ["quarantine", "list"]])
+def test_postgresql_errors_show_the_drivers_reason_without_the_password(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """A missing database and a refused connection are named as the driver says, no password."""
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        closed_port = free.getsockname()[1]
+    cases = {
+        'database "syncd_missing_db_x" does not exist': (
+            f"postgresql+psycopg://postgres:{PASSWORD}@127.0.0.1:5432/syncd_missing_db_x"
+        ),
+        "connection refused": (
+            f"postgresql+psycopg://postgres:{PASSWORD}@127.0.0.1:{closed_port}/syncd"
+        ),
+    }
+    for reason, url in cases.items():
+        result = run_syncd(*command, *pg_config(tmp_path, url), cwd=tmp_path)
+        assert result.returncode == 1, result.stderr
+        [line] = error_lines(result)
+        assert reason in line.lower(), line
+        assert PASSWORD not in result.stdout + result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_a_state_directory_that_cannot_be_created_is_one_line(tmp_path: Path) -> None:
+    """database.url under a path that cannot be a directory: one `error:` line naming it."""
+    (tmp_path / "not-a-dir").write_text("a file", encoding="utf-8")
+    url = f"sqlite:///{tmp_path}/not-a-dir/state/state.db"
+    for command in (["db", "upgrade"], ["quarantine", "list"], ["sync", "patients"]):
+        result = run_syncd(*command, *pg_config(tmp_path, url), cwd=tmp_path)
+        assert result.returncode == 1, result.stderr
+        [line] = error_lines(result)
+        assert line.startswith(
+            f"error: cannot create the state database's directory {tmp_path}/not-a-dir/state: "
+        ), line
+        assert "Traceback" not in result.stderr
