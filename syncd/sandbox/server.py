@@ -111,7 +111,7 @@ def startup_notice(root_url: str) -> str:
     screenshots and CI logs, and a habit of printing keys does not stay with demo keys)."""
     return (
         f"API base URL: {root_url}{API_PREFIX}  (voxares.base_url)\n"
-        f"API key: the demo practice's key, {DEMO_KEY_HINT} (README.md, \"The sandbox\"; "
+        f'API key: the demo practice\'s key, {DEMO_KEY_HINT} (README.md, "The sandbox"; '
         "in code syncd.sandbox.seed.DEMO_API_KEY); a key of your own: "
         f"POST {root_url}/_sandbox/practices\n"
         "Stop with Ctrl-C."
