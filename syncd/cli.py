@@ -17,6 +17,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from syncd.config import Settings, load_settings
@@ -390,7 +391,8 @@ def doctor(config: ConfigOption = None) -> None:
     findings = _run(check())
     for f in findings:
         mark = "[green]ok[/green]  " if f.ok else "[red]FAIL[/red]"
-        out.print(f"{mark} {f.check}: {f.detail}", highlight=False)
+        # The check and detail are text, not markup: `sink:bus` is no emoji, `[x]` no tag.
+        out.print(f"{mark} {escape(f.check)}: {escape(f.detail)}", highlight=False, emoji=False)
     if not all(f.ok for f in findings):
         raise typer.Exit(1)
 
