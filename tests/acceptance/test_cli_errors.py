@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from tests.acceptance.conftest import Workspace, clean_env, config_text, syncd_command
 
@@ -223,15 +224,17 @@ PASSWORD = "Pa55-w0rd-C4nary"
 
 @pytest.mark.parametrize("command", [["db", "upgrade"], ["status"], ["quarantine", "list"]])
 def test_postgresql_errors_show_the_drivers_reason_without_the_password(
-    tmp_path: Path, command: list[str]
+    tmp_path: Path, command: list[str], postgres_server: str
 ) -> None:
     """A missing database and a refused connection are named as the driver says, no password."""
     with socket.socket() as free:
         free.bind(("127.0.0.1", 0))
         closed_port = free.getsockname()[1]
+    server = make_url(postgres_server)
+    missing = server.set(password=PASSWORD, database="syncd_missing_db_x")
     cases = {
-        'database "syncd_missing_db_x" does not exist': (
-            f"postgresql+psycopg://postgres:{PASSWORD}@127.0.0.1:5432/syncd_missing_db_x"
+        'database "syncd_missing_db_x" does not exist': missing.render_as_string(
+            hide_password=False
         ),
         "connection refused": (
             f"postgresql+psycopg://postgres:{PASSWORD}@127.0.0.1:{closed_port}/syncd"
