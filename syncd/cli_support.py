@@ -45,9 +45,7 @@ def load_config(config: Path | None) -> Settings:
     try:
         settings = load_settings(config)
     except ConfigError as exc:
-        for line in exc.problems or [str(exc)]:
-            err.print(f"config error: {line}", markup=False, highlight=False)
-        raise typer.Exit(EX_CONFIG) from None
+        exit_for(exc)
     configure_logging(settings.logging.level, settings.logging.format)
     return settings
 
@@ -71,6 +69,7 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
 
 
 def open_engine(settings: Settings) -> Any:
+    """The state database's engine (the caller disposes of it)."""
     from syncd.compose import build_engine
 
     return build_engine(settings)
@@ -112,10 +111,12 @@ def known_name(option: str, value: str | None, what: str, known: Collection[str]
 
 
 def at_least_one(option: str, value: int) -> int:
+    """`value` when it is 1 or more; otherwise a bad option."""
     if value < 1:
         bad_option(option, f"must be at least 1, got {value}")
     return value
 
 
 def print_json(records: Any) -> None:
+    """Records as a JSON array on stdout, unstyled (rich would wrap and colour it)."""
     sys.stdout.write(to_json(records) + "\n")
