@@ -1,37 +1,44 @@
 """The `syncd` command line: parse arguments, call one function, render the result.
 
-Exit codes: 0 ok; 1 a command failed; 78 (EX_CONFIG) the configuration is invalid, one line
-per problem on stderr naming the key. `syncd sync <job>` reports its run on the severity
-scale `syncd status` uses: 0 ok, 1 partial (some items failed for now, retried next run),
-2 failed (the run failed, stopped early in an outage, or could not start), 75 (EX_TEMPFAIL)
-another process is running the job.
+This module holds the app, the daemon, set-up, sync, status and doctor commands; the local
+commands on the state database (quarantine, outbox, messages, content) are in
+`syncd.cli_state`, and what they all share (consoles, config loading, exit codes) in
+`syncd.cli_support`.
+
+Exit codes: 0 ok; 1 a command failed (one `error:` line on stderr); 2 a bad argument or
+option value (`error: --option: why`); 78 (EX_CONFIG) the configuration is invalid, one
+line per problem on stderr naming the key. Every list command takes `--json`.
+`syncd sync <job>` reports its run on the severity scale `syncd status` uses: 0 ok, 1 partial
+(some items failed for now, retried next run), 2 failed (the run failed, stopped early in an
+outage, or could not start), 75 (EX_TEMPFAIL) another process is running the job.
 """
 
 from __future__ import annotations
 
-import asyncio
 import sys
-from collections.abc import Coroutine
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from syncd.config import Settings, load_settings
-from syncd.exceptions import ConfigError, SyncdError
+from syncd.cli_state import content_app, messages_app, outbox_app, quarantine_app
+from syncd.cli_support import ConfigOption, err, out, parse_since
+from syncd.cli_support import exit_for as _exit_for
+from syncd.cli_support import load_config as _settings
+from syncd.cli_support import open_engine as _engine
+from syncd.cli_support import run_async as _run
+from syncd.exceptions import SyncdError
 from syncd.logging import configure_logging
+from syncd.render import ago as _ago
 
 if TYPE_CHECKING:
     from syncd.jobs import RunResult
 
-EX_CONFIG = 78
 # `syncd sync` when its run could not even start (as syncd.jobs.EXIT_FAILED, kept here so
 # the CLI starts without importing the job machinery).
 EXIT_SYNC_FAILED = 2
-T = TypeVar("T")
 
 app = typer.Typer(
     name="syncd",
@@ -39,16 +46,13 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 db_app = typer.Typer(help="The state database.", no_args_is_help=True)
 sync_app = typer.Typer(
     help="Run one job once, now. Exit 0 ok, 1 partial, 2 failed, 75 job busy elsewhere.",
     no_args_is_help=True,
 )
-quarantine_app = typer.Typer(help="Source rows that could not be pushed.", no_args_is_help=True)
-outbox_app = typer.Typer(help="Events for downstream systems.", no_args_is_help=True)
-messages_app = typer.Typer(help="SMS requests.", no_args_is_help=True)
-content_app = typer.Typer(help="The mirrored content catalogue.", no_args_is_help=True)
 sandbox_app = typer.Typer(help="The Voxares API emulator.", no_args_is_help=True)
 for sub, name in [
     (db_app, "db"),
@@ -61,56 +65,23 @@ for sub, name in [
 ]:
     app.add_typer(sub, name=name)
 
-out = Console()
-# soft_wrap: one line per problem (exit 78 contract), never wrapped at 80 columns in a pipe.
-err = Console(stderr=True, soft_wrap=True)
 
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option("--config", "-c", help="The TOML config file (default: $SYNCD_CONFIG)."),
-]
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
 
-
-def _settings(config: Path | None) -> Settings:
-    """Load the configuration, or stop with one line per problem and exit 78."""
-    try:
-        settings = load_settings(config)
-    except ConfigError as exc:
-        for line in exc.problems or [str(exc)]:
-            err.print(f"config error: {line}", markup=False, highlight=False)
-        raise typer.Exit(EX_CONFIG) from None
-    configure_logging(settings.logging.level, settings.logging.format)
-    return settings
+        out.print(f"voxares-syncd {version('voxares-syncd')}", highlight=False)
+        raise typer.Exit()
 
 
-def _run(coro: Coroutine[Any, Any, T], *, failure_code: int = 1) -> T:
-    """Run a coroutine, turning our own errors into one line and exit `failure_code`."""
-    try:
-        return asyncio.run(coro)
-    except ConfigError as exc:
-        for line in exc.problems or [str(exc)]:
-            err.print(f"config error: {line}", markup=False, highlight=False)
-        raise typer.Exit(EX_CONFIG) from None
-    except SyncdError as exc:
-        err.print(f"error: {exc}", markup=False, highlight=False)
-        raise typer.Exit(failure_code) from None
-
-
-def _engine(settings: Settings) -> Any:
-    from syncd.compose import build_engine
-
-    return build_engine(settings)
-
-
-def _ago(moment: datetime | None) -> str:
-    if moment is None:
-        return "never"
-    seconds = (datetime.now(UTC) - moment).total_seconds()
-    if seconds < 120:
-        return f"{seconds:.0f}s ago"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m ago"
-    return f"{seconds / 3600:.1f}h ago"
+@app.callback()
+def _main(
+    show_version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """voxares-syncd: keeps a clinic's EHR and Voxares in sync."""
 
 
 # --- the daemon ---------------------------------------------------------------------------
@@ -277,7 +248,7 @@ def sync_reconcile(
     """Sweep for form-submission versions polling missed (list calls; details only if new)."""
     from syncd.service import reconcile_once
 
-    moment = _since(since) if since else None
+    moment = parse_since(since) if since else None
     _report(_run(reconcile_once(_settings(config), since=moment)))
 
 
@@ -383,311 +354,10 @@ def doctor(config: ConfigOption = None) -> None:
     findings = _run(check())
     for f in findings:
         mark = "[green]ok[/green]  " if f.ok else "[red]FAIL[/red]"
-        out.print(f"{mark} {f.check}: {f.detail}", highlight=False)
+        # The check and detail are text, not markup: `sink:bus` is no emoji, `[x]` no tag.
+        out.print(f"{mark} {escape(f.check)}: {escape(f.detail)}", highlight=False, emoji=False)
     if not all(f.ok for f in findings):
         raise typer.Exit(1)
-
-
-# --- quarantine ---------------------------------------------------------------------------
-
-
-@quarantine_app.command("list")
-def quarantine_list(
-    config: ConfigOption = None,
-    source: Annotated[str | None, typer.Option(help="Only this source.")] = None,
-    limit: Annotated[int, typer.Option(help="At most this many rows.")] = 200,
-) -> None:
-    """Each rejected row: source, row (providerId or line), field and reason."""
-    from syncd.status import quarantine_rows
-
-    settings = _settings(config)
-    engine = _engine(settings)
-    try:
-        rows = quarantine_rows(engine, source=source, limit=limit)
-    finally:
-        engine.dispose()
-    table = Table(
-        "source", "row", "line", "field", "reason", "last seen", "seen", title="quarantine"
-    )
-    for q in rows:
-        table.add_row(
-            q.source,
-            q.row_key,
-            str(q.line_number or ""),
-            q.field or "-",
-            q.reason,
-            _ago(q.last_seen_at),
-            str(q.seen_count),
-        )
-    out.print(table)
-    out.print(f"{len(rows)} row(s). Fix them in the EHR: the next run picks them up by itself.")
-
-
-# --- outbox -------------------------------------------------------------------------------
-
-
-def _since(value: str) -> datetime:
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        err.print(f"error: --since: not an ISO 8601 date or time: {value!r}", markup=False)
-        raise typer.Exit(2) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-@outbox_app.command("list")
-def outbox_list(
-    config: ConfigOption = None,
-    state: Annotated[
-        str | None, typer.Option(help="Only deliveries in this state (pending, delivered, dead).")
-    ] = None,
-    sink: Annotated[str | None, typer.Option(help="Only this sink.")] = None,
-    since: Annotated[str | None, typer.Option(help="Only events since (ISO 8601).")] = None,
-    limit: Annotated[int, typer.Option(help="At most this many events.")] = 50,
-) -> None:
-    """Recent events and their delivery state per sink (ids only, no payloads)."""
-    from syncd.outbox.store import list_events
-
-    settings = _settings(config)
-    engine = _engine(settings)
-    try:
-        events = list_events(
-            engine, state=state, sink=sink, since=_since(since) if since else None, limit=limit
-        )
-    finally:
-        engine.dispose()
-    table = Table("seq", "event id", "type", "created", "deliveries", title="outbox")
-    for e in events:
-        deliveries = ", ".join(
-            f"{d.sink}:{d.state}" + (f"({d.attempts})" if d.attempts else "") for d in e.deliveries
-        )
-        table.add_row(str(e.seq), e.event_id, e.event_type, _ago(e.created_at), deliveries or "-")
-    out.print(table)
-
-
-@outbox_app.command("show")
-def outbox_show(
-    event_id: Annotated[str, typer.Argument(help="The event id (the webhook-id).")],
-    config: ConfigOption = None,
-) -> None:
-    """One event with its payload (it may hold patient data: shown only when asked)."""
-    import json
-
-    from syncd.outbox.store import show_event
-
-    settings = _settings(config)
-    engine = _engine(settings)
-    try:
-        event = show_event(engine, event_id)
-    finally:
-        engine.dispose()
-    if event is None:
-        err.print(f"error: no event {event_id!r}", markup=False)
-        raise typer.Exit(1)
-    out.print(f"{event.event_type} {event.event_id} (seq {event.seq}, {event.created_at})")
-    for d in event.deliveries:
-        out.print(
-            f"  {d.sink}: {d.state}, attempts {d.attempts}"
-            + (f", last error: {d.last_error}" if d.last_error else ""),
-            markup=False,
-        )
-    out.print_json(json.dumps(event.payload))
-
-
-@outbox_app.command("retry")
-def outbox_retry(
-    config: ConfigOption = None,
-    event_id: Annotated[str | None, typer.Option(help="Only this event.")] = None,
-    sink: Annotated[str | None, typer.Option(help="Only this sink (also re-enables it).")] = None,
-) -> None:
-    """Queue dead-lettered deliveries again, and re-enable disabled sinks."""
-    from syncd.outbox.store import retry
-
-    settings = _settings(config)
-    engine = _engine(settings)
-    try:
-        result = retry(engine, event_id=event_id, sink=sink)
-    finally:
-        engine.dispose()
-    for name, n in sorted(result.requeued.items()):
-        out.print(f"{name}: {n} delivery(ies) queued again")
-    for name in result.enabled:
-        out.print(f"{name}: re-enabled")
-    if not result.requeued and not result.enabled:
-        out.print("nothing to retry")
-
-
-@outbox_app.command("replay")
-def outbox_replay(
-    since: Annotated[str, typer.Option(help="Deliver again every event since (ISO 8601).")],
-    config: ConfigOption = None,
-    sink: Annotated[str | None, typer.Option(help="Only to this sink.")] = None,
-) -> None:
-    """Deliver events again (same event ids) to a receiver that lost them on its side."""
-    from syncd.outbox.routing import routes_from_settings
-    from syncd.outbox.store import replay
-
-    settings = _settings(config)
-    engine = _engine(settings)
-    try:
-        queued = replay(
-            engine, since=_since(since), sink=sink, routes=routes_from_settings(settings.outbox)
-        )
-    finally:
-        engine.dispose()
-    for name, n in sorted(queued.items()):
-        out.print(f"{name}: {n} event(s) queued for delivery again (same webhook-id)")
-    if not queued:
-        out.print("no events to replay")
-
-
-# --- messages -----------------------------------------------------------------------------
-
-
-@messages_app.command("send")
-def messages_send(
-    provider_id: Annotated[str, typer.Option(help="The patient's EHR id (providerId).")],
-    config: ConfigOption = None,
-    content: Annotated[str | None, typer.Option(help="The SMS text.")] = None,
-    template: Annotated[str | None, typer.Option(help="A practice template id.")] = None,
-    key: Annotated[
-        str | None,
-        typer.Option(help="A unique request key; the same key is never sent twice."),
-    ] = None,
-) -> None:
-    """Request an SMS (sent by the next `send_messages` run, or `syncd sync messages`)."""
-    import uuid
-
-    from syncd.compose import provider_name
-    from syncd.messages.requests import submit_request
-
-    if (content is None) == (template is None):
-        err.print("error: give exactly one of --content and --template")
-        raise typer.Exit(2)
-    settings = _settings(config)
-    engine = _engine(settings)
-    request_key = key or f"cli:{uuid.uuid4()}"
-    try:
-        request = submit_request(
-            engine,
-            key=request_key,
-            provider=provider_name(settings),
-            provider_id=provider_id,
-            content=content,
-            template_id=template,
-            origin="cli",
-        )
-    except SyncdError as exc:
-        err.print(f"error: {exc}", markup=False)
-        raise typer.Exit(1) from None
-    finally:
-        engine.dispose()
-    out.print(f"request {request.key}: {request.state}")
-
-
-@messages_app.command("list")
-def messages_list(
-    config: ConfigOption = None,
-    state: Annotated[str | None, typer.Option(help="Only requests in this state.")] = None,
-    limit: Annotated[int, typer.Option(help="At most this many.")] = 50,
-) -> None:
-    """SMS requests: key, patient id, state, message id, delivery status (no text)."""
-    from sqlalchemy import select
-    from sqlalchemy.orm import Session
-
-    from syncd.state.models import MessageRequest
-
-    settings = _settings(config)
-    engine = _engine(settings)
-    query = select(MessageRequest).order_by(MessageRequest.updated_at.desc()).limit(limit)
-    if state:
-        query = query.where(MessageRequest.state == state)
-    try:
-        with Session(engine) as session:
-            rows = list(session.scalars(query))
-            table = Table("key", "providerId", "state", "message id", "status", "updated")
-            for r in rows:
-                table.add_row(
-                    r.key,
-                    r.provider_id,
-                    r.state,
-                    r.message_id or "-",
-                    r.delivery_status or "-",
-                    _ago(r.updated_at),
-                )
-    finally:
-        engine.dispose()
-    out.print(table)
-
-
-@messages_app.command("resolve")
-def messages_resolve(
-    key: Annotated[str, typer.Argument(help="The request key.")],
-    config: ConfigOption = None,
-    resend: Annotated[bool, typer.Option("--resend", help="Send it again.")] = False,
-    mark_sent: Annotated[
-        bool, typer.Option("--mark-sent", help="It was sent (checked in Voxares).")
-    ] = False,
-    cancel: Annotated[bool, typer.Option("--cancel", help="Do not send it.")] = False,
-    message_id: Annotated[
-        str | None, typer.Option(help="With --mark-sent: the Voxares message id.")
-    ] = None,
-) -> None:
-    """Decide an SMS in `unknown` (or resend a `failed` one): a human decides, never the daemon."""
-    from syncd.messages.resolve import resolve
-
-    chosen = [
-        name
-        for name, on in (("resend", resend), ("mark-sent", mark_sent), ("cancel", cancel))
-        if on
-    ]
-    if len(chosen) != 1:
-        err.print("error: give exactly one of --resend, --mark-sent, --cancel")
-        raise typer.Exit(2)
-    settings = _settings(config)
-    engine = _engine(settings)
-    try:
-        request = resolve(engine, key, chosen[0], message_id)
-    except SyncdError as exc:
-        err.print(f"error: {exc}", markup=False)
-        raise typer.Exit(1) from None
-    finally:
-        engine.dispose()
-    out.print(f"request {request.key}: now {request.state}")
-
-
-# --- content ------------------------------------------------------------------------------
-
-
-@content_app.command("list")
-def content_list(
-    config: ConfigOption = None,
-    kind: Annotated[
-        str | None, typer.Option(help="template, form or document (default: all).")
-    ] = None,
-) -> None:
-    """The mirrored templates, forms and documents (run `syncd sync content` to refresh)."""
-    from syncd.content.mirror import list_content
-
-    settings = _settings(config)
-    engine = _engine(settings)
-    try:
-        entries = list_content(engine, kind)
-    except ValueError as exc:
-        err.print(f"error: --kind: {exc}", markup=False)
-        raise typer.Exit(2) from None
-    finally:
-        engine.dispose()
-    table = Table("kind", "id", "name", "last seen", "removed", title="content")
-    for e in entries:
-        table.add_row(
-            e.kind,
-            e.id,
-            e.name or "-",
-            _ago(e.last_seen_at),
-            _ago(e.removed_at) if e.removed_at else "",
-        )
-    out.print(table)
 
 
 # --- sandbox ------------------------------------------------------------------------------
@@ -712,8 +382,14 @@ def sandbox_serve(
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point: our own errors end as one line, never a traceback."""
+    try:
+        app()
+    except SyncdError as exc:
+        try:
+            _exit_for(exc)
+        except typer.Exit as stop:
+            sys.exit(stop.exit_code)
 
 
 if __name__ == "__main__":

@@ -97,7 +97,17 @@ class Daemon:
             await asyncio.sleep(HEARTBEAT_SECONDS)
 
     async def run(self) -> None:
-        """Serve until SIGTERM/SIGINT (or `request_stop`), then shut down gracefully."""
+        """Serve until SIGTERM/SIGINT (or `request_stop`), then shut down gracefully.
+
+        Raises `ConfigError` before starting anything when the health port cannot be bound.
+        """
+        listener = None
+        if self.health is not None:
+            from syncd.health import bind_health_socket
+
+            # Bound here, before anything starts: a busy port is a ConfigError (exit 78)
+            # that stops start-up, not a failure hidden in a background task.
+            listener = bind_health_socket(self.health.host, self.health.port)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -111,7 +121,9 @@ class Daemon:
                 heartbeat=lambda: self.heartbeat, readiness_checks=self.health.readiness_checks
             )
             background.append(
-                asyncio.create_task(serve_health(app, self.health.host, self.health.port))
+                asyncio.create_task(
+                    serve_health(app, self.health.host, self.health.port, sock=listener)
+                )
             )
         background.append(asyncio.create_task(sdnotify.watchdog_task(self.alive)))
 

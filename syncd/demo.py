@@ -79,6 +79,7 @@ enabled = true
 class DemoSummary:
     """What the demo did, for the closing table (and for the test that runs it)."""
 
+    broken: int = 0  # rows of the export broken on purpose
     cycles: list[tuple[str, str, RunResult]] = field(default_factory=list)
     quarantined: list[tuple[str, str | None, str]] = field(default_factory=list)
     events_by_type: dict[str, int] = field(default_factory=dict)
@@ -98,7 +99,7 @@ async def run_demo(directory: Path, *, patients: int, console: Console) -> DemoS
         f"sample EHR export: {export.rows} patients, {export.broken} broken on purpose\n"
         "Voxares: the embedded sandbox (no account needed)\n"
     )
-    summary = DemoSummary()
+    summary = DemoSummary(broken=export.broken)
     async with runtime(settings) as rt:
         await asyncio.to_thread(upgrade, rt.engine)
         runner = JobRunner(rt.engine)
@@ -135,7 +136,10 @@ async def run_demo(directory: Path, *, patients: int, console: Console) -> DemoS
 
         console.print("[bold]4. overnight the EHR changes[/bold]; only the changes are pushed")
         changed = change_some_rows(directory / "ehr-export.csv")
-        console.print(f"  ({changed} rows edited in the export)")
+        console.print(
+            f"  ({changed} rows edited in the export, the impossible birth date corrected "
+            "among them)"
+        )
         await cycle("re-sync", "push_patients")
         await asyncio.sleep(3.2)  # let the sandbox deliver the SMS
         await cycle("status + forms", "message_status", "poll_submissions", "deliver_outbox")
@@ -201,7 +205,14 @@ def _print_summary(console: Console, summary: DemoSummary, directory: Path) -> N
         )
     console.print()
     console.print(table)
-    quarantine = Table("row", "field", "reason", title="quarantined rows (fix them in the EHR)")
+    # The export had `broken` rows broken on purpose; the night's edit fixed some of them.
+    still = len(summary.quarantined)
+    fixed = summary.broken - still
+    line = f"{still} row(s) still quarantined (fix them in the EHR)"
+    if fixed > 0:
+        line += f"; {fixed} of the {summary.broken} broken on purpose fixed overnight"
+    console.print(line, highlight=False, soft_wrap=True)
+    quarantine = Table("row", "field", "reason", title="quarantined rows")
     for key, fld, reason in summary.quarantined:
         quarantine.add_row(key, fld or "-", reason)
     console.print(quarantine)

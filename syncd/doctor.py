@@ -1,13 +1,19 @@
-"""`syncd doctor`: check config, database, API key and source, saying what is wrong plainly.
+"""`syncd doctor`: check config, database, API key, sinks and source, saying what is wrong
+plainly.
 
-Each check returns a `Finding`; the CLI prints them and exits non-zero when one failed.
+Each check returns a `Finding`; the CLI prints them and exits non-zero when one failed. The
+source check decodes every file of a CSV export with the configured encoding: a Windows-1250
+export read as UTF-8 passes a header check and then quarantines most of its rows.
 """
 
 from __future__ import annotations
 
 import asyncio
+import codecs
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
 
 from syncd.compose import Runtime, build_source
 from syncd.exceptions import (
@@ -19,7 +25,10 @@ from syncd.exceptions import (
     VoxaresError,
     VoxaresTransportError,
 )
+from syncd.sink_checks import check_sinks
 from syncd.state.db import check_migrated
+
+_CHUNK: Final = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,9 +45,18 @@ async def diagnose(rt: Runtime) -> list[Finding]:
     findings = [Finding("config", True, "configuration is valid")]
     findings.append(await asyncio.to_thread(_database, rt))
     findings.extend(await _api(rt))
+    findings.extend(await _sinks(rt))
     if rt.settings.patients.enabled:
         findings.append(await asyncio.to_thread(_source, rt))
     return findings
+
+
+async def _sinks(rt: Runtime) -> list[Finding]:
+    """Every outbox sink: not the template's example, and reachable."""
+    from syncd.examples import example_config
+
+    verdicts = await check_sinks(rt.settings, example_config())
+    return [Finding(f"sink:{v.sink}", v.ok, v.detail) for v in verdicts]
 
 
 def _database(rt: Runtime) -> Finding:
@@ -107,7 +125,46 @@ def _source(rt: Runtime) -> Finding:
             close()
     except (SourceError, SyncdError) as exc:
         return Finding("source", False, str(exc))
+    config = rt.settings.patients.source
+    files = getattr(source, "files", None)
+    if config is not None and config.type == "csv" and files is not None:
+        for path in files():
+            problem = decode_problem(Path(path), config.encoding)
+            if problem is not None:
+                return Finding("source", False, problem)
     detail = "readable; the mapped columns are present"
+    if config is not None and config.type == "csv":
+        detail += f"; every file decodes as {config.encoding}"
     if first is None:
         detail = "readable, but it has no rows"
     return Finding("source", True, detail)
+
+
+def decode_problem(path: Path, encoding: str) -> str | None:
+    """Why `path` does not decode as `encoding` (naming the line of the first bad byte), or
+    None when all of it does. Reads the file in chunks; quotes no content."""
+    decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
+    lines_before = 0
+    try:
+        with path.open("rb") as handle:
+            while chunk := handle.read(_CHUNK):
+                try:
+                    decoder.decode(chunk)
+                except UnicodeDecodeError as exc:
+                    line = lines_before + chunk.count(b"\n", 0, max(exc.start, 0)) + 1
+                    return _encoding_advice(path, encoding, line)
+                lines_before += chunk.count(b"\n")
+            decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return _encoding_advice(path, encoding, lines_before + 1)
+    except OSError as exc:
+        return f"{path.name}: cannot be read ({exc.strerror or type(exc).__name__})"
+    return None
+
+
+def _encoding_advice(path: Path, encoding: str, line: int) -> str:
+    return (
+        f"patients.source.encoding: {path.name} is not {encoding} (first undecodable byte "
+        f"on line {line}); its rows would be quarantined: set encoding to the export's, "
+        'e.g. "cp1250" for a Windows export in Central Europe, "cp1252" in Western Europe'
+    )

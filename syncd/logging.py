@@ -55,7 +55,16 @@ _SECRET_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\bvox-[A-Za-z0-9_\-]+"), "vox-" + REDACTED),
     (re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=\-]+"), "Bearer " + REDACTED),
     (re.compile(r"\bwhsec_[A-Za-z0-9+/=]+"), "whsec_" + REDACTED),
-    (re.compile(r"[\w.%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}"), "[email]"),
+    # An address starts at a token boundary, and `line:<n>@<file>` is not one: quarantine
+    # keys such as `P1011@line:14@export.csv` (a repeated providerId's row) are locations,
+    # and an operator needs them intact to find the row.
+    (
+        re.compile(
+            r"(?<![\w.%+\-])(?!(?<=line:)\d+@)"
+            r"[\w.%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}"
+        ),
+        "[email]",
+    ),
     # E.164 (+385991234567) and its spaced or dashed forms (+385 99 123 4567).
     (re.compile(r"\+[1-9](?:[ \-.]?\d){6,14}\b"), "[phone]"),
 )
@@ -113,6 +122,13 @@ def bind_job(job: str, run_id: int) -> Iterator[None]:
         yield
 
 
+def drop_color_message(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    """structlog processor: drop uvicorn's `color_message` extra (the message again, with
+    ANSI colour codes), which would otherwise land in every JSON line uvicorn logs."""
+    event_dict.pop("color_message", None)
+    return event_dict
+
+
 def _shared_processors() -> list[Processor]:
     return [
         structlog.contextvars.merge_contextvars,
@@ -139,6 +155,25 @@ def _isatty(stream: TextIO) -> bool:
 
 class _SyncdHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Marks the handler we installed, so reconfiguring replaces it and nothing else."""
+
+
+class _StderrHandler(_SyncdHandler):
+    """Writes to whatever `sys.stderr` is at the time of each line, not at set-up.
+
+    A rich progress display swaps `sys.stderr` for a proxy that prints above the live
+    spinner; a handler holding the original stream would draw log lines over it.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: TextIO) -> None:
+        pass
 
 
 def configure_logging(
@@ -173,7 +208,11 @@ def configure_logging(
         cache_logger_on_first_use=False,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[*_shared_processors(), structlog.stdlib.ExtraAdder()],
+        foreign_pre_chain=[
+            *_shared_processors(),
+            structlog.stdlib.ExtraAdder(),
+            drop_color_message,
+        ],
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
@@ -181,7 +220,7 @@ def configure_logging(
             _renderer(fmt, out),  # type: ignore[arg-type]
         ],
     )
-    handler = _SyncdHandler(out)
+    handler = _SyncdHandler(stream) if stream is not None else _StderrHandler()
     handler.setFormatter(formatter)
 
     root = logging.getLogger()

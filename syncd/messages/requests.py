@@ -26,7 +26,7 @@ from syncd.content.mirror import TEMPLATE
 from syncd.exceptions import MessageRequestError, StateError
 from syncd.messages.states import PENDING
 from syncd.state.db import session_factory
-from syncd.state.models import ContentItem, JobRun, MessageRequest
+from syncd.state.models import ContentItem, JobRun, MessageRequest, PatientMirror
 
 # Column sizes of `message_requests`.
 KEY_MAX: Final = 256
@@ -195,6 +195,30 @@ def submit_request(
                 "patient, text or template"
             )
         return existing
+
+
+def patient_problem(engine: Engine, provider: str, provider_id: str) -> str | None:
+    """Why an SMS to (provider, provider_id) would fail, according to the patient mirror, or
+    None when the mirror knows the patient.
+
+    Only meaningful where this daemon pushes the patients (the mirror holds every patient
+    it pushed); the sender needs the mirror's names and mobile for a patient Voxares does
+    not know yet.
+    """
+    query = select(PatientMirror.state).where(
+        PatientMirror.provider == provider, PatientMirror.provider_id == provider_id
+    )
+    try:
+        with engine.connect() as conn:
+            state = conn.execute(query).scalar_one_or_none()
+    except SQLAlchemyError as exc:
+        raise StateError(f"cannot read the patient mirror ({type(exc).__name__})") from exc
+    if state is None:
+        return (
+            f"no patient {provider_id!r} in the patient mirror: not pushed yet, or quarantined "
+            "(see `syncd quarantine list`)"
+        )
+    return None
 
 
 @contextmanager

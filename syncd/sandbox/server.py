@@ -23,9 +23,12 @@ from typing import IO, Self
 
 from syncd.sandbox.admin_client import SandboxAdmin
 from syncd.sandbox.faults import FaultConfig
+from syncd.sandbox.seed import DEMO_KEY_ID
 from syncd.voxares.contract import API_PREFIX
 
 READY_PREFIX = "syncd-sandbox listening on "
+# The start of the demo key: enough to recognise it, not enough to use it.
+DEMO_KEY_HINT = f"vox-{DEMO_KEY_ID}-…"
 
 
 class _DroppedConnectionFilter(logging.Filter):
@@ -96,8 +99,23 @@ def serve(
     sock = bind_socket(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-    print(f"{READY_PREFIX}http://{shown}:{bound_port}", flush=True)
+    root = f"http://{shown}:{bound_port}"
+    print(f"{READY_PREFIX}{root}", flush=True)
+    print(startup_notice(root), flush=True)
     uvicorn.Server(config).run(sockets=[sock])
+
+
+def startup_notice(root_url: str) -> str:
+    """What an operator needs to point a client at the served sandbox: the API base URL,
+    and where its key is (the key itself is not printed: terminals end up in scrollback,
+    screenshots and CI logs, and a habit of printing keys does not stay with demo keys)."""
+    return (
+        f"API base URL: {root_url}{API_PREFIX}  (voxares.base_url)\n"
+        f'API key: the demo practice\'s key, {DEMO_KEY_HINT} (README.md, "The sandbox"; '
+        "in code syncd.sandbox.seed.DEMO_API_KEY); a key of your own: "
+        f"POST {root_url}/_sandbox/practices\n"
+        "Stop with Ctrl-C."
+    )
 
 
 class ServedSandbox:

@@ -24,6 +24,7 @@ import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 import structlog
 from alembic import command
@@ -33,7 +34,7 @@ from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 import syncd
@@ -134,9 +135,16 @@ def _create_private_file(path: Path) -> None:
     """Create the database file mode 0600 (its folder 0700 if missing) before SQLite does.
 
     SQLite creates the `-wal` and `-shm` files with the permissions of the database file, so
-    they are private too. An existing file readable by others is tightened.
+    they are private too. An existing file readable by others is tightened. A folder or file
+    that cannot be created is a `StateError` naming the path and the system's reason.
     """
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StateError(
+            f"cannot create the state database's directory {path.parent}: {_os_reason(exc)} "
+            "(database.url)"
+        ) from None
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
     except FileExistsError:
@@ -145,8 +153,36 @@ def _create_private_file(path: Path) -> None:
             os.chmod(path, mode & 0o700)
             log.warning("state.db_permissions_tightened", old_mode=oct(mode))
         return
+    except OSError as exc:
+        raise StateError(
+            f"cannot create the state database {path}: {_os_reason(exc)} (database.url)"
+        ) from None
     os.close(fd)
     log.info("state.db_created")
+
+
+def _os_reason(exc: OSError) -> str:
+    return exc.strerror or type(exc).__name__
+
+
+def database_error_reason(exc: SQLAlchemyError, url: URL | None = None) -> str:
+    """Why the state database could not be reached, in one line, for an operator.
+
+    For a failure to connect (`OperationalError`, `InterfaceError`) that is the driver's own
+    first line (`database "x" does not exist`, `Connection refused`, `unable to open
+    database file`): it speaks of hosts, ports, roles and databases, never of rows. The
+    password of `url` is cut out of it wherever it appears. Anything else is named by its
+    class only, since a statement's error can quote the values of a row.
+    """
+    if not isinstance(exc, OperationalError | InterfaceError) or exc.orig is None:
+        return type(exc).__name__
+    lines = str(exc.orig).strip().splitlines()
+    reason = " ".join(lines[0].split()) if lines else ""
+    password = url.password if url is not None else None
+    if password:
+        for form in {str(password), quote_plus(str(password)), quote(str(password), safe="")}:
+            reason = reason.replace(form, "***")
+    return reason or type(exc).__name__
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
@@ -187,7 +223,9 @@ def current_revision(engine: Engine) -> str | None:
         with engine.connect() as conn:
             heads = MigrationContext.configure(conn).get_current_heads()
     except SQLAlchemyError as exc:
-        raise StateError(f"cannot read the state database ({type(exc).__name__})") from exc
+        raise StateError(
+            f"cannot open the state database: {database_error_reason(exc, engine.url)}"
+        ) from exc
     if len(heads) > 1:
         raise StateError(f"the state database has several revisions: {','.join(sorted(heads))}")
     return heads[0] if heads else None
@@ -242,7 +280,7 @@ def _run_migration(target: str | URL | Engine, step: Callable[[Config], None]) -
                     if conn.dialect.name == "sqlite":
                         _sqlite_pragma(conn, "PRAGMA foreign_keys=ON")
         except SQLAlchemyError as exc:
-            raise StateError(f"migration failed ({type(exc).__name__})") from exc
+            raise StateError(f"migration failed: {database_error_reason(exc, engine.url)}") from exc
         except CommandError as exc:
             raise StateError(f"migration failed: {exc}") from exc
 

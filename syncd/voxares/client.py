@@ -544,7 +544,9 @@ class VoxaresClient:
                 status,
                 method=method,
                 path=template,
-                api_message=api_message_of(body, sent_values),
+                api_message=api_message_of(
+                    body, sent_values, secrets=[self._api_key.get_secret_value()]
+                ),
                 retry_after=retry_after,
             )
             if isinstance(error, RateLimited) and self._limiter is not None:

@@ -7,10 +7,12 @@ URL, body or key leaves it. Errors name the method and the path *template*
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Iterable
+import unicodedata
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, quote_plus
 
 import httpx
 from pydantic import ValidationError
@@ -26,6 +28,7 @@ from syncd.exceptions import (
     VoxaresHTTPError,
     VoxaresTransportError,
 )
+from syncd.logging import mask_text
 from syncd.voxares.models import ApiErrorBody
 
 # The API's own message is kept (it explains a 400 or a 403) but cut short.
@@ -48,13 +51,18 @@ _BY_STATUS: dict[int, type[VoxaresHTTPError]] = {
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 
-def api_message_of(body: Any, sent: Iterable[object] = ()) -> str | None:
+def api_message_of(
+    body: Any, sent: Iterable[object] = (), secrets: Iterable[str] = ()
+) -> str | None:
     """The `message` of an error body (string or list of strings), shortened; else None.
 
-    Every value of `sent` (the request's path segments, body and query values) and the path
-    of a NestJS "Cannot GET /path" are cut out of it first: an API may quote the value it
-    refused ("mobileNumber +385... is invalid"), and that is patient data, which must not
-    reach an exception's text, a log or the database.
+    Every value of `sent` (the request's path segments, body and query values, nested ones
+    included), every one of `secrets` (the API key), and the path of a NestJS
+    "Cannot GET /path" are cut out of it first, in every spelling `echo_forms` knows: an
+    API may quote the value it refused ("firstName \"CANARY\\u017dFN\" is invalid") or the
+    token it rejected, and that must not reach an exception's text, a log, the database or
+    the CLI's `error:` line. What is left still goes through the log redactor's patterns
+    (phone numbers, emails, keys, bearer tokens) for what was echoed in another shape.
     """
     if not isinstance(body, dict):
         return None
@@ -65,18 +73,62 @@ def api_message_of(body: Any, sent: Iterable[object] = ()) -> str | None:
     if text is None:
         return None
     text = _UNKNOWN_ROUTE.sub(r"\1 <path>", text)
-    text = scrub_echoes(text, sent)
+    text = scrub_echoes(text, [*sent, *_with_parts(secrets)])
+    text = mask_text(text)
     return text if len(text) <= API_MESSAGE_MAX else text[: API_MESSAGE_MAX - 1] + "…"
 
 
 def scrub_echoes(text: str, sent: Iterable[object]) -> str:
-    """`text` with each value of `sent` longer than two characters replaced, longest first
-    (shorter values would hit ordinary words and identify no one), as sent and as it
-    appears percent-encoded in a path."""
-    values = {str(v) for v in sent if v is not None and not isinstance(v, bool)}
-    for value in sorted((v for v in values if len(v) > 2), key=len, reverse=True):
-        text = text.replace(value, ECHO_REDACTED).replace(quote(value, safe=""), ECHO_REDACTED)
-    return text
+    """`text` with each value of `sent` longer than two characters replaced, in any of its
+    `echo_forms`, case-insensitively, longest first (shorter values would hit ordinary
+    words and identify no one). Mappings and sequences in `sent` are walked to their leaves.
+    """
+    forms: set[str] = set()
+    for value in _leaves(sent):
+        if len(value) > 2:
+            forms |= echo_forms(value)
+    if not forms:
+        return text
+    pattern = "|".join(re.escape(form) for form in sorted(forms, key=len, reverse=True))
+    return re.sub(pattern, ECHO_REDACTED, text, flags=re.IGNORECASE)
+
+
+def echo_forms(value: str) -> set[str]:
+    """The spellings in which an error message may quote `value`: as sent, in either Unicode
+    normal form, JSON-escaped (`\\u017d` as well as raw non-ASCII), and percent-encoded as a
+    path segment, a path or a form value."""
+    forms: set[str] = set()
+    for text in {value, unicodedata.normalize("NFC", value), unicodedata.normalize("NFD", value)}:
+        forms.add(text)
+        forms.add(json.dumps(text)[1:-1])
+        forms.add(json.dumps(text, ensure_ascii=False)[1:-1])
+        forms.add(quote(text, safe=""))
+        forms.add(quote(text))
+        forms.add(quote_plus(text))
+    return {form for form in forms if len(form) > 2}
+
+
+def _with_parts(secrets: Iterable[str]) -> list[str]:
+    """Each secret, and each of its `-`/`_`/`.`-separated parts of eight characters or more
+    (a key's secret part is echoed alone as often as the whole key)."""
+    found: list[str] = []
+    for secret in secrets:
+        found.append(secret)
+        found += [part for part in re.split(r"[-_.]", secret) if len(part) >= 8]
+    return found
+
+
+def _leaves(values: Iterable[object]) -> Iterator[str]:
+    """Every scalar in `values`, as text, walking into mappings and sequences."""
+    for value in values:
+        if value is None or isinstance(value, bool):
+            continue
+        if isinstance(value, Mapping):
+            yield from _leaves(value.values())
+        elif isinstance(value, list | tuple | set | frozenset):
+            yield from _leaves(value)
+        else:
+            yield str(value)
 
 
 def error_for_status(

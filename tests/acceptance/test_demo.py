@@ -90,6 +90,25 @@ def test_demo_lists_quarantined_rows_with_field_and_reason(
     assert "line:" in out  # the row without an id is named by its line
 
 
+def test_demo_says_how_many_broken_rows_it_shows(
+    demo: tuple[subprocess.CompletedProcess[str], Path],
+) -> None:
+    """The counts the demo states match the quarantined rows it lists: 6 broken on purpose,
+    one fixed overnight, 5 listed (it used to say 6 and show 5 without a word)."""
+    result, _ = demo
+    out = result.stdout
+    broken = int(re.search(r"(\d+) broken on purpose\n", out).group(1))  # type: ignore[union-attr]
+    assert broken == len(BROKEN_ROWS)
+    stated = re.search(r"(\d+) row\(s\) still quarantined .*; (\d+) of the (\d+) broken", out)
+    assert stated is not None, out[-3000:]
+    still, fixed, of = (int(n) for n in stated.groups())
+    assert (fixed, of) == (1, broken)
+    listed = out.split("quarantined rows", 1)[1].split("outbox (", 1)[0]
+    # A wrapped reason continues on a line whose first cell is empty.
+    rows = [line for line in listed.splitlines() if re.match(r"│ \S", line)]
+    assert still == len(rows) == broken - fixed
+
+
 def test_demo_reports_outbox_events(demo: tuple[subprocess.CompletedProcess[str], Path]) -> None:
     """The outbox table counts the events written, and the file sink received them."""
     result, directory = demo

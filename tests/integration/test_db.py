@@ -231,9 +231,29 @@ def test_database_from_a_newer_version_is_named(sqlite_engine: Engine) -> None:
 
 
 def test_unreachable_database_is_a_state_error() -> None:
-    """A database that cannot be reached raises StateError naming only the error class."""
+    """A database that cannot be reached raises StateError with the driver's reason (issue
+    11: it used to say only `OperationalError`), and never the password."""
     engine = make_engine("postgresql+psycopg://syncd:hunter2@127.0.0.1:1/state")
     with pytest.raises(StateError) as info:
         current_revision(engine)
-    assert str(info.value) == "cannot read the state database (OperationalError)"
+    message = str(info.value)
+    assert message.startswith("cannot open the state database: ")
+    assert "port 1 failed: Connection refused" in message
+    assert "hunter2" not in message
     engine.dispose()
+
+
+def test_a_drivers_reason_never_carries_the_password() -> None:
+    """Wherever the driver's text quotes the password (as is, or percent-encoded), it is cut."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import OperationalError
+
+    from syncd.state.db import database_error_reason
+
+    url = make_url("postgresql+psycopg://syncd:p%40ss%20w0rd@db/state")
+    quoted = OperationalError(
+        "SELECT 1", {}, Exception("bad conninfo 'password=p@ss w0rd' or p%40ss%20w0rd\nmore")
+    )
+    assert database_error_reason(quoted, url) == "bad conninfo 'password=***' or ***"
+    other = OperationalError("SELECT 1", {}, Exception('FATAL:  database "x" does not exist'))
+    assert database_error_reason(other, url) == 'FATAL: database "x" does not exist'

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import MutableMapping
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 import httpx
 import pytest
@@ -24,6 +26,7 @@ from syncd.exceptions import (
     VoxaresTransportError,
 )
 from syncd.voxares import ClientLimits, Limiter, RetryPolicy, Timeouts, VoxaresClient
+from syncd.voxares.models import PatientUpsert
 from syncd.voxares.testing import ScriptedTransport, json_response, truncated_response
 
 BASE = "http://sandbox/api/v1/integration"
@@ -125,6 +128,58 @@ async def test_api_message_never_echoes_what_the_call_sent() -> None:
     for exc in (echoed.value, route.value):
         assert "EHR-77310" not in str(exc)
         assert "ehr/main" not in str(exc)
+
+
+CANARY_NAME = "CANARY\u017dFN"  # CANARYŽFN
+CANARY_ID = "EHR Ž/77"
+
+
+def echo_every_spelling(request: httpx.Request) -> httpx.Response:
+    """A 422 quoting what it was sent in every usual encoding, and the caller's key."""
+    sent = json.loads(request.content)
+    name = sent["firstName"]
+    message = [
+        f"token {request.headers['Authorization']}, secret {KEY.rsplit('-', 1)[-1]}",
+        f"firstName {json.dumps(name)} is invalid",  # JSON-escaped, lower-case hex
+        f"again {json.dumps(name).upper()}",  # upper-case hex
+        f"raw {name}, {name.lower()}",
+        f"at {quote(CANARY_ID, safe='')}, {quote_plus(CANARY_ID)}",
+        f"{json.dumps({'lastName': sent['lastName']})}",
+    ]
+    return error(422, message)
+
+
+async def test_api_message_is_scrubbed_of_every_encoding_of_sent_values_and_the_key() -> None:
+    """Raw, JSON-escaped and percent-encoded echoes of sent values, and the key, are cut."""
+    transport = ScriptedTransport(default=echo_every_spelling)
+    patient = PatientUpsert(
+        provider="ehr",
+        provider_id=CANARY_ID,
+        first_name=CANARY_NAME,
+        last_name="Quillfeatherby",
+        mobile_number="+385917776655",
+    )
+    async with make_client(transport) as client:
+        with pytest.raises(Invalid) as invalid:
+            await client.upsert_patient(patient)
+    text = f"{invalid.value} {invalid.value!r} {invalid.value.api_message}"
+    escaped = json.dumps(CANARY_NAME)[1:-1]
+    for leak in (
+        CANARY_NAME,
+        CANARY_NAME.lower(),
+        escaped,
+        escaped.upper(),
+        "Quillfeatherby",
+        "7776655",
+        CANARY_ID,
+        quote(CANARY_ID, safe=""),
+        quote_plus(CANARY_ID),
+        KEY,
+        KEY.rsplit("-", 1)[-1],
+    ):
+        assert leak.lower() not in text.lower(), leak
+    assert 'firstName "<redacted>" is invalid' in text
+    assert not invalid.value.api_message.endswith("…")  # every echo above was checked
 
 
 async def test_error_without_json_body_still_maps() -> None:

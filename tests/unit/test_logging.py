@@ -263,3 +263,45 @@ def test_bad_level_or_format_is_refused(level: str, fmt: str) -> None:
     """An unknown level or format raises ValueError instead of logging nothing."""
     with pytest.raises(ValueError, match="unknown log"):
         configure_logging(level, fmt, stream=io.StringIO())
+
+
+# --- issue 11: locations, uvicorn's colours, the progress display -------------------------------
+
+
+@pytest.mark.parametrize("location", ["P1011@line:14@ehr-export.csv", "line:14@ehr-export.csv"])
+def test_duplicate_row_locations_survive_the_redactor(location: str) -> None:
+    """A quarantine key `P1011@line:14@file.csv` is a location, not an email: it is kept."""
+    stream = render("json")
+    structlog.get_logger().warning("patients.duplicate", row=location, note=f"{location} {EMAIL}")
+    (entry,) = lines(stream)
+    assert entry["row"] == location
+    assert entry["note"] == f"{location} [email]"
+    assert mask_text(f"line:{EMAIL}") == "line:[email]"
+
+
+def test_uvicorn_colour_message_is_not_in_json_lines() -> None:
+    """uvicorn's `color_message` extra (ANSI codes) is dropped; its plain message is kept."""
+    stream = render("json")
+    logging.getLogger("uvicorn.error").info(
+        "Started server process [%d]",
+        42,
+        extra={"color_message": "Started server process [\x1b[36m%d\x1b[0m]"},
+    )
+    (entry,) = lines(stream)
+    assert entry["event"] == "Started server process [42]"
+    assert "color_message" not in entry
+    assert "\\u001b" not in stream.getvalue()
+
+
+def test_log_lines_go_above_a_progress_display(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Logging to stderr follows rich's stderr redirect, so lines print above the spinner."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    monkeypatch.setattr("sys.stderr", io.StringIO())
+    configure_logging("INFO", "json")
+    screen = io.StringIO()
+    with Progress(console=Console(file=screen, force_terminal=True, width=100)) as bar:
+        bar.add_task("rows read: 0", total=None)
+        structlog.get_logger().info("patients.batch_pushed", created=7)
+    assert "patients.batch_pushed" in screen.getvalue()
