@@ -99,6 +99,15 @@ class PollCounts:
         """The counters as a plain mapping."""
         return asdict(self)
 
+    @property
+    def idle(self) -> bool:
+        """Whether the run changed nothing: no event written and no version found late.
+
+        Windows, pages and known versions re-listed are the cost of looking, not work: an
+        idle poll every minute logs at DEBUG, not a line a minute at INFO.
+        """
+        return not (self.emitted or self.removed or self.sweep_found or self.deferred)
+
 
 class _StillStale(Exception):
     """Internal: the detail read is older than the listed version (retried by stamina)."""
@@ -241,7 +250,7 @@ class SubmissionPoller:
             metrics.WATERMARK_LAG.labels(stream=self.stream).set(max(0.0, lag))
         if self._sweeps and watermark is not None:
             await self._sweep_when_due(counts, run_id, server_now or await self._server_now())
-        log.info("poller.run_done", stream=self.stream, run_id=run_id, **counts.as_dict())
+        log.debug("poller.run_done", stream=self.stream, run_id=run_id, **counts.as_dict())
         return counts
 
     async def reconcile(self, run_id: int | None, *, since: datetime | None = None) -> PollCounts:
@@ -281,7 +290,7 @@ class SubmissionPoller:
             return
         counts.sweeps += 1
         await self._poll_window(window, counts, run_id, keep_progress=False, found_at=server_now)
-        log.info(
+        log.debug(
             "poller.sweep_done",
             stream=self.stream,
             run_id=run_id,
@@ -338,7 +347,7 @@ class SubmissionPoller:
                 first, second = halves
                 pending += [second, first]
                 counts.splits += 1
-                log.info("poller.window_split", stream=self.stream, width_ms=part.width_ms)
+                log.debug("poller.window_split", stream=self.stream, width_ms=part.width_ms)
                 continue
             rest = window.after(Window(window.start, part.end))
             if keep_progress and rest is not None:
@@ -383,7 +392,7 @@ class SubmissionPoller:
                 return paging.halves()
             if verdict is Verdict.RELIST:
                 counts.relists += 1
-                log.info(
+                log.debug(
                     "poller.window_relisted",
                     stream=self.stream,
                     width_ms=window.width_ms,
@@ -483,7 +492,7 @@ class SubmissionPoller:
             counts.duplicates_skipped += recorded.duplicates
             counts.superseded += len(recorded.superseded)
             testing_hooks.step(STEP_AFTER_OUTBOX_INSERT)
-            log.info(
+            log.debug(
                 "poller.batch_recorded",
                 stream=self.stream,
                 details=len(details),
@@ -550,7 +559,7 @@ class SubmissionPoller:
                     # does another status at the same rendered millisecond.
                     if _older_than_listed(detail, item):
                         counts.stale_details += 1
-                        log.info(
+                        log.debug(
                             "poller.detail_stale",
                             stream=self.stream,
                             submission_id=item.submission_id,

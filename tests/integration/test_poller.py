@@ -531,3 +531,16 @@ async def test_a_listed_submission_gone_at_its_detail_is_recorded_removed(
     assert {p["detailStatus"] for p in payloads} == {status}
     state = PollerStore(world.engine, STREAM).load()
     assert state.window is None  # not a failed window
+
+
+async def test_a_poll_that_finds_nothing_new_is_idle(world: World) -> None:
+    """Re-listing recorded versions is looking, not work: the run is idle (logged at DEBUG by
+    the runner), while a run that emitted is not."""
+    world.activity(5)
+    first = await world.catch_up()
+    assert first.emitted > 0
+    assert not first.idle
+    again = await world.catch_up()
+    assert again.known_skipped > 0
+    assert again.emitted == 0
+    assert again.idle
