@@ -541,6 +541,6 @@ async def test_a_poll_that_finds_nothing_new_is_idle(world: World) -> None:
     assert first.emitted > 0
     assert not first.idle
     again = await world.catch_up()
-    assert again.known_skipped > 0
+    assert again.windows > 0  # it did poll
     assert again.emitted == 0
     assert again.idle
