@@ -133,7 +133,7 @@ def test_api_errors_echoing_the_key_or_patient_data_leave_no_trace(
         encoding="utf-8",
     )
     denied = run_syncd("sync", "patients", *config, cwd=tmp_path)
-    assert denied.returncode == 1
+    assert denied.returncode == 2  # a failed run (README: exit codes and monitoring)
     [error_line] = [line for line in denied.stderr.splitlines() if line.startswith("error:")]
     assert "status=401" in error_line
 
