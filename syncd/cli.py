@@ -59,10 +59,14 @@ ConfigOption = Annotated[
 ]
 
 
-def _settings(config: Path | None) -> Settings:
-    """Load the configuration, or stop with one line per problem and exit 78."""
+def _settings(config: Path | None, *, need_api_key: bool = False) -> Settings:
+    """Load the configuration, or stop with one line per problem and exit 78.
+
+    Only the commands that call Voxares (`run`, `sync`, `doctor`) pass `need_api_key`: the
+    others work on a host where the key exists only as the service's systemd credential.
+    """
     try:
-        settings = load_settings(config)
+        settings = load_settings(config, need_api_key=need_api_key)
     except ConfigError as exc:
         for line in exc.problems or [str(exc)]:
             err.print(f"config error: {line}", markup=False, highlight=False)
@@ -85,9 +89,11 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
 
 
 def _engine(settings: Settings) -> Any:
+    """The state database, opened as it is: a missing SQLite file is not created (only
+    `db upgrade` creates it), so a read-only command leaves no trace on a fresh machine."""
     from syncd.compose import build_engine
 
-    return build_engine(settings)
+    return build_engine(settings, create=False)
 
 
 def _ago(moment: datetime | None) -> str:
@@ -109,7 +115,7 @@ def run(config: ConfigOption = None) -> None:
     """Run the daemon: every enabled job on its schedule, until SIGTERM."""
     from syncd.service import serve
 
-    settings = _settings(config)
+    settings = _settings(config, need_api_key=True)
     _run(serve(settings))
 
 
@@ -120,13 +126,18 @@ def init(
     ),
 ) -> None:
     """Write a documented config file to start from (every key, with its default)."""
-    from syncd.examples import example_config
+    from syncd.examples import write_example_config
 
-    if path.exists():
-        err.print(f"error: {path} exists; not overwriting it")
-        raise typer.Exit(1)
-    path.write_text(example_config(), encoding="utf-8")
-    out.print(f"wrote {path}: edit it, then run `syncd doctor --config {path}`")
+    try:
+        done = write_example_config(path)
+    except FileExistsError:
+        err.print(f"error: {path} exists; not overwriting it", markup=False)
+        raise typer.Exit(1) from None
+    except OSError as exc:
+        err.print(f"error: cannot write {path}: {exc.strerror}", markup=False)
+        raise typer.Exit(1) from None
+    for line in done:
+        out.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -149,10 +160,15 @@ def demo(
 @db_app.command("upgrade")
 def db_upgrade(config: ConfigOption = None) -> None:
     """Create or migrate the state database to the current schema."""
+    from syncd.compose import build_engine
     from syncd.state.db import current_revision, upgrade
 
     settings = _settings(config)
-    engine = _engine(settings)
+    try:
+        engine = build_engine(settings, create=True)
+    except SyncdError as exc:
+        err.print(f"error: {exc}", markup=False)
+        raise typer.Exit(1) from None
     try:
         upgrade(engine)
         out.print(f"state database at revision {current_revision(engine)}")
@@ -183,7 +199,7 @@ def sync_patients(
     """Push new and changed patients once (with a progress bar on a terminal)."""
     from syncd.service import sync_once
 
-    settings = _settings(config)
+    settings = _settings(config, need_api_key=True)
     if dry_run:
         counts = _run(sync_once(settings, "patients", dry_run=True))
         _print_dry_run(counts)
@@ -240,7 +256,7 @@ def _sync_command(target: str, doc: str) -> None:
     def command(config: ConfigOption = None) -> None:
         from syncd.service import sync_once
 
-        _report(_run(sync_once(_settings(config), target)))
+        _report(_run(sync_once(_settings(config, need_api_key=True), target)))
 
     command.__doc__ = doc
     sync_app.command(target)(command)
@@ -315,15 +331,17 @@ def doctor(config: ConfigOption = None) -> None:
     from syncd.compose import runtime
     from syncd.doctor import Finding, diagnose
 
-    settings = _settings(config)
+    settings = _settings(config, need_api_key=True)
 
     async def check() -> list[Finding]:
-        async with runtime(settings) as rt:
+        async with runtime(settings, create_database=False) as rt:
             return await diagnose(rt)
 
     findings = _run(check())
     for f in findings:
         mark = "[green]ok[/green]  " if f.ok else "[red]FAIL[/red]"
+        if f.ok and f.warning:
+            mark = "[yellow]WARN[/yellow]"
         out.print(f"{mark} {f.check}: {f.detail}", highlight=False)
     if not all(f.ok for f in findings):
         raise typer.Exit(1)
@@ -654,7 +672,13 @@ def sandbox_serve(
 
 def main() -> None:
     """Console-script entry point."""
-    app()
+    try:
+        app()
+    except SyncdError as exc:
+        # Whatever a command did not handle itself (a missing state database under a list
+        # command): one line, not a traceback.
+        err.print(f"error: {exc}", markup=False, highlight=False)
+        raise SystemExit(EX_CONFIG if isinstance(exc, ConfigError) else 1) from None
 
 
 if __name__ == "__main__":
