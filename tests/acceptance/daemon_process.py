@@ -8,7 +8,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,15 +78,19 @@ def running(
     env: dict[str, str],
     cwd: Path,
     notify_dir: Path,
-    preexec_fn: Callable[[], None] | None = None,
 ) -> Iterator[Daemon]:
     """Start `argv` with $NOTIFY_SOCKET set; SIGTERM it on the way out and expect exit 0.
 
     Its stderr goes to `notify_dir/daemon.log` (a pipe nobody reads could fill and block it).
     """
     path = notify_dir / "notify.sock"
+    path.unlink(missing_ok=True)
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    notify.bind(str(path))
+    try:
+        notify.bind(str(path))
+    except OSError:
+        notify.close()
+        raise
     os.chmod(path, 0o777)  # a service user other than ours must be able to send to it
     log = notify_dir / "daemon.log"
     with log.open("w") as stderr:
@@ -97,7 +101,6 @@ def running(
             stdout=subprocess.DEVNULL,
             stderr=stderr,
             text=True,
-            preexec_fn=preexec_fn,  # only to drop privileges, as systemd does
         )
     daemon = Daemon(process, notify, log)
     try:
@@ -110,3 +113,4 @@ def running(
             process.kill()
             process.wait()
         notify.close()
+        path.unlink(missing_ok=True)
