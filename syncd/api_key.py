@@ -68,14 +68,10 @@ def resolve_api_key(
     if credential is not None:
         return _read_key_file(credential, f"{CREDENTIALS_ENV}/{API_KEY_CREDENTIAL}")
     if key_file is not None and str(key_file):
-        try:
-            return _read_key_file(Path(key_file), key_file_name)
-        except ConfigError as exc:
-            # Say what else was tried, so "Permission denied" under systemd points at the
-            # missing LoadCredential= rather than at the file's mode.
-            raise ConfigError(
-                [f"{exc.problems[0]} (and neither {API_KEY_ENV} nor {PLACES[1]} is set)"]
-            ) from None
+        # An unreadable file says what else was tried, so that "Permission denied" under
+        # systemd points at a missing LoadCredential= rather than at the file's mode.
+        tried = f" (and neither {API_KEY_ENV} nor {PLACES[1]} is set)"
+        return _read_key_file(Path(key_file), key_file_name, unreadable=tried)
     raise ConfigError([f"voxares.api_key: {NOT_SET}"])
 
 
@@ -87,8 +83,9 @@ def _credential_path(environ: Mapping[str, str]) -> Path | None:
     return path if path.exists() else None
 
 
-def _read_key_file(path: Path, name: str) -> SecretStr:
-    """Read a key file, refusing one that others may read or write."""
+def _read_key_file(path: Path, name: str, *, unreadable: str = "") -> SecretStr:
+    """Read a key file, refusing one that others may read or write (`unreadable`: added to
+    the problem when the file cannot be opened)."""
     try:
         with path.open("rb") as handle:
             mode = stat.S_IMODE(os.fstat(handle.fileno()).st_mode)
@@ -103,7 +100,7 @@ def _read_key_file(path: Path, name: str) -> SecretStr:
             raw = handle.read(_MAX_KEY_FILE_BYTES + 1)
     except OSError as exc:
         raise ConfigError(
-            [f"{name}: cannot read {path}: {exc.strerror or type(exc).__name__}"]
+            [f"{name}: cannot read {path}: {exc.strerror or type(exc).__name__}{unreadable}"]
         ) from None
     try:
         text = raw.decode("utf-8")
