@@ -4,11 +4,12 @@ as written, with each `docker` command carried out from the Dockerfile itself.
 The image is the Dockerfile's final stage read as data: its ENV, USER, WORKDIR, ENTRYPOINT,
 CMD, HEALTHCHECK and the files it COPYs from the build context (the entrypoint script); the
 venv it builds is the venv running these tests (CI builds the real image: .ci/deploy-checks.sh
-container). A scratch root stands in for both the host and the container's `/` (their paths
-do not overlap here): `-v` mounts become copies (files, read-only) or the named volume's
-directory, `docker run` runs ENTRYPOINT + (its arguments or CMD) as uid:gid 10001 in WORKDIR
-with the image's environment, `-d` waits for the HEALTHCHECK command to pass, `docker exec`
-runs its command the same way without the entrypoint. Voxares is the served sandbox
+container). A scratch root stands in for the host's `/`, and each container gets a root of
+its own: `-v` mounts become copies of the host's files and directories (a config file seen
+from inside, its paths in the container's root) or a link to the named volume's directory;
+`docker run` runs ENTRYPOINT + (its arguments or CMD) as uid:gid 10001 in WORKDIR with the
+image's environment, `-d` waits for the HEALTHCHECK command to pass, `docker exec` runs its
+command in that container without the entrypoint. Voxares is the served sandbox
 (`SYNCD_VOXARES__BASE_URL`), the health port a free one (`SYNCD_HEALTH__PORT`, which the
 HEALTHCHECK reads too): the only variables the test adds.
 """
@@ -107,15 +108,25 @@ class Image:
 
 
 @dataclass
-class Engine:
-    """Carries out `docker` commands against the scratch root (see the module docstring)."""
+class Container:
+    """One container: its own root (the image's files, then its mounts) and environment."""
 
     root: Root
+    env: dict[str, str]
+
+
+@dataclass
+class Engine:
+    """Carries out `docker` commands (see the module docstring). `host` is the scratch root
+    of the host's files; each container gets a root of its own under `work`."""
+
+    host: Root
     image: Image
     extra_env: dict[str, str]
     work: Path
+    built: bool = False
     volumes: dict[str, Path] = field(default_factory=dict)
-    detached: dict[str, tuple[Daemon, dict[str, str]]] = field(default_factory=dict)
+    detached: dict[str, tuple[Daemon, Container]] = field(default_factory=dict)
     stack: ExitStack = field(default_factory=ExitStack)
     results: list[subprocess.CompletedProcess[str]] = field(default_factory=list)
 
@@ -125,7 +136,7 @@ class Engine:
         assert args[0] == "docker", command
         verb, rest = args[1], args[2:]
         if verb == "build":
-            self.build()
+            self.built = True
         elif verb == "volume":
             assert rest[0] == "create", command
             self.volumes[rest[1]] = volume = self.work / "volumes" / rest[1]
@@ -133,26 +144,32 @@ class Engine:
         elif verb == "run":
             self.run(rest)
         elif verb == "exec":
-            daemon, env = self.detached[rest[0]]
+            daemon, container = self.detached[rest[0]]
             assert daemon.process.poll() is None, "the container is not running"
-            self.results.append(self.execute(rest[1:], env))
+            self.results.append(self.execute(container, rest[1:]))
         else:
             raise AssertionError(f"no stand-in for `{command}`")
 
-    def build(self) -> None:
-        """The image's files: the venv it builds (this test's) and what it COPYs."""
-        (self.root / "/opt").mkdir(parents=True, exist_ok=True)
-        (self.root / "/opt/voxares-syncd").symlink_to(VENV)
+    def create(self) -> Container:
+        """A new container's root: the venv the image builds (this test's), what it COPYs,
+        and the directories its RUN line makes."""
+        assert self.built, "docker run before docker build"
+        path = self.work / "containers" / uuid.uuid4().hex[:8]
+        path.mkdir(parents=True)
+        root = Root(path)
+        (root / "/opt").mkdir()
+        (root / "/opt/voxares-syncd").symlink_to(VENV)
         for source, target in self.image.copies:
-            destination = self.root / target
+            destination = root / target
             destination.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / source, destination)
-        # RUN install -d /etc/voxares-syncd (the config is mounted into it).
-        (self.root / "/etc/voxares-syncd").mkdir(parents=True, exist_ok=True)
+        (root / "/etc/voxares-syncd").mkdir(parents=True)
+        (root / self.image.workdir).parent.mkdir(parents=True, exist_ok=True)
+        return Container(root, dict(self.extra_env))
 
     def run(self, args: list[str]) -> None:
         """`docker run [options] IMAGE [ARGS]`."""
-        env = dict(self.extra_env)
+        container = self.create()
         detached, name = False, ""
         while args[0].startswith("-"):
             option = args.pop(0)
@@ -162,51 +179,51 @@ class Engine:
                 value = args.pop(0)
                 name = value if option == "--name" else name
             elif option == "-v":
-                self.mount(args.pop(0))
+                self.mount(container, args.pop(0))
             elif option == "-e":
                 key, _, value = args.pop(0).partition("=")
-                env[key] = value
+                container.env[key] = value
             else:
                 raise AssertionError(f"no stand-in for docker run {option}")
         args.pop(0)  # the image's name
         argv = self.image.entrypoint + (args or self.image.cmd)
         if not detached:
-            self.results.append(self.execute(argv, env))
+            self.results.append(self.execute(container, argv))
             return
         daemon = self.stack.enter_context(
             running(
-                unprivileged(self.rewrite(argv), *self.image.user),
-                env=self.environment(env),
-                cwd=self.root / self.image.workdir,
-                notify_dir=self.work,
+                unprivileged(self.rewrite(container, argv), *self.image.user),
+                env=self.environment(container),
+                cwd=container.root / self.image.workdir,
+                notify_dir=container.root.path,
             )
         )
-        self.wait_healthy(daemon, env)
-        self.detached[name] = (daemon, env)
+        self.wait_healthy(daemon, container)
+        self.detached[name] = (daemon, container)
 
-    def mount(self, spec: str) -> None:
-        """`-v SOURCE:TARGET[:ro]`: a named volume, or a copy of a host file or directory."""
+    def mount(self, container: Container, spec: str) -> None:
+        """`-v SOURCE:TARGET[:ro]`: a named volume, or a copy of a host file or directory
+        (a config file is seen from inside: its paths in the container's root)."""
         source, target = spec.split(":")[:2]
-        destination = self.root / target
+        destination = container.root / target
+        destination.parent.mkdir(parents=True, exist_ok=True)
         if "/" not in source:
             volume = self.volumes[source]
-            if not destination.is_symlink():
-                destination.parent.mkdir(parents=True, exist_ok=True)
-                destination.symlink_to(volume)
+            destination.symlink_to(volume)
             if not any(volume.iterdir()):
                 # A new named volume takes the ownership and mode of the image's directory
                 # (RUN install -d -o 10001 -g 10001 -m 0700 /var/lib/voxares-syncd).
                 os.chown(volume, *self.image.user)
                 volume.chmod(0o700)
             return
-        host = Path(self.root.rewrite(source))
+        host = self.host / source
         if host.is_dir():
             shutil.copytree(host, destination, dirs_exist_ok=True, copy_function=shutil.copy2)
-            self.chown_like(host, destination)
         else:
-            destination.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(host, destination)
-            self.chown_like(host, destination)
+            if destination.suffix == ".toml":
+                container.root.relocate(destination)
+        self.chown_like(host, destination)
 
     @staticmethod
     def chown_like(host: Path, copy: Path) -> None:
@@ -218,38 +235,40 @@ class Engine:
             info = original.stat()
             os.chown(copied, info.st_uid, info.st_gid)
 
-    def rewrite(self, argv: list[str]) -> list[str]:
-        """A command line of the image with its paths in the scratch root."""
-        return [self.root.rewrite(part) for part in argv]
+    @staticmethod
+    def rewrite(container: Container, argv: list[str]) -> list[str]:
+        """A command line of the image with its paths in the container's root."""
+        return [container.root.rewrite(part) for part in argv]
 
-    def environment(self, extra: dict[str, str]) -> dict[str, str]:
-        """The image's ENV (paths in the scratch root, $PATH expanded), then -e's."""
+    def environment(self, container: Container) -> dict[str, str]:
+        """The image's ENV (paths in the container's root, $PATH expanded), then -e's."""
+        root = container.root
         env = {"HOME": self.image.workdir, "LANG": "C.UTF-8"}
         # The base image's PATH, with its /usr/local/bin (the entrypoint's place) in the root.
-        inherited = f"{self.root / '/usr/local/bin'}:{BASE_PATH}"
+        inherited = f"{root / '/usr/local/bin'}:{BASE_PATH}"
         for name, value in self.image.env.items():
-            env[name] = self.root.rewrite(value).replace("$PATH", inherited)
-        return env | {k: self.root.rewrite(v) for k, v in extra.items()}
+            env[name] = root.rewrite(value).replace("$PATH", inherited)
+        return env | {k: root.rewrite(v) for k, v in container.env.items()}
 
-    def execute(self, argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    def execute(self, container: Container, argv: list[str]) -> subprocess.CompletedProcess[str]:
         """Run to completion as the image's user, in WORKDIR."""
         return subprocess.run(
-            unprivileged(self.rewrite(argv), *self.image.user),
-            cwd=self.root / self.image.workdir,
-            env=self.environment(env),
+            unprivileged(self.rewrite(container, argv), *self.image.user),
+            cwd=container.root / self.image.workdir,
+            env=self.environment(container),
             capture_output=True,
             text=True,
             timeout=180,
             check=False,
         )
 
-    def wait_healthy(self, daemon: Daemon, env: dict[str, str], timeout: float = 90) -> None:
+    def wait_healthy(self, daemon: Daemon, container: Container, timeout: float = 90) -> None:
         """Until the HEALTHCHECK command exits 0, as `docker ps` would show (healthy)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if daemon.process.poll() is not None:
                 raise AssertionError(f"the container exited: {daemon.drain()}")
-            if self.execute(self.image.healthcheck, env).returncode == 0:
+            if self.execute(container, self.image.healthcheck).returncode == 0:
                 return
             time.sleep(0.5)
         raise AssertionError(f"never healthy within {timeout:.0f}s: {daemon.drain()[-2000:]}")
@@ -288,13 +307,7 @@ def host(served: ServedSandbox) -> Iterator[tuple[Shell, Engine, Practice]]:
         work,
     )
     shell_env = {"PATH": f"{work}:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(path)}
-    config = root / "/srv/syncd/config.toml"
-
-    def relocate_config(_command: str) -> None:
-        if config.exists():
-            root.relocate(config)  # the container's paths, in the scratch root
-
-    shell = Shell(root, shell_env, [], fields={}, after_each=relocate_config)
+    shell = Shell(root, shell_env, [], fields={})
     try:
         with engine.stack:
             yield shell, engine, practice
@@ -329,7 +342,7 @@ def test_documented_docker_steps_start_on_an_empty_volume(
     [status] = engine.results
     assert status.returncode == 0, status.stdout + status.stderr
     assert "patients mirrored:" in status.stdout
-    key = engine.root / "/srv/syncd/api-key"
+    key = engine.host / "/srv/syncd/api-key"
     assert (key.stat().st_uid, stat.S_IMODE(key.stat().st_mode)) == (10001, 0o600)
 
     run_block(shell, engine, 1)
@@ -345,14 +358,13 @@ def test_one_off_commands_on_an_empty_volume_create_nothing(
 ) -> None:
     """Through the entrypoint, only `run` migrates: `status` on an empty volume says to run
     `syncd db upgrade` and leaves the volume empty; `db upgrade` then creates the database."""
-    shell, engine, _ = host
+    _, engine, _ = host
     engine.docker("docker build -t voxares-syncd .")
     engine.docker("docker volume create syncd-state")
     volume = engine.volumes["syncd-state"]
-    config = engine.root / "/srv/syncd/config.toml"
+    config = engine.host / "/srv/syncd/config.toml"
     config.parent.mkdir(parents=True)
     shutil.copy2(ROOT / "config.example.toml", config)
-    shell.root.relocate(config)
     mounts = "-v syncd-state:/var/lib/voxares-syncd "
     mounts += "-v /srv/syncd/config.toml:/etc/voxares-syncd/config.toml:ro"
     engine.docker(
