@@ -5,12 +5,13 @@
 #     -v syncd-state:/var/lib/voxares-syncd \
 #     -v /srv/syncd/config.toml:/etc/voxares-syncd/config.toml:ro \
 #     -v /srv/syncd/api-key:/run/secrets/voxares-api-key:ro \
-#     -e SYNCD_VOXARES__API_KEY_FILE=/run/secrets/voxares-api-key \
 #     voxares-syncd
 #
-# The health server binds 127.0.0.1 inside the container, which is enough for HEALTHCHECK;
-# set SYNCD_HEALTH__HOST=0.0.0.0 and publish 8787 to scrape /metrics or probe from outside.
-# See deploy/README.md.
+# The entrypoint migrates the state database before `run`, so a container starts on an
+# empty volume. The API key is read from /run/secrets/voxares-api-key (a Docker secret or a
+# mounted file readable by uid 10001). The health server binds 127.0.0.1 inside the
+# container, which is enough for HEALTHCHECK; set SYNCD_HEALTH__HOST=0.0.0.0 and publish 8787
+# to scrape /metrics or probe from outside. See deploy/README.md.
 
 # --- builder: a self-contained virtual environment with the daemon and its drivers -------
 # The builder never runs as a container, so it has no HEALTHCHECK.
@@ -23,8 +24,8 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 
 WORKDIR /src
 RUN python -m venv /opt/voxares-syncd
-# Keep this list in step with .dockerignore (an allow-list) and .ci/deploy-checks.sh,
-# which replays these COPY lines to build the same venv without Docker.
+# Keep every COPY source in step with .dockerignore (an allow-list); .ci/deploy-checks.sh
+# checks them and replays this stage to build the same venv without Docker.
 COPY pyproject.toml README.md ./
 COPY syncd ./syncd
 # Alembic migrations ship inside the package as syncd.migrations (see pyproject.toml).
@@ -34,10 +35,15 @@ RUN /opt/voxares-syncd/bin/pip install --no-cache-dir ".[postgres,amqp]"
 # --- runtime: the venv on a clean slim image, as an unprivileged numeric user -------------
 FROM python:3.11-slim
 
+# The state database is syncd's default, /var/lib/voxares-syncd/state.db (the volume); it is
+# not set here, so that a database.url in the config file is not silently overridden.
+# SYNCD_VOXARES__API_KEY_FILE names where the key is (a Docker secret), not the key: DL3064
+# is about values, and this one is a path.
+# hadolint ignore=DL3064
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PATH=/opt/voxares-syncd/bin:$PATH \
-    SYNCD_DATABASE__URL=sqlite:////var/lib/voxares-syncd/state.db
+    SYNCD_VOXARES__API_KEY_FILE=/run/secrets/voxares-api-key
 
 RUN groupadd --system --gid 10001 syncd \
  && useradd --system --uid 10001 --gid 10001 --no-create-home \
@@ -46,6 +52,7 @@ RUN groupadd --system --gid 10001 syncd \
  && install -d -m 0755 /etc/voxares-syncd
 
 COPY --from=builder /opt/voxares-syncd /opt/voxares-syncd
+COPY deploy/docker/entrypoint.sh /usr/local/bin/syncd-entrypoint
 
 USER 10001:10001
 WORKDIR /var/lib/voxares-syncd
@@ -57,5 +64,6 @@ EXPOSE 8787
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
   CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('SYNCD_HEALTH__PORT', '8787') + '/healthz', timeout=4)"]
 
-ENTRYPOINT ["syncd"]
+# `run` migrates first; every other command runs as given (deploy/docker/entrypoint.sh).
+ENTRYPOINT ["syncd-entrypoint"]
 CMD ["run", "--config", "/etc/voxares-syncd/config.toml"]

@@ -18,6 +18,15 @@
 #             Dockerfile's HEALTHCHECK command against a health server from that venv, and run
 #             `syncd --help`. Only that last step is skipped, and only while syncd/cli.py does
 #             not exist yet.
+#   container the real image, built by ../shared/tools/build-image.sh (buildah, no Docker
+#             engine; about a minute the first time), started as uid 10001 the way
+#             `docker run` starts it: the entrypoint on an empty volume (owned by 10001, as
+#             Docker makes a new named volume), the API key as a Docker secret in
+#             /run/secrets/voxares-api-key, a served sandbox on the host as Voxares. It must
+#             migrate, reach /healthz through the Dockerfile's HEALTHCHECK command, stop
+#             cleanly on SIGTERM, and leave a 0600 state.db owned by 10001 that `syncd status`
+#             reads. Skipped with a message when the build tool is absent, except under
+#             CI=true (the shared tools sit beside the clone there), where that fails.
 #
 # Without systemd-analyze the systemd part is skipped, except under CI=true where it fails.
 # Exits non-zero when any check fails.
@@ -113,11 +122,36 @@ check_systemd() {
   fi
 }
 
-# The sources of the builder stage's COPY lines (not COPY --from=...), one per line.
+# The HEALTHCHECK's CMD array of the Dockerfile, one argument per line.
+healthcheck_argv() {
+  "$1" - <<'PY'
+import json, re, sys
+text = open("Dockerfile").read().replace("\\\n", " ")
+match = re.search(r"^HEALTHCHECK\s.*?\bCMD\s+(\[.*\])\s*$", text, re.M)
+if not match:
+    sys.exit("no HEALTHCHECK ... CMD [...] line in the Dockerfile")
+print("\n".join(json.loads(match.group(1))))
+PY
+}
+
+free_port() {
+  "$1" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# Wait up to 60 s for something to listen on 127.0.0.1:PORT.
+wait_for_port() {
+  local _
+  for _ in $(seq 300); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    sleep 0.2
+  done
+  return 1
+}
+
+# The sources of every COPY line from the build context (not COPY --from=...), one per line.
 copy_sources() {
   awk '
-    /^FROM / { stage++ }
-    stage == 1 && /^COPY / && !/--from=/ {
+    /^COPY / && !/--from=/ {
       n = 0
       for (i = 2; i <= NF; i++) if ($i !~ /^--/) args[++n] = $i
       for (i = 1; i < n; i++) print args[i]
@@ -128,7 +162,7 @@ check_image() {
   local py src sources ctx venv port out
   py="$(python_bin)"
   sources="$(copy_sources)"
-  [ -n "$sources" ] || fail "no COPY lines found in the Dockerfile's builder stage"
+  [ -n "$sources" ] || fail "no COPY lines from the build context in the Dockerfile"
   ctx="$work/context"
   mkdir -p "$ctx"
   while IFS= read -r src; do
@@ -156,16 +190,7 @@ check_image() {
 
   # The HEALTHCHECK command, against a health server from the installed package.
   local healthcheck
-  healthcheck="$(
-    "$py" - <<'PY'
-import json, re, sys
-text = open("Dockerfile").read().replace("\\\n", " ")
-match = re.search(r"^HEALTHCHECK\s.*?\bCMD\s+(\[.*\])\s*$", text, re.M)
-if not match:
-    sys.exit("no HEALTHCHECK ... CMD [...] line in the Dockerfile")
-print("\n".join(json.loads(match.group(1))))
-PY
-  )" || fail "cannot read the HEALTHCHECK command"
+  healthcheck="$(healthcheck_argv "$py")" || fail "cannot read the HEALTHCHECK command"
   mapfile -t hc_argv <<<"$healthcheck"
   (cd "$work" && exec "$venv/bin/python" -c '
 import asyncio, time
@@ -208,14 +233,103 @@ asyncio.run(main())
   fi
 }
 
+check_container() {
+  local tool=../shared/tools/build-image.sh tag=voxares-syncd:deploy-checks py port key_port
+  local container="" healthcheck script
+  if [ ! -f "$tool" ]; then
+    if in_ci; then fail "$tool is missing (CI=true: the shared tools sit beside the clone)"; fi
+    say "SKIP container: $tool is absent (outside CI the real image build is optional)"
+    return 0
+  fi
+  py="$(python_bin)"
+  say "building the image with $tool (about a minute the first time)"
+  bash "$tool" "$tag" >"$work/build.log" 2>&1 || {
+    tail -n 40 "$work/build.log" >&2
+    fail "$tool could not build the Dockerfile"
+  }
+  say "ok: image $tag built"
+  local BUILDAH
+  eval "$(bash "$tool" --env)"
+
+  # Voxares: a served sandbox on the host (buildah's chroot isolation shares its network).
+  port="$(free_port "$py")"
+  key_port="$(free_port "$py")"
+  "$py" -m syncd.cli sandbox serve --port "$key_port" >"$work/sandbox.log" 2>&1 &
+  server_pid=$!
+  wait_for_port "$key_port" || fail "the sandbox did not start: $(tail -n 5 "$work/sandbox.log")"
+
+  # What `docker run` would mount: an empty volume owned by the image's user, the config,
+  # and the key as a Docker secret (mode 0400, owned by 10001, as deploy/README.md says).
+  install -d -o 10001 -g 10001 -m 0700 "$work/volume"
+  install -d -m 0755 "$work/etc" "$work/secrets"
+  printf '[voxares]\nbase_url = "http://127.0.0.1:%s/api/v1/integration"\n' "$key_port" \
+    >"$work/etc/config.toml"
+  "$py" -c 'from syncd.sandbox.seed import DEMO_API_KEY; print(DEMO_API_KEY)' \
+    >"$work/secrets/voxares-api-key"
+  chown 10001:10001 "$work/secrets/voxares-api-key"
+  chmod 0400 "$work/secrets/voxares-api-key"
+
+  healthcheck="$(healthcheck_argv "$py")" || fail "cannot read the HEALTHCHECK command"
+  # The first start, inside the image: the entrypoint with the Dockerfile's CMD, probed by
+  # its HEALTHCHECK, stopped by SIGTERM (docker stop), then a one-off `syncd status`.
+  script="$(
+    HEALTHCHECK="$healthcheck" "$py" - <<'PY'
+import json, os, re, shlex
+text = open("Dockerfile").read().replace("\\\n", " ")
+entry = json.loads(re.search(r"^ENTRYPOINT\s+(\[.*\])\s*$", text, re.M).group(1))
+cmd = json.loads(re.search(r"^CMD\s+(\[.*\])\s*$", text, re.M).group(1))
+probe = shlex.join(os.environ["HEALTHCHECK"].splitlines())
+print(f"""set -u
+[ "$(id -u)" = 10001 ] || {{ echo "not uid 10001: $(id -u)"; exit 1; }}
+[ -z "$(ls -A /var/lib/voxares-syncd)" ] || {{ echo "the volume is not empty"; exit 1; }}
+{shlex.join(entry + cmd)} &
+pid=$!
+healthy=no
+i=0
+while [ $i -lt 120 ]; do
+  if {probe} 2>/dev/null; then healthy=yes; break; fi
+  kill -0 $pid 2>/dev/null || break
+  sleep 1
+  i=$((i + 1))
+done
+kill -TERM $pid 2>/dev/null
+wait $pid
+rc=$?
+echo "healthy=$healthy exit=$rc"
+[ $healthy = yes ] && [ $rc = 0 ] || exit 1
+ls -ln /var/lib/voxares-syncd/state.db
+{shlex.join(entry)} status --config /etc/voxares-syncd/config.toml
+""")
+PY
+  )" || fail "cannot read ENTRYPOINT, CMD and HEALTHCHECK from the Dockerfile"
+  container="$($BUILDAH from --pull-never "$tag")"
+  local rc=0
+  # A free port through SYNCD_HEALTH__PORT, which the daemon and the HEALTHCHECK both read.
+  $BUILDAH run --isolation chroot --user 10001:10001 --env "SYNCD_HEALTH__PORT=$port" \
+    -v "$work/volume:/var/lib/voxares-syncd" -v "$work/etc:/etc/voxares-syncd:ro" \
+    -v "$work/secrets:/run/secrets:ro" "$container" -- sh -c "$script" \
+    >"$work/container.log" 2>&1 || rc=$?
+  $BUILDAH rm "$container" >/dev/null || true
+  if [ "$rc" -ne 0 ]; then
+    tail -n 40 "$work/container.log" >&2
+    fail "the image's first start on an empty volume failed (exit $rc)"
+  fi
+  grep -q '^healthy=yes exit=0$' "$work/container.log" || fail "no healthy start in the log"
+  grep -qE '^-rw------- 1 10001 10001 .* /var/lib/voxares-syncd/state.db$' "$work/container.log" ||
+    fail "state.db is not a 0600 file of uid 10001: $(grep state.db "$work/container.log")"
+  grep -q 'patients mirrored' "$work/container.log" || fail "syncd status printed no status"
+  say "ok: first start of the image on an empty volume as uid 10001 (migrated, /healthz, SIGTERM, status)"
+}
+
 parts=("$@")
-[ ${#parts[@]} -gt 0 ] || parts=(hadolint systemd image)
+[ ${#parts[@]} -gt 0 ] || parts=(hadolint systemd image container)
 for part in "${parts[@]}"; do
   case "$part" in
   hadolint) check_hadolint ;;
   systemd) check_systemd ;;
   image) check_image ;;
-  *) fail "unknown part '$part' (hadolint, systemd, image)" ;;
+  container) check_container ;;
+  *) fail "unknown part '$part' (hadolint, systemd, image, container)" ;;
   esac
 done
 say "all passed: ${parts[*]}"

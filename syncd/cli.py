@@ -92,7 +92,7 @@ def run(config: ConfigOption = None) -> None:
     """Run the daemon: every enabled job on its schedule, until SIGTERM."""
     from syncd.service import serve
 
-    settings = _settings(config)
+    settings = _settings(config, need_api_key=True)
     _run(serve(settings))
 
 
@@ -103,13 +103,18 @@ def init(
     ),
 ) -> None:
     """Write a documented config file to start from (every key, with its default)."""
-    from syncd.examples import example_config
+    from syncd.examples import write_example_config
 
-    if path.exists():
-        err.print(f"error: {path} exists; not overwriting it")
-        raise typer.Exit(1)
-    path.write_text(example_config(), encoding="utf-8")
-    out.print(f"wrote {path}: edit it, then run `syncd doctor --config {path}`")
+    try:
+        done = write_example_config(path)
+    except FileExistsError:
+        err.print(f"error: {path} exists; not overwriting it", markup=False)
+        raise typer.Exit(1) from None
+    except OSError as exc:
+        err.print(f"error: cannot write {path}: {exc.strerror}", markup=False)
+        raise typer.Exit(1) from None
+    for line in done:
+        out.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -132,10 +137,15 @@ def demo(
 @db_app.command("upgrade")
 def db_upgrade(config: ConfigOption = None) -> None:
     """Create or migrate the state database to the current schema."""
+    from syncd.compose import build_engine
     from syncd.state.db import current_revision, upgrade
 
     settings = _settings(config)
-    engine = _engine(settings)
+    try:
+        engine = build_engine(settings, create=True)
+    except SyncdError as exc:
+        err.print(f"error: {exc}", markup=False)
+        raise typer.Exit(1) from None
     try:
         upgrade(engine)
         out.print(f"state database at revision {current_revision(engine)}")
@@ -166,7 +176,7 @@ def sync_patients(
     """Push new and changed patients once (with a progress bar on a terminal)."""
     from syncd.service import sync_once
 
-    settings = _settings(config)
+    settings = _settings(config, need_api_key=True)
     if dry_run:
         counts = _run(sync_once(settings, "patients", dry_run=True))
         _print_dry_run(counts)
@@ -226,7 +236,12 @@ def _sync_command(target: str, doc: str) -> None:
     def command(config: ConfigOption = None) -> None:
         from syncd.service import sync_once
 
-        _report(_run(sync_once(_settings(config), target), failure_code=EXIT_SYNC_FAILED))
+        _report(
+            _run(
+                sync_once(_settings(config, need_api_key=True), target),
+                failure_code=EXIT_SYNC_FAILED,
+            )
+        )
 
     command.__doc__ = doc
     sync_app.command(target)(command)
@@ -249,7 +264,8 @@ def sync_reconcile(
     from syncd.service import reconcile_once
 
     moment = parse_since(since) if since else None
-    _report(_run(reconcile_once(_settings(config), since=moment)))
+    settings = _settings(config, need_api_key=True)
+    _report(_run(reconcile_once(settings, since=moment), failure_code=EXIT_SYNC_FAILED))
 
 
 _sync_command("outbox", "Deliver due outbox events to every sink once.")
@@ -345,15 +361,17 @@ def doctor(config: ConfigOption = None) -> None:
     from syncd.compose import runtime
     from syncd.doctor import Finding, diagnose
 
-    settings = _settings(config)
+    settings = _settings(config, need_api_key=True)
 
     async def check() -> list[Finding]:
-        async with runtime(settings) as rt:
+        async with runtime(settings, create_database=False) as rt:
             return await diagnose(rt)
 
     findings = _run(check())
     for f in findings:
         mark = "[green]ok[/green]  " if f.ok else "[red]FAIL[/red]"
+        if f.ok and f.warning:
+            mark = "[yellow]WARN[/yellow]"
         # The check and detail are text, not markup: `sink:bus` is no emoji, `[x]` no tag.
         out.print(f"{mark} {escape(f.check)}: {escape(f.detail)}", highlight=False, emoji=False)
     if not all(f.ok for f in findings):

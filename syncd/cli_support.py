@@ -41,10 +41,14 @@ JsonOption = Annotated[
 ]
 
 
-def load_config(config: Path | None) -> Settings:
-    """Load the configuration, or stop with one line per problem and exit 78."""
+def load_config(config: Path | None, *, need_api_key: bool = False) -> Settings:
+    """Load the configuration, or stop with one line per problem and exit 78.
+
+    Only the commands that call Voxares (`run`, `sync`, `doctor`) pass `need_api_key`: the
+    others work on a host where the key exists only as the service's systemd credential.
+    """
     try:
-        settings = load_settings(config)
+        settings = load_settings(config, need_api_key=need_api_key)
     except ConfigError as exc:
         exit_for(exc)
     configure_logging(settings.logging.level, settings.logging.format)
@@ -71,11 +75,13 @@ def run_async(coro: Coroutine[Any, Any, T], *, failure_code: int = 1) -> T:
         exit_for(exc, failure_code)
 
 
-def open_engine(settings: Settings) -> Any:
-    """The state database's engine (the caller disposes of it)."""
+def open_engine(settings: Settings, *, create: bool = False) -> Any:
+    """The state database's engine (the caller disposes of it), opened as it is: a missing
+    SQLite file is not created unless `create` (only `db upgrade` creates it), so a
+    read-only command leaves no trace on a fresh machine."""
     from syncd.compose import build_engine
 
-    return build_engine(settings)
+    return build_engine(settings, create=create)
 
 
 @contextmanager

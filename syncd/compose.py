@@ -64,9 +64,9 @@ def provider_name(settings: Settings) -> str:
     return settings.voxares.provider or DEFAULT_PROVIDER
 
 
-def build_engine(settings: Settings) -> Engine:
-    """The state database engine."""
-    return make_engine(settings.database.url)
+def build_engine(settings: Settings, *, create: bool = True) -> Engine:
+    """The state database engine; `create=False` never creates a missing SQLite file."""
+    return make_engine(settings.database.url, create=create)
 
 
 def build_client(
@@ -110,9 +110,9 @@ def build_client(
 
 
 @contextlib.asynccontextmanager
-async def runtime(settings: Settings) -> AsyncIterator[Runtime]:
-    """Build a `Runtime`, and close it afterwards."""
-    engine = build_engine(settings)
+async def runtime(settings: Settings, *, create_database: bool = True) -> AsyncIterator[Runtime]:
+    """Build a `Runtime`, and close it afterwards (`create_database`: see `build_engine`)."""
+    engine = build_engine(settings, create=create_database)
     client, sandbox = build_client(settings)
     rt = Runtime(settings, engine, client, provider_name(settings), sandbox)
     if sandbox is not None:

@@ -4,27 +4,28 @@
 none: all defaults), lays `SYNCD_<SECTION>__<KEY>` environment variables over it
 (`SYNCD_VOXARES__REQUESTS_PER_SECOND=5`, `SYNCD_OUTBOX__SINKS__CRM__URL=...`; lists as
 JSON), validates the result and returns a frozen `Settings`. Every problem is reported at
-once, one line each, as `key.path: reason`, in a `ConfigError`. Unknown keys are errors, so a
-typo is never silently ignored. Values are never echoed back: they may be secrets.
+once, one line each, as `key.path: reason` (or `SYNCD_VARIABLE: reason` for a value from the
+environment), in a `ConfigError`. Unknown keys are errors, so a typo is never silently
+ignored. Values are never echoed back: they may be secrets.
 
-The Voxares API key is never read from the TOML file. It comes from, in this order,
-`SYNCD_VOXARES__API_KEY`, the file named by `voxares.api_key_file`, or the systemd credential
-`$CREDENTIALS_DIRECTORY/voxares-api-key`. `voxares.base_url = "sandbox"` selects the embedded
-sandbox, which needs no key (its demo key is used).
+The Voxares API key is never read from the TOML file: `syncd.api_key` says where it comes
+from. `voxares.base_url = "sandbox"` selects the embedded sandbox, which needs no key (its
+demo key is used).
 
 Relative paths (CSV files, key files, sink directories, a SQLite file) are relative to the
-working directory, as for any command-line tool.
+working directory, as for any command-line tool. The default state database is
+`/var/lib/voxares-syncd/state.db`, the directory the systemd unit and the container image
+give the daemon, so a shell command and the service open the same database by default.
+
+Reusable field checks live in `syncd.config_fields`, the wording of problems in
+`syncd.config_errors`.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import codecs
-import importlib.util
-import ipaddress
 import os
-import tomllib
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
@@ -33,149 +34,53 @@ from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
-    ValidationError,
     field_validator,
     model_validator,
 )
-from pydantic_core import ErrorDetails, PydanticCustomError
+from pydantic_core import PydanticCustomError
 from pydantic_settings import (
     BaseSettings,
-    EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
-    SettingsError,
 )
-from pydantic_settings.sources.utils import parse_env_vars
 
+from syncd.api_key import NOT_SET
+from syncd.config_errors import ENV_PREFIX
+from syncd.config_fields import (
+    NonEmptyStr,
+    NonNegativeFloat,
+    Number,
+    PositiveFloat,
+    PositiveInt,
+    check_any_database_url,
+    check_database_url,
+    check_delimiter,
+    check_encoding,
+    check_http_url,
+    check_name,
+    is_loopback,
+    needs_module,
+    problem,
+    read_secret_file,
+)
 from syncd.exceptions import ConfigError
 from syncd.patients.outage import DEFAULT_OUTAGE_AFTER
 from syncd.sources import REQUIRED_SOURCE_FIELDS, SOURCE_FIELDS
-from syncd.state.db import database_url_problem
 from syncd.voxares.contract import MAX_PAGE_SIZE, PRODUCTION_BASE_URL
 
-ENV_PREFIX: Final = "SYNCD_"
 CONFIG_ENV: Final = "SYNCD_CONFIG"
 SANDBOX: Final = "sandbox"
-API_KEY_ENV: Final = "SYNCD_VOXARES__API_KEY"
-API_KEY_CREDENTIAL: Final = "voxares-api-key"
-DEFAULT_DATABASE_URL: Final = "sqlite:///./voxares-syncd.db"
+# The layout of an installation (deploy/README.md): the config directory, where `syncd init`
+# writes and the key file lives, and the state directory of the systemd unit
+# (StateDirectory=) and of the container image (its volume).
+CONFIG_DIRECTORY: Final = Path("/etc/voxares-syncd")
+DEFAULT_API_KEY_FILE: Final = CONFIG_DIRECTORY / "api-key"
+STATE_DIRECTORY: Final = Path("/var/lib/voxares-syncd")
+DEFAULT_DATABASE_URL: Final = f"sqlite:///{STATE_DIRECTORY}/state.db"
 WEBHOOK_SECRET_PREFIX: Final = "whsec_"  # noqa: S105 - a prefix, not a secret
-_LOOPBACK_NAMES: Final = frozenset({"localhost"})
-_API_KEY_NOT_SET: Final = (
-    f"not set (set {API_KEY_ENV}, voxares.api_key_file, "
-    f"or a systemd credential named {API_KEY_CREDENTIAL})"
-)
-_ERROR_TYPE: Final = "syncd_config"
-
-
-def problem(key: str, reason: str) -> PydanticCustomError:
-    """A validation error about `key` (relative to the model raising it; "" for itself)."""
-    return PydanticCustomError(_ERROR_TYPE, "{reason}", {"key": key, "reason": reason})
-
-
-# --- reusable field types and checks --------------------------------------------------------
-
-
-def _not_bool(value: Any) -> Any:
-    """Numbers only: pydantic would read `true` as 1 (a one-second timeout, port 1)."""
-    if isinstance(value, bool):
-        raise problem("", "must be a number, not true or false")
-    return value
-
-
-Number = BeforeValidator(_not_bool)
-PositiveFloat = Annotated[float, Number, Field(gt=0)]
-NonNegativeFloat = Annotated[float, Number, Field(ge=0)]
-PositiveInt = Annotated[int, Number, Field(ge=1)]
-NonEmptyStr = Annotated[str, Field(min_length=1)]
-
-
-def _check_name(value: str) -> str:
-    """Names of sources and sinks end up in the database (64 chars) and in metrics labels."""
-    ok = 0 < len(value) <= 64 and value[0].isascii() and value[0].isalnum()
-    if not ok or not all(c.isascii() and (c.isalnum() or c in "-_") for c in value):
-        raise problem("", "must be 1-64 of a-z, 0-9, '-', '_', starting with a letter or digit")
-    if value != value.lower():
-        raise problem("", "must be lower case (environment overrides are case-insensitive)")
-    return value
-
-
-def _check_encoding(value: str) -> str:
-    try:
-        codecs.lookup(value)
-    except LookupError:
-        raise problem("", "unknown text encoding") from None
-    return value
-
-
-def _check_delimiter(value: str) -> str:
-    if len(value) != 1:
-        raise problem("", "must be exactly one character")
-    return value
-
-
-def _is_loopback(host: str) -> bool:
-    if host.lower() in _LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _check_http_url(value: str) -> str:
-    """https, or http to a loopback host only (anything else would carry patient data or
-    the key in clear text)."""
-    try:
-        parts = urlsplit(value)
-        host = parts.hostname
-    except ValueError:
-        raise problem("", "not a valid URL") from None
-    if parts.scheme not in ("http", "https") or not host:
-        raise problem("", "must be an https:// URL")
-    if parts.scheme == "http" and not _is_loopback(host):
-        raise problem("", "must use https (http only for localhost, 127.0.0.1 or ::1)")
-    return value
-
-
-def _check_database_url(value: str) -> str:
-    reason = database_url_problem(value)
-    if reason:
-        raise problem("", reason)
-    return value
-
-
-def _check_any_database_url(value: str) -> str:
-    """A source database may be anything SQLAlchemy can open (its driver is checked later)."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        make_url(value)
-    except ArgumentError:
-        raise problem("", "not a valid database URL (dialect+driver://user@host/db)") from None
-    return value
-
-
-def _needs_module(module: str, extra: str, key: str) -> None:
-    if importlib.util.find_spec(module) is None:
-        raise problem(key, f"needs the optional dependency: pip install 'voxares-syncd[{extra}]'")
-
-
-def _read_secret_file(path: Path, key: str) -> str:
-    try:
-        text = path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise problem(key, f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
-    except UnicodeDecodeError:
-        raise problem(key, f"{path} is not UTF-8 text") from None
-    if not text:
-        raise problem(key, f"{path} is empty")
-    return text
 
 
 class _Section(BaseModel):
@@ -192,7 +97,8 @@ class VoxaresSettings(_Section):
 
     base_url: str = PRODUCTION_BASE_URL
     api_key: SecretStr | None = None
-    api_key_file: Path | None = None
+    # The third place the key is looked for (syncd.api_key); "" for none.
+    api_key_file: Path | None = DEFAULT_API_KEY_FILE
     provider: Annotated[str, Field(min_length=1, max_length=128)] | None = None
     requests_per_second: PositiveFloat = 10.0
     max_concurrency: PositiveInt = 8
@@ -210,20 +116,16 @@ class VoxaresSettings(_Section):
         value = value.strip()
         if value == SANDBOX:
             return value
-        _check_http_url(value)
+        check_http_url(value)
         if urlsplit(value).query or urlsplit(value).fragment:
             raise problem("", "must not have a query or fragment")
         return value.rstrip("/")
 
-    @field_validator("api_key")
+    @field_validator("api_key_file", mode="before")
     @classmethod
-    def _api_key(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is None:
-            return None
-        key = value.get_secret_value().strip()
-        if not key or any(c.isspace() for c in key):
-            raise problem("", "must be one word without spaces")
-        return SecretStr(key)
+    def _no_key_file(cls, value: Any) -> Any:
+        # "" switches the file off (pydantic would read it as the current directory).
+        return None if value == "" else value
 
     @model_validator(mode="after")
     def _backoff(self) -> VoxaresSettings:
@@ -237,9 +139,9 @@ class VoxaresSettings(_Section):
         return self.base_url == SANDBOX
 
     def require_api_key(self) -> SecretStr:
-        """The key; `load_settings` guarantees it, a hand-built `Settings` may lack it."""
+        """The key; `load_settings` gives it unless asked not to (`need_api_key=False`)."""
         if self.api_key is None:
-            raise ConfigError([f"voxares.api_key: {_API_KEY_NOT_SET}"])
+            raise ConfigError([f"voxares.api_key: {NOT_SET}"])
         return self.api_key
 
 
@@ -253,7 +155,7 @@ class DatabaseSettings(_Section):
     url: str = Field(default=DEFAULT_DATABASE_URL, repr=False)
     auto_migrate: bool = False
 
-    _url = field_validator("url")(_check_database_url)
+    _url = field_validator("url")(check_database_url)
 
 
 class LoggingSettings(_Section):
@@ -274,6 +176,17 @@ class HealthSettings(_Section):
     enabled: bool = True
     host: NonEmptyStr = "127.0.0.1"
     port: Annotated[int, Number, Field(ge=1, le=65535)] = 8787
+
+    def exposure_warning(self) -> str | None:
+        """Why this address is risky, or None: the endpoints have no authentication, and
+        /metrics and /readyz describe the daemon to whoever can reach them."""
+        if not self.enabled or is_loopback(self.host):
+            return None
+        return (
+            f"health.host = {self.host!r} serves /healthz, /readyz and /metrics without "
+            "authentication beyond this machine; keep 127.0.0.1 unless a firewall or a "
+            "private published port (-p 127.0.0.1:8787:8787) guards it"
+        )
 
 
 # --- [patients] -----------------------------------------------------------------------------
@@ -310,9 +223,9 @@ class CsvPatientSource(_Section):
     encoding: str = "utf-8-sig"
     columns: PatientColumns
 
-    _name = field_validator("name")(_check_name)
-    _delimiter = field_validator("delimiter")(_check_delimiter)
-    _encoding = field_validator("encoding")(_check_encoding)
+    _name = field_validator("name")(check_name)
+    _delimiter = field_validator("delimiter")(check_delimiter)
+    _encoding = field_validator("encoding")(check_encoding)
 
     def column_map(self) -> dict[str, str]:
         """{contract field: CSV column}."""
@@ -330,8 +243,8 @@ class SqlPatientSource(_Section):
     # None: the query's columns are named like the contract fields.
     columns: PatientColumns | None = None
 
-    _name = field_validator("name")(_check_name)
-    _url = field_validator("url")(_check_any_database_url)
+    _name = field_validator("name")(check_name)
+    _url = field_validator("url")(check_any_database_url)
 
     def column_map(self) -> dict[str, str]:
         """{contract field: query column}; the identity when `columns` is not set."""
@@ -485,7 +398,7 @@ class _SinkBase(_Section):
     @model_validator(mode="after")
     def _format_available(self) -> _SinkBase:
         if self.format == "fhir":
-            _needs_module("fhir.resources", "fhir", "format")
+            needs_module("fhir.resources", "fhir", "format")
         return self
 
 
@@ -500,7 +413,7 @@ class WebhookSink(_SinkBase):
     read_timeout: PositiveFloat = 10.0
     max_attempts_4xx: PositiveInt = 3
 
-    _url = field_validator("url")(_check_http_url)
+    _url = field_validator("url")(check_http_url)
 
     @model_validator(mode="before")
     @classmethod
@@ -509,7 +422,7 @@ class WebhookSink(_SinkBase):
             return data
         if data.get("secret") is not None:
             raise problem("secret", "set secret or secret_file, not both")
-        return {**data, "secret": _read_secret_file(Path(data["secret_file"]), "secret_file")}
+        return {**data, "secret": read_secret_file(Path(data["secret_file"]), "secret_file")}
 
     @field_validator("secret")
     @classmethod
@@ -565,7 +478,7 @@ class AmqpSink(_SinkBase):
 
     @model_validator(mode="after")
     def _driver(self) -> AmqpSink:
-        _needs_module("aio_pika", "amqp", "type")
+        needs_module("aio_pika", "amqp", "type")
         return self
 
 
@@ -589,7 +502,7 @@ class OutboxSettings(_Section):
     def _sink_names(cls, value: Any) -> Any:
         for name in value if isinstance(value, dict) else ():
             try:
-                _check_name(name)
+                check_name(name)
             except PydanticCustomError as exc:
                 raise problem(name, str(exc)) from None
         return value
@@ -605,7 +518,7 @@ class _MessageSourceBase(_Section):
     provider_id_column: NonEmptyStr
     send_at_column: NonEmptyStr | None = None
 
-    _name = field_validator("name")(_check_name)
+    _name = field_validator("name")(check_name)
 
 
 class CsvMessageSource(_MessageSourceBase):
@@ -616,8 +529,8 @@ class CsvMessageSource(_MessageSourceBase):
     delimiter: str = ","
     encoding: str = "utf-8-sig"
 
-    _delimiter = field_validator("delimiter")(_check_delimiter)
-    _encoding = field_validator("encoding")(_check_encoding)
+    _delimiter = field_validator("delimiter")(check_delimiter)
+    _encoding = field_validator("encoding")(check_encoding)
 
 
 class SqlMessageSource(_MessageSourceBase):
@@ -627,7 +540,7 @@ class SqlMessageSource(_MessageSourceBase):
     url: str = Field(repr=False)
     query: NonEmptyStr
 
-    _url = field_validator("url")(_check_any_database_url)
+    _url = field_validator("url")(check_any_database_url)
 
 
 MessageSource = Annotated[CsvMessageSource | SqlMessageSource, Field(discriminator="type")]
@@ -701,159 +614,15 @@ class Settings(BaseSettings):
         return (init_settings,)
 
 
-class _MappingEnvSource(EnvSettingsSource):
-    """pydantic-settings' environment source, reading a given mapping, not os.environ."""
-
-    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
-        self._environ = environ
-        super().__init__(settings_cls)
-
-    def _load_env_vars(self) -> Mapping[str, str | None]:
-        return parse_env_vars(
-            self._environ, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str
-        )
-
-
-def load_settings(path: Path | None, env: Mapping[str, str] | None = None) -> Settings:
+def load_settings(
+    path: Path | None, env: Mapping[str, str] | None = None, *, need_api_key: bool = True
+) -> Settings:
     """Read, merge and validate the configuration; raise `ConfigError` listing every problem.
 
     `path`: the TOML file (None: `$SYNCD_CONFIG`, or no file). `env`: the environment
-    (default `os.environ`).
+    (default `os.environ`). `need_api_key`: look for the API key (see `syncd.api_key`); the
+    commands that never call Voxares pass False, and get `voxares.api_key = None`.
     """
-    environ: Mapping[str, str] = os.environ if env is None else env
-    if path is None and environ.get(CONFIG_ENV):
-        path = Path(environ[CONFIG_ENV])
-    problems: list[str] = []
+    from syncd.config_loader import load
 
-    file_data = _read_toml(path) if path is not None else {}
-    voxares_in_file = file_data.get("voxares")
-    if isinstance(voxares_in_file, dict) and "api_key" in voxares_in_file:
-        problems.append(
-            f"voxares.api_key: must not be in the config file (set {API_KEY_ENV}, "
-            f"voxares.api_key_file, or a systemd credential named {API_KEY_CREDENTIAL})"
-        )
-        voxares_in_file = {k: v for k, v in voxares_in_file.items() if k != "api_key"}
-        file_data = {**file_data, "voxares": voxares_in_file}
-
-    try:
-        env_data = _MappingEnvSource(Settings, environ)()
-    except SettingsError as exc:
-        # Its message names the section, never the value.
-        raise ConfigError([f"environment ({ENV_PREFIX}*): {exc}"]) from None
-    data = _deep_merge(file_data, env_data)
-    problems += _resolve_api_key(data, environ)
-
-    try:
-        settings = Settings(**data)
-    except ValidationError as exc:
-        problems += [_describe(error) for error in exc.errors()]
-        raise ConfigError(problems) from None
-    if problems:
-        raise ConfigError(problems)
-    return settings
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
-    except OSError as exc:
-        raise ConfigError([f"config: cannot read {path}: {exc.strerror}"]) from None
-    except tomllib.TOMLDecodeError as exc:
-        # The message gives line and column ("Invalid value (at line 3, column 9)").
-        raise ConfigError([f"config: {path} is not valid TOML: {exc}"]) from None
-
-
-def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def _resolve_api_key(data: dict[str, Any], environ: Mapping[str, str]) -> list[str]:
-    """Put the API key into `data["voxares"]["api_key"]` from the first place that has it."""
-    voxares = data.get("voxares", {})
-    if not isinstance(voxares, dict):
-        return []  # validation reports the section itself
-    voxares = dict(voxares)
-    data["voxares"] = voxares
-    if voxares.get("api_key") in ("", None):
-        voxares.pop("api_key", None)
-    else:
-        return []  # from SYNCD_VOXARES__API_KEY
-
-    key_file = voxares.get("api_key_file")
-    credentials = environ.get("CREDENTIALS_DIRECTORY")
-    try:
-        if isinstance(key_file, str | Path) and str(key_file):
-            voxares["api_key"] = _read_secret_file(Path(key_file), "api_key_file")
-        elif credentials and (Path(credentials) / API_KEY_CREDENTIAL).is_file():
-            voxares["api_key"] = _read_secret_file(Path(credentials) / API_KEY_CREDENTIAL, "")
-        elif voxares.get("base_url") == SANDBOX:
-            from syncd.sandbox.seed import DEMO_API_KEY
-
-            voxares["api_key"] = DEMO_API_KEY
-        elif key_file is None:
-            return [f"voxares.api_key: {_API_KEY_NOT_SET}"]
-    except PydanticCustomError as exc:
-        key = (exc.context or {}).get("key") or "api_key"
-        return [f"voxares.{key}: {exc.message()}"]
-    return []
-
-
-# The tag of a tagged union shows up in pydantic's error location; users never write it.
-_TAGGED_UNIONS: Final = {
-    ("patients", "source"): (2, ("csv", "sql")),
-    ("outbox", "sinks"): (3, ("webhook", "file", "amqp")),
-    ("messages", "sources"): (3, ("csv", "sql")),
-}
-
-
-def _describe(error: ErrorDetails) -> str:
-    """One `key.path: reason` line for a pydantic error, without the offending value."""
-    loc: list[str | int] = list(error["loc"])
-    tags: tuple[str, ...] = ()
-    for prefix, (position, union_tags) in _TAGGED_UNIONS.items():
-        if tuple(loc[:2]) == prefix:
-            tags = union_tags
-            if len(loc) > position and loc[position] in union_tags:
-                del loc[position]
-    kind = error["type"]
-    reason = error["msg"]
-    if kind == _ERROR_TYPE:
-        context = error.get("ctx") or {}
-        reason = str(context.get("reason", reason))
-        key = str(context.get("key", ""))
-        if key:
-            loc.extend(key.split("."))
-    elif kind == "missing":
-        reason = "required"
-    elif kind == "extra_forbidden":
-        reason = "unknown key"
-    elif kind in ("union_tag_not_found", "union_tag_invalid"):
-        loc.append("type")
-        reason = ("required, one of " if kind == "union_tag_not_found" else "must be one of ") + (
-            ", ".join(tags)
-        )
-    else:
-        reason = reason.removeprefix("Value error, ").replace("Input should", "must")
-        value = error.get("input")
-        if isinstance(value, str) and len(value) >= 3 and value in reason:
-            reason = "invalid value"
-    return f"{_join(loc)}: {reason}"
-
-
-def _join(loc: list[str | int]) -> str:
-    text = ""
-    for part in loc:
-        if isinstance(part, int):
-            text += f"[{part}]"
-        elif part.startswith("["):
-            text += part
-        else:
-            text += f".{part}" if text else part
-    return text or "config"
+    return load(path, os.environ if env is None else env, need_api_key=need_api_key)

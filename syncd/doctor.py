@@ -38,11 +38,16 @@ class Finding:
     check: str
     ok: bool
     detail: str
+    # An ok that deserves a second look (shown as WARN; the exit code stays 0).
+    warning: bool = False
 
 
 async def diagnose(rt: Runtime) -> list[Finding]:
     """Run every check against a built runtime."""
     findings = [Finding("config", True, "configuration is valid")]
+    exposed = rt.settings.health.exposure_warning()
+    if exposed:
+        findings.append(Finding("health", True, exposed, warning=True))
     findings.append(await asyncio.to_thread(_database, rt))
     findings.extend(await _api(rt))
     findings.extend(await _sinks(rt))

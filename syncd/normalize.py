@@ -2,7 +2,7 @@
 
 Pure: no I/O, no logging; the caller decides what to do with a rejection (quarantine it).
 A rejection's reason names the field and the rule, never the value, because reasons are
-stored and shown to operators. The rules follow `shared/voxares-api.md` (POST /patients):
+stored and shown to operators. The rules follow `docs/voxares-api.md` (POST /patients):
 providerId, firstName and lastName required; mobileNumber E.164; dateOfBirth an ISO date.
 
 First syncs normalise every row (100,000 is usual), so regexes are compiled once and phone

@@ -39,8 +39,14 @@ SYNC_TARGETS = {
 }
 
 
+def migrates_on_start(settings: Settings) -> bool:
+    """Whether `run` and `sync` create and migrate the state database themselves; otherwise
+    they open an existing one only, and say `run syncd db upgrade` when it is missing."""
+    return settings.database.auto_migrate or settings.voxares.is_sandbox
+
+
 def _prepare_database(settings: Settings, engine: Any) -> None:
-    if settings.database.auto_migrate or settings.voxares.base_url == "sandbox":
+    if migrates_on_start(settings):
         upgrade(engine)
     check_migrated(engine)
 
@@ -48,7 +54,10 @@ def _prepare_database(settings: Settings, engine: Any) -> None:
 async def serve(settings: Settings) -> None:
     """Run the daemon until SIGTERM/SIGINT."""
     started_at = datetime.now(UTC)
-    async with runtime(settings) as rt:
+    exposed = settings.health.exposure_warning()
+    if exposed:
+        log.warning("health.exposed", host=settings.health.host, reason=exposed)
+    async with runtime(settings, create_database=migrates_on_start(settings)) as rt:
         await asyncio.to_thread(_prepare_database, settings, rt.engine)
         # Runs a crashed process left `running` are marked per job by JobRunner once it
         # holds that job's lock (a peer daemon's live runs are left alone).
@@ -71,7 +80,7 @@ async def sync_once(
 ) -> RunResult | Any:
     """Run one job once (`syncd sync patients`); a dry run of the push returns its counts."""
     job_name = SYNC_TARGETS[target]
-    async with runtime(settings) as rt:
+    async with runtime(settings, create_database=migrates_on_start(settings)) as rt:
         await asyncio.to_thread(_prepare_database, settings, rt.engine)
         jobs = build_jobs(rt)
         if job_name not in jobs:

@@ -1,7 +1,7 @@
 """The OpenAPI 3.0 document of the contract the sandbox serves, written by hand.
 
 Only the integration API (paths relative to the server URL `/api/v1/integration`); the admin
-routes under `/_sandbox` are deliberately absent. Schemas follow `shared/voxares-api.md` and
+routes under `/_sandbox` are deliberately absent. Schemas follow `docs/voxares-api.md` and
 the ASSUMED choices in `syncd.voxares.contract`; a schemathesis test checks that the sandbox's
 answers conform to this document.
 """

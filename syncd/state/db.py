@@ -75,15 +75,19 @@ def normalize_url(url: str | URL) -> URL:
     return parsed
 
 
-def make_engine(url: str | URL, *, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS) -> Engine:
+def make_engine(
+    url: str | URL, *, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS, create: bool = True
+) -> Engine:
     """An engine for the state database, set up for durability (see the module docstring).
 
     Statement parameters are hidden from SQLAlchemy's error messages and logs, since they
-    can hold patient data.
+    can hold patient data. `create=False` (read-only commands, a daemon that does not
+    migrate): a SQLite file that does not exist is not created, nor its directory; connecting
+    raises `DatabaseNotMigrated` naming the file instead.
     """
     parsed = normalize_url(url)
     if parsed.get_backend_name() == "sqlite":
-        return _sqlite_engine(parsed, busy_timeout_ms)
+        return _sqlite_engine(parsed, busy_timeout_ms, create=create)
     return create_engine(
         parsed,
         hide_parameters=True,
@@ -95,11 +99,19 @@ def make_engine(url: str | URL, *, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_M
     )
 
 
-def _sqlite_engine(url: URL, busy_timeout_ms: int) -> Engine:
+def _sqlite_engine(url: URL, busy_timeout_ms: int, *, create: bool) -> Engine:
     path = sqlite_path(url)
-    if path is not None:
+    if path is not None and create:
         _create_private_file(path)
     engine = create_engine(url, hide_parameters=True)
+
+    if path is not None and not create:
+
+        @event.listens_for(engine, "do_connect")
+        def _existing_only(*_args: Any) -> None:
+            # sqlite3.connect would create an empty file (and fail on a missing directory).
+            if not path.exists():
+                raise DatabaseNotMigrated(f"there is no state database at {path}: {_UPGRADE_HINT}")
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -148,11 +160,12 @@ def _create_private_file(path: Path) -> None:
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
     except FileExistsError:
-        mode = stat.S_IMODE(path.stat().st_mode)
-        if mode & 0o077:
-            os.chmod(path, mode & 0o700)
-            log.warning("state.db_permissions_tightened", old_mode=oct(mode))
-        return
+        if path.is_file():
+            _tighten(path)
+            return
+        raise StateError(
+            f"cannot create the state database {path}: not a regular file (database.url)"
+        ) from None
     except OSError as exc:
         raise StateError(
             f"cannot create the state database {path}: {_os_reason(exc)} (database.url)"
@@ -183,6 +196,13 @@ def database_error_reason(exc: SQLAlchemyError, url: URL | None = None) -> str:
         for form in {str(password), quote_plus(str(password)), quote(str(password), safe="")}:
             reason = reason.replace(form, "***")
     return reason or type(exc).__name__
+
+
+def _tighten(path: Path) -> None:
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        os.chmod(path, mode & 0o700)
+        log.warning("state.db_permissions_tightened", old_mode=oct(mode))
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -1,6 +1,6 @@
 """The Voxares integration API contract, as constants.
 
-Every choice that `shared/voxares-api.md` marks ASSUMED lives here, and both the client
+Every choice that `docs/voxares-api.md` marks ASSUMED lives here, and both the client
 (`syncd.voxares`) and the sandbox (`syncd.sandbox`) import it, so that correcting an
 assumption is a one-line change that moves both sides together.
 

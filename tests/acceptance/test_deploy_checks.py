@@ -1,6 +1,7 @@
 """The fast parts of .ci/deploy-checks.sh (hadolint, systemd-analyze) pass, and can fail.
 
-The slow `image` part (a fresh venv and `pip install`) runs in .ci/run, not here.
+The slow `image` part (a fresh venv and `pip install`) and the `container` part (the real
+image, built with buildah) run in .ci/run, not here; only their early failures are tested.
 """
 
 from __future__ import annotations
@@ -28,11 +29,14 @@ def require_systemd_analyze() -> None:
     pytest.skip("systemd-analyze is not installed")
 
 
-def run_checks(root: Path, *parts: str) -> subprocess.CompletedProcess[str]:
-    """Run deploy-checks.sh from `root` with this interpreter's virtualenv first on PATH."""
+def run_checks(root: Path, *parts: str, ci: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run deploy-checks.sh from `root` with this interpreter's virtualenv first on PATH
+    (`ci`: the value of $CI for it, default: ours)."""
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.pop("VIRTUAL_ENV", None)
+    if ci is not None:
+        env["CI"] = ci
     return subprocess.run(
         ["bash", str(root / ".ci/deploy-checks.sh"), *parts],
         cwd=root,
@@ -128,3 +132,32 @@ def test_copy_source_excluded_by_dockerignore_fails(checkout: Path) -> None:
 
     assert result.returncode != 0
     assert "Dockerfile copies migrations but .dockerignore excludes it" in result.stderr
+
+
+def test_runtime_stage_copy_excluded_by_dockerignore_fails(checkout: Path) -> None:
+    """The entrypoint, COPYed into the runtime stage, is checked against .dockerignore too."""
+    for name in ("pyproject.toml", "README.md"):
+        (checkout / name).write_text("")
+    for name in ("syncd", "migrations"):
+        (checkout / name).mkdir()
+    edit(checkout / ".dockerignore", "!deploy/docker/entrypoint.sh\n", "")
+
+    result = run_checks(checkout, "image")
+
+    assert result.returncode != 0
+    assert (
+        "Dockerfile copies deploy/docker/entrypoint.sh but .dockerignore excludes it"
+        in result.stderr
+    )
+
+
+def test_container_part_without_the_build_tool(checkout: Path) -> None:
+    """Without ../shared/tools/build-image.sh the real-image part says it skipped, except
+    under CI=true, where the tool must be there and its absence fails."""
+    outside = run_checks(checkout, "container", ci="")
+    assert outside.returncode == 0, outside.stderr
+    assert "SKIP container: ../shared/tools/build-image.sh is absent" in outside.stdout
+
+    in_ci = run_checks(checkout, "container", ci="true")
+    assert in_ci.returncode != 0
+    assert "../shared/tools/build-image.sh is missing (CI=true" in in_ci.stderr

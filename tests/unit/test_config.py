@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
+from syncd.api_key import API_KEY_CREDENTIAL
 from syncd.config import (
-    API_KEY_CREDENTIAL,
     CsvPatientSource,
     FileSink,
     Settings,
@@ -39,6 +39,13 @@ CSV_SOURCE = """
     firstName = "first"
     lastName = "last"
 """
+
+
+def private_file(path: Path, text: str) -> Path:
+    """A file only its owner may read (as a key file must be)."""
+    path.write_text(text, encoding="utf-8")
+    path.chmod(0o600)
+    return path
 
 
 def write(tmp_path: Path, toml: str) -> Path:
@@ -116,62 +123,132 @@ def test_no_file_gives_defaults_given_a_key() -> None:
     settings = load_settings(None, ENV_WITH_KEY)
     assert settings.voxares.base_url == PRODUCTION_BASE_URL
     assert settings.voxares.requests_per_second == 10
-    assert settings.database.url == "sqlite:///./voxares-syncd.db"
     assert settings.patients.enabled is False
     assert settings.submissions.enabled is True
     assert settings.voxares.require_api_key().get_secret_value() == KEY
 
 
-def test_missing_key_names_all_three_places(tmp_path: Path) -> None:
-    """Without a key, the one problem line says where a key can come from."""
-    assert problems(tmp_path, "", env={}) == [
-        "voxares.api_key: not set (set SYNCD_VOXARES__API_KEY, voxares.api_key_file, "
-        "or a systemd credential named voxares-api-key)"
+def test_defaults_are_the_installation_layout() -> None:
+    """The default database is in the state directory of the unit and image, and the key
+    file beside the config: a shell command and the service open the same database."""
+    settings = load_settings(None, ENV_WITH_KEY)
+    assert settings.database.url == "sqlite:////var/lib/voxares-syncd/state.db"
+    assert settings.voxares.api_key_file == Path("/etc/voxares-syncd/api-key")
+
+
+def test_missing_key_names_every_place_in_order(tmp_path: Path) -> None:
+    """Without any key, the one problem line names the three places, in the order tried."""
+    assert problems(tmp_path, '[voxares]\napi_key_file = ""\n', env={}) == [
+        "voxares.api_key: not set (looked in SYNCD_VOXARES__API_KEY, then the systemd "
+        "credential voxares-api-key, then voxares.api_key_file)"
     ]
 
 
 def test_key_from_api_key_file(tmp_path: Path) -> None:
     """voxares.api_key_file is read (trailing newline stripped)."""
-    key_file = tmp_path / "key"
-    key_file.write_text(KEY + "\n")
+    key_file = private_file(tmp_path / "key", KEY + "\n")
     settings = load(tmp_path, f'[voxares]\napi_key_file = "{key_file}"\n', env={})
     assert settings.voxares.require_api_key().get_secret_value() == KEY
 
 
+def test_key_file_from_the_environment_is_named_by_its_variable(tmp_path: Path) -> None:
+    """SYNCD_VOXARES__API_KEY_FILE (the image's Docker secret) is read; a problem names it."""
+    key_file = private_file(tmp_path / "secret", KEY)
+    env = {"SYNCD_VOXARES__API_KEY_FILE": str(key_file)}
+    assert load(tmp_path, "", env).voxares.require_api_key().get_secret_value() == KEY
+    missing = {"SYNCD_VOXARES__API_KEY_FILE": str(tmp_path / "nope")}
+    (line,) = problems(tmp_path, "", missing)
+    assert line.startswith(f"SYNCD_VOXARES__API_KEY_FILE: cannot read {tmp_path / 'nope'}: ")
+
+
 def test_key_from_systemd_credential(tmp_path: Path) -> None:
-    """$CREDENTIALS_DIRECTORY/voxares-api-key is used when nothing else gives a key."""
-    (tmp_path / API_KEY_CREDENTIAL).write_text(KEY)
+    """$CREDENTIALS_DIRECTORY/voxares-api-key is used when the environment has no key."""
+    private_file(tmp_path / API_KEY_CREDENTIAL, KEY)
     settings = load(tmp_path, "", env={"CREDENTIALS_DIRECTORY": str(tmp_path)})
     assert settings.voxares.require_api_key().get_secret_value() == KEY
 
 
 def test_key_sources_in_order(tmp_path: Path) -> None:
-    """The environment beats api_key_file, which beats the systemd credential."""
-    key_file = tmp_path / "key"
-    key_file.write_text("vox-from-file")
-    (tmp_path / API_KEY_CREDENTIAL).write_text("vox-from-credential")
+    """The environment beats the systemd credential, which beats api_key_file."""
+    key_file = private_file(tmp_path / "key", "vox-from-file")
+    private_file(tmp_path / API_KEY_CREDENTIAL, "vox-from-credential")
     toml = f'[voxares]\napi_key_file = "{key_file}"\n'
-    env = {"CREDENTIALS_DIRECTORY": str(tmp_path)}
-    from_env = load(tmp_path, toml, env | ENV_WITH_KEY).voxares.require_api_key()
-    from_file = load(tmp_path, toml, env).voxares.require_api_key()
+    credentials = {"CREDENTIALS_DIRECTORY": str(tmp_path)}
+    from_env = load(tmp_path, toml, credentials | ENV_WITH_KEY).voxares.require_api_key()
+    from_credential = load(tmp_path, toml, credentials).voxares.require_api_key()
+    from_file = load(tmp_path, toml, {}).voxares.require_api_key()
     assert from_env.get_secret_value() == KEY
+    assert from_credential.get_secret_value() == "vox-from-credential"
     assert from_file.get_secret_value() == "vox-from-file"
 
 
+def test_credential_makes_an_unreadable_key_file_harmless(tmp_path: Path) -> None:
+    """Under systemd the configured key file (root's, unreadable) is never opened: the
+    credential comes first."""
+    private_file(tmp_path / API_KEY_CREDENTIAL, KEY)
+    toml = f'[voxares]\napi_key_file = "{tmp_path / "unreadable" / "api-key"}"\n'
+    settings = load(tmp_path, toml, env={"CREDENTIALS_DIRECTORY": str(tmp_path)})
+    assert settings.voxares.require_api_key().get_secret_value() == KEY
+
+
+def test_credentials_directory_without_our_credential_falls_through(tmp_path: Path) -> None:
+    """A credentials directory holding only other credentials (pgpass) leaves the file."""
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    private_file(credentials / "pgpass", "*:*:*:*:pw")
+    key_file = private_file(tmp_path / "key", KEY)
+    toml = f'[voxares]\napi_key_file = "{key_file}"\n'
+    settings = load(tmp_path, toml, env={"CREDENTIALS_DIRECTORY": str(credentials)})
+    assert settings.voxares.require_api_key().get_secret_value() == KEY
+
+
 def test_unreadable_key_file_is_reported(tmp_path: Path) -> None:
-    """A key file that cannot be read is named, with the reason."""
+    """A key file that cannot be read is named, with the reason and what else was tried."""
     lines = problems(tmp_path, '[voxares]\napi_key_file = "/nonexistent/key"\n', env={})
     assert lines == [
-        "voxares.api_key_file: cannot read /nonexistent/key: No such file or directory"
+        "voxares.api_key_file: cannot read /nonexistent/key: No such file or directory "
+        "(and neither SYNCD_VOXARES__API_KEY nor the systemd credential voxares-api-key "
+        "is set)"
     ]
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o604, 0o602, 0o666])
+def test_key_file_open_to_every_user_is_refused(tmp_path: Path, mode: int) -> None:
+    """A key file others may read or write is refused, saying why and how to fix it."""
+    key_file = private_file(tmp_path / "key", KEY)
+    key_file.chmod(mode)
+    (line,) = problems(tmp_path, f'[voxares]\napi_key_file = "{key_file}"\n', env={})
+    assert line.startswith(f"voxares.api_key_file: {key_file} is open to every user")
+    assert f"(mode {mode:04o})" in line
+    assert line.endswith(f"syncd refuses it: chmod 0600 {key_file}")
+    assert KEY not in line
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o400, 0o640, 0o440])
+def test_key_file_private_to_owner_or_group_is_accepted(tmp_path: Path, mode: int) -> None:
+    """0600 and 0400, and a group-readable 0640 (a container's group), are accepted."""
+    key_file = private_file(tmp_path / "key", KEY)
+    key_file.chmod(mode)
+    settings = load(tmp_path, f'[voxares]\napi_key_file = "{key_file}"\n', env={})
+    assert settings.voxares.require_api_key().get_secret_value() == KEY
+
+
+def test_local_commands_load_without_any_key(tmp_path: Path) -> None:
+    """need_api_key=False: no key anywhere and an unreadable key file are not problems."""
+    toml = '[voxares]\napi_key_file = "/nonexistent/key"\n'
+    settings = load_settings(write(tmp_path, toml), {}, need_api_key=False)
+    assert settings.voxares.api_key is None
+    with pytest.raises(ConfigError) as info:
+        settings.voxares.require_api_key()
+    assert info.value.problems[0].startswith("voxares.api_key: not set (looked in ")
 
 
 def test_key_in_the_toml_file_is_refused(tmp_path: Path) -> None:
     """The key must not be written into the config file; the error does not echo it."""
     lines = problems(tmp_path, f'[voxares]\napi_key = "{KEY}"\n')
     assert lines == [
-        "voxares.api_key: must not be in the config file (set SYNCD_VOXARES__API_KEY, "
-        "voxares.api_key_file, or a systemd credential named voxares-api-key)"
+        "voxares.api_key: must not be in the config file (use SYNCD_VOXARES__API_KEY, "
+        "the systemd credential voxares-api-key, voxares.api_key_file)"
     ]
 
 
@@ -192,7 +269,7 @@ def test_key_never_in_repr_or_errors(tmp_path: Path) -> None:
             tmp_path, "[voxares]\nmax_concurrency = 0\n", env={"SYNCD_VOXARES__API_KEY": KEY + " x"}
         )
     assert KEY not in str(info.value)
-    assert "voxares.api_key: must be one word without spaces" in info.value.problems
+    assert "SYNCD_VOXARES__API_KEY: must be one word without spaces" in info.value.problems
 
 
 def test_secrets_in_urls_stay_out_of_repr_and_errors(tmp_path: Path) -> None:
@@ -250,9 +327,29 @@ def test_env_overrides_reach_deep_tables_and_lists(tmp_path: Path) -> None:
 
 
 def test_env_typo_inside_a_section_is_an_error(tmp_path: Path) -> None:
-    """SYNCD_VOXARES__REQUEST_PER_SECOND (a typo) is an unknown key, not ignored."""
+    """SYNCD_VOXARES__REQUEST_PER_SECOND (a typo) is an unknown key named as the variable."""
     env = ENV_WITH_KEY | {"SYNCD_VOXARES__REQUEST_PER_SECOND": "5"}
-    assert problems(tmp_path, "", env) == ["voxares.request_per_second: unknown key"]
+    assert problems(tmp_path, "", env) == ["SYNCD_VOXARES__REQUEST_PER_SECOND: unknown key"]
+
+
+def test_env_errors_name_the_variable_and_file_errors_the_key(tmp_path: Path) -> None:
+    """A bad value from the environment names its variable (what to fix); from the file,
+    the key. Deep keys and list items name the variable that set them."""
+    toml = CSV_SOURCE + "[health]\nport = 0\n"
+    env = ENV_WITH_KEY | {
+        "SYNCD_VOXARES__REQUESTS_PER_SECOND": "fast",
+        "SYNCD_PATIENTS__DATE_FORMATS": '["%d"]',
+        "SYNCD_PATIENTS__SOURCE__DELIMITER": ";;",
+    }
+    lines = problems(tmp_path, toml, env)
+    keys = sorted(line.split(": ")[0] for line in lines)
+    assert keys == [
+        "SYNCD_PATIENTS__DATE_FORMATS",
+        "SYNCD_PATIENTS__SOURCE__DELIMITER",
+        "SYNCD_VOXARES__REQUESTS_PER_SECOND",
+        "health.port",
+    ]
+    assert "fast" not in "\n".join(lines)
 
 
 def test_unrelated_syncd_variables_are_ignored(tmp_path: Path) -> None:
@@ -262,11 +359,11 @@ def test_unrelated_syncd_variables_are_ignored(tmp_path: Path) -> None:
 
 
 def test_env_list_that_is_not_json_is_reported(tmp_path: Path) -> None:
-    """A list override that is not JSON is one problem line naming the section."""
-    env = ENV_WITH_KEY | {"SYNCD_PATIENTS__DATE_FORMATS": "%d.%m.%Y"}
+    """A list override that is not JSON is one problem line naming the variable."""
+    env = ENV_WITH_KEY | {"SYNCD_PATIENTS__DATE_FORMATS": "%d/%m/%Y", "SYNCD_HEALTH__PORT": "1"}
     (line,) = problems(tmp_path, "", env)
-    assert line.startswith("environment (SYNCD_*):")
-    assert "patients" in line
+    assert line.startswith("SYNCD_PATIENTS__DATE_FORMATS: not valid JSON")
+    assert "%d/%m/%Y" not in line
 
 
 def test_config_path_from_syncd_config(tmp_path: Path) -> None:
@@ -429,13 +526,16 @@ def test_invalid_value_is_reported_with_its_key_path(
 
 def test_all_problems_are_reported_at_once(tmp_path: Path) -> None:
     """Several bad keys in several sections give one line each, in one ConfigError."""
-    toml = "[voxares]\nmax_concurrency = 0\n[health]\nport = 0\n[content]\nenabled = 'maybe'\n"
+    toml = (
+        "[voxares]\nmax_concurrency = 0\napi_key_file = ''\n"
+        "[health]\nport = 0\n[content]\nenabled = 'maybe'\n"
+    )
     lines = problems(tmp_path, toml, env={})
     assert [line.split(":")[0] for line in lines] == [
-        "voxares.api_key",
         "voxares.max_concurrency",
         "health.port",
         "content.enabled",
+        "voxares.api_key",
     ]
 
 

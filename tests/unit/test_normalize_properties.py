@@ -101,7 +101,7 @@ def row(fields: dict[str, str | None]) -> SourceRow:
 
 
 def assert_satisfies_contract(patient: NormalizedPatient) -> None:
-    """Every value obeys the rules of `shared/voxares-api.md` and normalize's own limits."""
+    """Every value obeys the rules of `docs/voxares-api.md` and normalize's own limits."""
     assert patient.provider_id == patient.provider_id.strip() != ""
     assert len(patient.provider_id) <= 128
     assert not CONTROL.search(patient.provider_id)
