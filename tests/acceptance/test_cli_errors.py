@@ -250,14 +250,21 @@ def test_postgresql_errors_show_the_drivers_reason_without_the_password(
 
 
 def test_a_state_directory_that_cannot_be_created_is_one_line(tmp_path: Path) -> None:
-    """database.url under a path that cannot be a directory: one `error:` line naming it."""
+    """database.url under a path that cannot be a directory: one `error:` line naming it
+    (a command that creates the database), or saying there is none (a read-only command)."""
     (tmp_path / "not-a-dir").write_text("a file", encoding="utf-8")
     url = f"sqlite:///{tmp_path}/not-a-dir/state/state.db"
-    for command in (["db", "upgrade"], ["quarantine", "list"], ["sync", "patients"]):
+    cannot_create = (
+        f"error: cannot create the state database's directory {tmp_path}/not-a-dir/state: "
+    )
+    expected = {
+        ("db", "upgrade"): (1, cannot_create),
+        ("sync", "patients"): (2, "error: there is no state database at "),  # could not start
+        ("quarantine", "list"): (1, f"error: there is no state database at {tmp_path}/not-a-dir"),
+    }
+    for command, (code, start) in expected.items():
         result = run_syncd(*command, *pg_config(tmp_path, url), cwd=tmp_path)
-        assert result.returncode == 1, result.stderr
+        assert result.returncode == code, result.stderr
         [line] = error_lines(result)
-        assert line.startswith(
-            f"error: cannot create the state database's directory {tmp_path}/not-a-dir/state: "
-        ), line
+        assert line.startswith(start), line
         assert "Traceback" not in result.stderr

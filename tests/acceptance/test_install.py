@@ -175,7 +175,7 @@ def test_db_upgrade_cannot_create_its_directory_in_one_line(workspace: Workspace
     result = workspace.run("db", "upgrade")
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        f"error: cannot create the state database {blocker}/state.db: Not a directory"
+        f"error: cannot create the state database's directory {blocker}: File exists (database.url)"
     ]
 
 
