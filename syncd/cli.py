@@ -334,7 +334,12 @@ def _print_status(report: Any) -> None:
     out.print(
         f"patients mirrored: {report.patients_active} active, {report.patients_inactive} "
         f"inactive | quarantined rows: {report.quarantined} | form polling lag: {lag}"
-        + (" (a window is in progress)" if report.window_in_progress else "")
+        + (
+            f" (resuming from {report.window_resume_from:%Y-%m-%d %H:%M:%S}Z)"
+            if report.window_in_progress and report.window_resume_from is not None
+            else ""
+        )
+        + f" | last sweep: {_ago(report.last_sweep)}"
     )
     sinks = Table("sink", "pending", "oldest", "dead", "disabled", title="outbox")
     for s in report.sinks:

@@ -143,6 +143,8 @@ def status_json(report: StatusReport, verdict: Verdict) -> dict[str, Any]:
             "watermark": _iso(report.watermark),
             "lag_seconds": report.watermark_lag_seconds,
             "window_in_progress": report.window_in_progress,
+            "window_resume_from": _iso(report.window_resume_from),
+            "last_sweep": _iso(report.last_sweep),
         },
         "outbox": [
             {

@@ -11,7 +11,13 @@ from datetime import UTC, datetime
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from syncd.state.models import MessageRequest, PatientMirror, PollerState, QuarantinedRow
+from syncd.state.models import (
+    MessageRequest,
+    PatientMirror,
+    PollerState,
+    PollerSweep,
+    QuarantinedRow,
+)
 from syncd.state.runs import RunSummary, last_runs, last_successes
 
 
@@ -38,6 +44,10 @@ class StatusReport:
     watermark: datetime | None
     watermark_lag_seconds: float | None
     window_in_progress: bool
+    # Where polling resumes: the start of what is left of a window a failed or killed run
+    # was working on (progress kept across runs), None when no window is in progress.
+    window_resume_from: datetime | None
+    last_sweep: datetime | None  # server time the last reconciliation sweep completed
     sinks: list[SinkStatus]
     messages_by_state: dict[str, int]
 
@@ -60,6 +70,12 @@ def gather_status(engine: Engine, *, now: datetime | None = None) -> StatusRepor
         )
         quarantined = session.scalar(select(func.count()).select_from(QuarantinedRow)) or 0
         poller = session.get(PollerState, "form_submissions")
+        last_sweep = session.scalar(
+            select(PollerSweep.done_at)
+            .where(PollerSweep.stream == "form_submissions")
+            .order_by(PollerSweep.done_at.desc())
+            .limit(1)
+        )
         messages = dict(
             session.execute(
                 select(MessageRequest.state, func.count()).group_by(MessageRequest.state)
@@ -87,6 +103,8 @@ def gather_status(engine: Engine, *, now: datetime | None = None) -> StatusRepor
         watermark=watermark,
         watermark_lag_seconds=lag,
         window_in_progress=poller is not None and poller.window_end is not None,
+        window_resume_from=poller.window_start if poller is not None else None,
+        last_sweep=last_sweep,
         sinks=sinks,
         messages_by_state={str(k): int(v) for k, v in messages.items()},
     )

@@ -13,6 +13,7 @@ catches up, and one more run after the next sweep is due must leave, for every s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import uuid
@@ -357,3 +358,48 @@ def test_runs_converge_under_heavy_faults_by_keeping_their_progress(engine: Engi
     assert runs < 200  # ... and the runs still converged
     got = emitted(engine, set(server.writes))
     assert sorted((s, a) for s, a, _ in got) == sorted(server.final().items())
+
+
+class _FailAfter(httpx.AsyncBaseTransport):
+    """Passes `budget` requests to the server, then answers every request with 503."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, budget: int) -> None:
+        self.inner = inner
+        self.budget = budget
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.budget -= 1
+        if self.budget < 0:
+            return httpx.Response(503, json={"statusCode": 503, "message": "unavailable"})
+        return await self.inner.handle_async_request(request)
+
+
+def test_status_shows_where_a_failed_poll_resumes_and_the_last_sweep(engine: Engine) -> None:
+    """After a run fails mid-window, `status` names where polling resumes (the progress
+    kept) and when the last sweep ran."""
+    from syncd.status import gather_status
+
+    prefix = uuid.uuid4().hex[:8]
+    server = AdversarialServer(_quiet(60, prefix), random.Random(8), tick_us=0, shuffle=False)
+    failing = _FailAfter(server.transport(), budget=10_000)
+
+    async def scenario() -> None:
+        client = _client(failing, attempts=1)
+        poller = _poller(engine, client, "form_submissions", stale_attempts=1)
+        server.clock_us = 30 * SECOND  # half the submissions are visible
+        try:
+            await poller.run(None)  # complete, and the first sweep runs
+            server.clock_us = 200 * SECOND
+            failing.budget = 12  # the clock, the first splits and parts, then 503s
+            with contextlib.suppress(SyncdError):
+                await poller.run(None)
+        finally:
+            await client.aclose()
+
+    asyncio.run(scenario())
+    report = gather_status(engine)
+    assert report.last_sweep is not None
+    assert report.window_in_progress
+    assert report.watermark is not None
+    assert report.window_resume_from is not None
+    assert report.window_resume_from > report.watermark - timedelta(seconds=OVERLAP)

@@ -39,6 +39,8 @@ def report(*runs: RunSummary, **changes: Any) -> StatusReport:
         watermark=None,
         watermark_lag_seconds=None,
         window_in_progress=False,
+        window_resume_from=None,
+        last_sweep=None,
         sinks=[],
         messages_by_state={"sent": 4},
     )
