@@ -3,6 +3,7 @@ a traceback, a password, the API key or a patient's data (issue 11)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import sqlite3
@@ -201,10 +202,13 @@ def error_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
 def test_an_unmigrated_database_says_run_db_upgrade(
     workspace: Workspace, command: list[str]
 ) -> None:
-    """Every local command on a database without schema: one line, `run syncd db upgrade`."""
+    """Every local command on a database without schema: one line, `run syncd db upgrade`
+    (`status` exits 2 for it, a critical check)."""
     workspace.write_config(extra="\n[messages]\nenabled = true\n")
+    with contextlib.closing(sqlite3.connect(workspace.state_db)) as db:
+        db.execute("CREATE TABLE unrelated (x INTEGER)")  # a database file, but no schema
     result = workspace.run(*command)
-    assert result.returncode == 1
+    assert result.returncode == (2 if command == ["status"] else 1)
     assert error_lines(result) == [
         "error: the state database has no schema: run `syncd db upgrade`"
     ]
@@ -242,7 +246,8 @@ def test_postgresql_errors_show_the_drivers_reason_without_the_password(
     }
     for reason, url in cases.items():
         result = run_syncd(*command, *pg_config(tmp_path, url), cwd=tmp_path)
-        assert result.returncode == 1, result.stderr
+        # `status` is a monitoring check: an unreachable database is critical (2).
+        assert result.returncode == (2 if command == ["status"] else 1), result.stderr
         [line] = error_lines(result)
         assert reason in line.lower(), line
         assert PASSWORD not in result.stdout + result.stderr
