@@ -378,7 +378,12 @@ def doctor(config: ConfigOption = None) -> None:
         if f.ok and f.warning:
             mark = "[yellow]WARN[/yellow]"
         # The check and detail are text, not markup: `sink:bus` is no emoji, `[x]` no tag.
-        out.print(f"{mark} {escape(f.check)}: {escape(f.detail)}", highlight=False, emoji=False)
+        out.print(
+            f"{mark} {escape(f.check)}: {escape(f.detail)}",
+            highlight=False,
+            emoji=False,
+            soft_wrap=True,  # one line per finding, for grep and for monitoring
+        )
     if not all(f.ok for f in findings):
         raise typer.Exit(1)
 

@@ -86,7 +86,7 @@ def test_example_config_loads_and_keeps_the_defaults(tmp_path: Path) -> None:
     source = settings.patients.source
     assert isinstance(source, CsvPatientSource)
     assert source.column_map()["providerId"] == "PatientID"
-    assert isinstance(settings.outbox.sinks["crm"], WebhookSink)
+    assert "crm" not in settings.outbox.sinks  # the webhook placeholder is commented out
     assert isinstance(settings.outbox.sinks["archive"], FileSink)
 
 
