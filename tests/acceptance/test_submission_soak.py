@@ -9,27 +9,13 @@ this test runs one short seed and asserts on what it measured.
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "submission_soak.py"
+from tests.scripts import load_script
 
-
-def _harness() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("submission_soak", SCRIPT)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["submission_soak"] = module  # dataclasses resolve their module by name
-    spec.loader.exec_module(module)
-    return module
-
-
-soak = _harness()
+soak = load_script("submission_soak")
 
 
 @pytest.mark.slow

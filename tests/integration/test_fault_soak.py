@@ -6,27 +6,13 @@ this test runs it small and asserts on the two converged states it returns.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "fault_soak.py"
+from tests.scripts import load_script
 
-
-def _harness() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("fault_soak", SCRIPT)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["fault_soak"] = module  # dataclasses resolve their module by name
-    spec.loader.exec_module(module)
-    return module
-
-
-soak = _harness()
+soak = load_script("fault_soak")
 
 
 @pytest.mark.slow
