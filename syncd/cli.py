@@ -387,7 +387,7 @@ def outbox_list(
     limit: Annotated[int, typer.Option(help="At most this many events.")] = 50,
 ) -> None:
     """Recent events and their delivery state per sink (ids only, no payloads)."""
-    from syncd.outbox.store import list_events
+    from syncd.outbox.queries import list_events
 
     settings = _settings(config)
     engine = _engine(settings)
@@ -414,7 +414,7 @@ def outbox_show(
     """One event with its payload (it may hold patient data: shown only when asked)."""
     import json
 
-    from syncd.outbox.store import show_event
+    from syncd.outbox.queries import show_event
 
     settings = _settings(config)
     engine = _engine(settings)
@@ -442,7 +442,7 @@ def outbox_retry(
     sink: Annotated[str | None, typer.Option(help="Only this sink (also re-enables it).")] = None,
 ) -> None:
     """Queue dead-lettered deliveries again, and re-enable disabled sinks."""
-    from syncd.outbox.store import retry
+    from syncd.outbox.actions import retry
 
     settings = _settings(config)
     engine = _engine(settings)
@@ -465,8 +465,8 @@ def outbox_replay(
     sink: Annotated[str | None, typer.Option(help="Only to this sink.")] = None,
 ) -> None:
     """Deliver events again (same event ids) to a receiver that lost them on its side."""
+    from syncd.outbox.actions import replay
     from syncd.outbox.routing import routes_from_settings
-    from syncd.outbox.store import replay
 
     settings = _settings(config)
     engine = _engine(settings)

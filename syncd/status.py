@@ -48,7 +48,7 @@ class StatusReport:
 
 def gather_status(engine: Engine, *, now: datetime | None = None) -> StatusReport:
     """Read the status snapshot."""
-    from syncd.outbox.store import backlog, sink_states
+    from syncd.outbox.queries import backlog, sink_states
 
     moment = now or datetime.now(UTC)
     with Session(engine) as session:

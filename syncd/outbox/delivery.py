@@ -27,9 +27,9 @@ At least once, with a stable id: a crash (or a lost lease) between a sink's answ
 record means the event goes out again once the lease expires, with the same `event_id`
 (webhook-id, AMQP message-id, NDJSON `id`); receivers deduplicate on it. A run first frees
 the claims of workers of this host whose process is gone (killed -9), so a restart delivers
-them at once instead of after the lease (`store.release_dead_claims`).
+them at once instead of after the lease (`claims.release_dead_claims`).
 
-With `retention`, a run also deletes delivered events older than that (`store.prune`), at
+With `retention`, a run also deletes delivered events older than that (`retention.prune`), at
 most once per `prune_every`; the backlog metrics are refreshed at the end of every run.
 
 Crash points (`syncd.testing_hooks.step`): `delivery.after_claim`,
@@ -51,17 +51,11 @@ import structlog
 from sqlalchemy import Engine
 
 from syncd import metrics
-from syncd.outbox import store
+from syncd.outbox import claims, fanout, queries, recording, retention
 from syncd.outbox.backoff import BackoffPolicy, GiveUp, after_failure
+from syncd.outbox.claims import ClaimedDelivery
+from syncd.outbox.recording import Again, Dead, Decision, Done, Recorded, Release
 from syncd.outbox.routing import Route
-from syncd.outbox.store import (
-    Again,
-    ClaimedDelivery,
-    Dead,
-    Decision,
-    Done,
-    Release,
-)
 from syncd.sinks.base import (
     DeadLetter,
     Delivered,
@@ -167,7 +161,7 @@ class OutboxDeliveryJob:
     (connect_timeout + read_timeout)`, doubled). `batches_in_flight` (1..8) is the number
     of lanes per sink (see the module doc).
     `time_budget_seconds` bounds one run; `backoff`, `clock` and `rand` are for tuning and
-    tests; `gap_grace` is the fan-out's wait at a seq gap (see `syncd.outbox.store`).
+    tests; `gap_grace` is the fan-out's wait at a seq gap (see `syncd.outbox.fanout`).
     """
 
     def __init__(
@@ -186,7 +180,7 @@ class OutboxDeliveryJob:
         backoff: BackoffPolicy | None = None,
         time_budget_seconds: float = 60.0,
         deliver_timeout_seconds: float | None = None,
-        gap_grace: timedelta = store.DEFAULT_GAP_GRACE,
+        gap_grace: timedelta = fanout.DEFAULT_GAP_GRACE,
         worker_id: str | None = None,
         retention: timedelta | None = None,
         prune_every: timedelta = timedelta(hours=1),
@@ -238,7 +232,7 @@ class OutboxDeliveryJob:
         deadline = time.monotonic() + self._budget
         counts = DeliveryCounts()
         freed = await asyncio.to_thread(
-            store.release_dead_claims,
+            claims.release_dead_claims,
             self._engine,
             host=host_name(),
             is_alive=process_alive,
@@ -248,9 +242,9 @@ class OutboxDeliveryJob:
             log.warning("outbox.dead_worker_claims_released", deliveries=freed)
         for route in self._routes.values():
             counts.fanned_out += await asyncio.to_thread(
-                store.fan_out, self._engine, route, now=self._clock(), gap_grace=self._gap_grace
+                fanout.fan_out, self._engine, route, now=self._clock(), gap_grace=self._gap_grace
             )
-        states = await asyncio.to_thread(store.sink_states, self._engine)
+        states = await asyncio.to_thread(queries.sink_states, self._engine)
         active = []
         for name in sorted(self._sinks):
             state = states.get(name)
@@ -310,7 +304,7 @@ class OutboxDeliveryJob:
         counts = DeliveryCounts()
         while not shared.stop and time.monotonic() < deadline:
             batch = await asyncio.to_thread(
-                store.claim,
+                claims.claim,
                 self._engine,
                 name,
                 worker=self.worker_id,
@@ -337,7 +331,7 @@ class OutboxDeliveryJob:
                 else:
                     disable_reason = None  # the lane that saw it first records and counts it
             recorded = await asyncio.to_thread(
-                store.record,
+                recording.record,
                 self._engine,
                 name,
                 worker=self.worker_id,
@@ -442,7 +436,7 @@ class OutboxDeliveryJob:
             self._pruned_at is not None and now - self._pruned_at < self._prune_every
         ):
             return 0
-        pruned = store.prune(
+        pruned = retention.prune(
             self._engine,
             self._retention.total_seconds() / 86_400,
             actor=self.name,
@@ -455,7 +449,9 @@ class OutboxDeliveryJob:
         return pruned
 
     def _publish_backlog(self) -> None:
-        for name, (pending, oldest, dead) in store.backlog(self._engine, now=self._clock()).items():
+        for name, (pending, oldest, dead) in queries.backlog(
+            self._engine, now=self._clock()
+        ).items():
             metrics.OUTBOX_BACKLOG.labels(name).set(pending)
             metrics.OUTBOX_OLDEST_AGE.labels(name).set(oldest)
             metrics.DEAD_LETTERS.labels(name).set(dead)
@@ -470,7 +466,7 @@ class _SinkRun:
     disabled: str | None = None  # why a lane's batch disabled the sink, first seen
 
 
-def _count(decisions: Sequence[Decision], recorded: store.Recorded) -> DeliveryCounts:
+def _count(decisions: Sequence[Decision], recorded: Recorded) -> DeliveryCounts:
     """Counters for the decisions that applied (a lost lease's decision did not)."""
     applied = set(recorded.applied)
     counts = DeliveryCounts(lease_lost=len(recorded.lease_lost))

@@ -27,7 +27,7 @@ from standardwebhooks import Webhook, WebhookVerificationError
 from structlog.testing import capture_logs
 
 from syncd import metrics, testing_hooks
-from syncd.outbox import store
+from syncd.outbox import actions, queries
 from syncd.outbox.backoff import BackoffPolicy
 from syncd.outbox.delivery import DeliveryCounts, OutboxDeliveryJob
 from syncd.outbox.events import emit
@@ -104,11 +104,11 @@ def add_events(
         return [event.event_id for event in events]
 
 
-def delivery_rows(engine: Engine, sink: str) -> dict[str, store.DeliveryView]:
+def delivery_rows(engine: Engine, sink: str) -> dict[str, queries.DeliveryView]:
     """{event_id: its delivery to `sink`}."""
     return {
         event.event_id: event.deliveries[0]
-        for event in store.list_events(engine, sink=sink, limit=10_000)
+        for event in queries.list_events(engine, sink=sink, limit=10_000)
     }
 
 
@@ -269,10 +269,10 @@ async def run_until_settled(
     runs = []
     for _ in range(rounds):
         runs.append(await delivery.run(None))
-        for name, state in store.sink_states(engine).items():
+        for name, state in queries.sink_states(engine).items():
             if state.disabled_reason is not None:
-                store.retry(engine, sink=name)
-        if all(b.pending == 0 for b in store.backlog(engine).values()):
+                actions.retry(engine, sink=name)
+        if all(b.pending == 0 for b in queries.backlog(engine).values()):
             return runs
         await asyncio.sleep(0.1)
     raise AssertionError("deliveries still pending")
@@ -315,7 +315,7 @@ async def test_a_receiver_failing_every_way_ends_delivered_once_or_dead(
         before = datetime.now(UTC)
         first = await chaos.run(None)
         assert first.sinks_disabled == 1
-        assert store.sink_states(engine)["chaos"].disabled_reason == "HTTP 410 Gone"
+        assert queries.sink_states(engine)["chaos"].disabled_reason == "HTTP 410 Gone"
         rows = delivery_rows(engine, "chaos")
         assert (rows[ids["410"]].state, rows[ids["410"]].attempts) == ("pending", 0)
         assert rows[ids["ok"]].state == "delivered"
@@ -602,11 +602,11 @@ async def test_retention_prunes_old_delivered_events_once_per_period(
         clock=lambda: now[0],
     )
     assert (await delivery.run(None)).pruned == 3  # delivered, then pruned in the same run
-    assert store.show_event(sqlite_engine, first[0]) is None
+    assert queries.show_event(sqlite_engine, first[0]) is None
     second = add_old_and_one_new(2)
     now[0] += timedelta(minutes=30)
     assert (await delivery.run(None)).pruned == 0  # pruned less than an hour ago
-    assert store.show_event(sqlite_engine, second[0]) is not None
+    assert queries.show_event(sqlite_engine, second[0]) is not None
     now[0] += timedelta(minutes=31)
     assert (await delivery.run(None)).pruned == 2
 

@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 
 from syncd.outbox.backoff import BackoffPolicy
+from syncd.outbox.claims import ClaimedDelivery
 from syncd.outbox.delivery import OutboxDeliveryJob, decide, envelope_for
+from syncd.outbox.recording import Again, Dead, Done, Release
 from syncd.outbox.routing import Route
-from syncd.outbox.store import Again, ClaimedDelivery, Dead, Done, Release
 from syncd.sinks.base import DeadLetter, Delivered, DisableSink, Retry
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
