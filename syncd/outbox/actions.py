@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, exists, func, literal, select, update
+from sqlalchemy import Engine, exists, func, literal, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from syncd.outbox.routing import Route
@@ -151,18 +151,19 @@ def replay(
 
 def _queue_history(session: Session, route: Route, since: datetime, now: datetime) -> int:
     """Queue events since `since`, up to the sink's cursor, that have no delivery to it."""
-    last_seq = session.scalar(select(SinkCursor.last_seq).where(SinkCursor.sink == route.sink))
-    if last_seq is None:
+    cursor = session.get(SinkCursor, route.sink)
+    if cursor is None:
         return 0  # fan-out has not seen this sink yet; its start rule applies first
     d, e = OutboxDelivery, OutboxEvent
     missing = exists(
         select(literal(1)).select_from(d).where(d.event_seq == e.seq, d.sink == route.sink)
     )
+    fanned_out = tuple_(e.xid, e.seq) <= tuple_(cursor.last_xid, cursor.last_seq)
     after, added = 0, 0
     while True:
         rows = session.execute(
             select(e.seq, e.event_type)
-            .where(e.created_at >= since, e.seq <= last_seq, e.seq > after, ~missing)
+            .where(e.created_at >= since, fanned_out, e.seq > after, ~missing)
             .order_by(e.seq)
             .limit(CHUNK)
         ).all()

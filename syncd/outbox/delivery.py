@@ -161,7 +161,8 @@ class OutboxDeliveryJob:
     (connect_timeout + read_timeout)`, doubled). `batches_in_flight` (1..8) is the number
     of lanes per sink (see the module doc).
     `time_budget_seconds` bounds one run; `backoff`, `clock` and `rand` are for tuning and
-    tests; `gap_grace` is the fan-out's wait at a seq gap (see `syncd.outbox.fanout`).
+    tests; `stall_warning` is how long events may wait behind an open transaction before
+    fan-out warns (see `syncd.outbox.fanout`).
     """
 
     def __init__(
@@ -180,7 +181,7 @@ class OutboxDeliveryJob:
         backoff: BackoffPolicy | None = None,
         time_budget_seconds: float = 60.0,
         deliver_timeout_seconds: float | None = None,
-        gap_grace: timedelta = fanout.DEFAULT_GAP_GRACE,
+        stall_warning: timedelta = fanout.DEFAULT_STALL_WARNING,
         worker_id: str | None = None,
         retention: timedelta | None = None,
         prune_every: timedelta = timedelta(hours=1),
@@ -214,7 +215,7 @@ class OutboxDeliveryJob:
         self._policy = backoff or BackoffPolicy()
         self._budget = time_budget_seconds
         self._deliver_timeout = timeout
-        self._gap_grace = gap_grace
+        self._stall_warning = stall_warning
         self._clock = clock
         self._rand = rand
         self._retention = retention
@@ -241,9 +242,14 @@ class OutboxDeliveryJob:
         if freed:
             log.warning("outbox.dead_worker_claims_released", deliveries=freed)
         for route in self._routes.values():
-            counts.fanned_out += await asyncio.to_thread(
-                fanout.fan_out, self._engine, route, now=self._clock(), gap_grace=self._gap_grace
+            fanned = await asyncio.to_thread(
+                fanout.fan_out,
+                self._engine,
+                route,
+                now=self._clock(),
+                stall_warning=self._stall_warning,
             )
+            counts.fanned_out += fanned.queued
         states = await asyncio.to_thread(queries.sink_states, self._engine)
         active = []
         for name in sorted(self._sinks):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, delete, exists, func, literal, or_, select
+from sqlalchemy import Engine, delete, exists, func, literal, select, tuple_
 from sqlalchemy.orm import Session
 
 from syncd.outbox.tables import CHUNK, CLI_ACTOR, DELIVERED, rowcount, translated, utcnow
@@ -37,15 +37,13 @@ def prune(
         select(literal(1)).select_from(d).where(d.event_seq == e.seq, d.state != DELIVERED)
     )
     newest = select(func.max(e.seq)).scalar_subquery()
-    fanned_out = select(func.min(SinkCursor.last_seq)).scalar_subquery()
+    c = SinkCursor
+    not_fanned_out = exists(
+        select(literal(1)).where(tuple_(e.xid, e.seq) > tuple_(c.last_xid, c.last_seq))
+    )
     candidates = (
         select(e.seq)
-        .where(
-            e.created_at < cutoff,
-            e.seq < newest,
-            or_(fanned_out.is_(None), e.seq <= fanned_out),
-            ~unfinished,
-        )
+        .where(e.created_at < cutoff, e.seq < newest, ~not_fanned_out, ~unfinished)
         .order_by(e.seq)
         .limit(chunk_size)
     )

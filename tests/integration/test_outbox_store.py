@@ -1,6 +1,7 @@
-"""The outbox store on real SQLite and PostgreSQL: fan-out (routes, cursors, seq gaps),
-claims (leases, per-patient order), outcome records, and the operator queries (list, show,
-retry, replay, prune, backlog)."""
+"""The outbox's database work on real SQLite and PostgreSQL: fan-out (routes, cursors; the
+visibility rule and seq gaps are in test_outbox_fanout_visibility), claims (leases,
+per-patient order), outcome records, and the operator queries (list, show, retry, replay,
+prune, backlog)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, func, insert, select, text, update
 from sqlalchemy.orm import Session
-from structlog.testing import capture_logs
 
 from syncd.outbox import actions, claims, fanout, queries, recording, retention
 from syncd.outbox.events import emit
@@ -79,21 +79,6 @@ def add_events(
         return [(event.seq, event.event_id) for event in events]
 
 
-def add_event_at_seq(engine: Engine, seq: int, created_at: datetime) -> None:
-    """An event with a chosen seq (to make the gaps PostgreSQL sequences leave)."""
-    with engine.begin() as conn:
-        conn.execute(
-            insert(OutboxEvent).values(
-                seq=seq,
-                event_id=f"evt-{seq}",
-                event_type="form_submission.updated",
-                ordering_key=None,
-                payload="{}",
-                created_at=created_at,
-            )
-        )
-
-
 def deliveries(engine: Engine, sink: str | None = None) -> dict[tuple[int, str], OutboxDelivery]:
     with Session(engine) as session:
         query = select(OutboxDelivery)
@@ -129,74 +114,33 @@ def test_fan_out_queues_subscribed_events_and_moves_the_cursor(engine: Engine) -
     crm = Route("crm", ("form_submission.*",), start="beginning")
     archive = Route("archive", ("*",), start="beginning")
     seqs = [seq for seq, _ in add_events(engine, ["form_submission.updated", "message.sent"] * 2)]
-    assert fanout.fan_out(engine, crm, now=T0) == 2
-    assert fanout.fan_out(engine, archive, now=T0) == 4
+    assert fanout.fan_out(engine, crm, now=T0).queued == 2
+    assert fanout.fan_out(engine, archive, now=T0).queued == 4
     assert sorted(deliveries(engine, "crm")) == [(seqs[0], "crm"), (seqs[2], "crm")]
     assert len(deliveries(engine, "archive")) == 4
     assert all(d.state == "pending" and d.attempts == 0 for d in deliveries(engine).values())
     crm_cursor = cursor(engine, "crm")
     assert crm_cursor is not None
     assert crm_cursor.last_seq == seqs[-1]
-    assert fanout.fan_out(engine, crm, now=T0) == 0  # nothing new
+    assert fanout.fan_out(engine, crm, now=T0).queued == 0  # nothing new
 
 
 def test_new_sink_starts_now_by_default_or_at_the_beginning(engine: Engine) -> None:
     """A new sink with start "now" skips existing events; "beginning" takes them all."""
     add_events(engine, ["a.x", "a.y"])
-    assert fanout.fan_out(engine, Route("late"), now=T0) == 0
-    assert fanout.fan_out(engine, Route("full", start="beginning"), now=T0) == 2
+    assert fanout.fan_out(engine, Route("late"), now=T0).queued == 0
+    assert fanout.fan_out(engine, Route("full", start="beginning"), now=T0).queued == 2
     add_events(engine, ["a.z"])
-    assert fanout.fan_out(engine, Route("late"), now=T0) == 1
+    assert fanout.fan_out(engine, Route("late"), now=T0).queued == 1
 
 
 def test_fan_out_works_in_chunks(engine: Engine) -> None:
     """Events beyond one chunk are all queued by one call, cursor at the last."""
     seqs = [seq for seq, _ in add_events(engine, ["a.x"] * 7)]
-    assert fanout.fan_out(engine, Route("s", start="beginning"), now=T0, chunk_size=3) == 7
+    assert fanout.fan_out(engine, Route("s", start="beginning"), now=T0, chunk_size=3).queued == 7
     last = cursor(engine, "s")
     assert last is not None
     assert last.last_seq == seqs[-1]
-
-
-def test_fan_out_waits_at_a_fresh_seq_gap_until_it_fills(engine: Engine) -> None:
-    """A missing seq below a fresh event holds the cursor; once it commits, both are queued."""
-    route = Route("s", start="beginning")
-    add_event_at_seq(engine, 1, T0)
-    add_event_at_seq(engine, 3, T0)  # seq 2: a transaction still running
-    assert fanout.fan_out(engine, route, now=T0, gap_grace=timedelta(seconds=60)) == 1
-    held = cursor(engine, "s")
-    assert held is not None
-    assert held.last_seq == 1
-    add_event_at_seq(engine, 2, T0)
-    assert fanout.fan_out(engine, route, now=T0, gap_grace=timedelta(seconds=60)) == 2
-    assert sorted(seq for seq, _ in deliveries(engine, "s")) == [1, 2, 3]
-
-
-def test_fan_out_passes_an_old_gap(engine: Engine) -> None:
-    """A gap whose next event is older than the grace is a rollback: passed, and logged."""
-    add_event_at_seq(engine, 1, T0)
-    add_event_at_seq(engine, 3, T0)
-    with capture_logs() as logs:
-        queued = fanout.fan_out(
-            engine,
-            Route("s", start="beginning"),
-            now=T0 + timedelta(seconds=61),
-            gap_grace=timedelta(seconds=60),
-        )
-    assert queued == 2
-    assert {"event": "outbox.fanout_gap_skipped", "sink": "s", "after": 1, "before": 3} in [
-        {k: v for k, v in entry.items() if k != "log_level"} for entry in logs
-    ]
-
-
-def test_advance_cursor_is_pure_gap_arithmetic() -> None:
-    """Consecutive seqs advance; a fresh gap stops; an old gap is passed."""
-    settled = T0
-    old, fresh = T0 - timedelta(seconds=1), T0 + timedelta(seconds=1)
-    assert fanout.advance_cursor(0, [(1, fresh), (2, fresh)], settled) == 2
-    assert fanout.advance_cursor(0, [(2, fresh), (3, fresh)], settled) == 0
-    assert fanout.advance_cursor(0, [(1, fresh), (3, old), (5, fresh)], settled) == 3
-    assert fanout.advance_cursor(4, [], settled) == 4
 
 
 # --- claims ---------------------------------------------------------------------------------
@@ -522,7 +466,7 @@ def test_replay_with_routes_gives_a_new_sink_its_history(engine: Engine) -> None
     assert list(deliveries(engine, "late")) == [(history[0][0], "late")]
     # Events after the cursor are left to fan-out (no duplicate row, no PK clash).
     add_events(engine, ["form_submission.updated"])
-    assert fanout.fan_out(engine, late, now=T0) == 1
+    assert fanout.fan_out(engine, late, now=T0).queued == 1
     assert actions.replay(engine, since=T0 - timedelta(days=1), routes={"late": late}) == {}
 
 
@@ -561,16 +505,17 @@ def test_prune_deletes_old_fully_delivered_events_only(engine: Engine) -> None:
 
 def test_prune_keeps_events_a_sink_has_not_fanned_out(engine: Engine) -> None:
     """An old event past some sink's cursor is kept until that sink's fan-out saw it."""
-    added = add_events(engine, ["a.x"] * 3, created_at=T0 - timedelta(days=20))
+    add_events(engine, ["a.x"] * 3, created_at=T0 - timedelta(days=20))
     with engine.begin() as conn:
         conn.execute(
-            insert(SinkCursor).values(sink="behind", last_seq=added[0][0] - 1, updated_at=T0)
+            insert(SinkCursor).values(sink="behind", last_xid=0, last_seq=0, updated_at=T0)
         )
     assert retention.prune(engine, 14, now=T0) == 0
     with engine.begin() as conn:
-        conn.execute(
-            SinkCursor.__table__.update().values(last_seq=added[-1][0])  # type: ignore[attr-defined]
-        )
+        (last_xid, last_seq) = conn.execute(
+            select(OutboxEvent.xid, OutboxEvent.seq).order_by(OutboxEvent.seq.desc()).limit(1)
+        ).one()
+        conn.execute(update(SinkCursor).values(last_xid=last_xid, last_seq=last_seq))
     assert retention.prune(engine, 14, now=T0, chunk_size=1) == 2  # never the newest
     with Session(engine) as session:
         assert session.scalar(select(func.count()).select_from(OutboxEvent)) == 1
