@@ -41,6 +41,7 @@ from starlette.routing import Route
 
 from syncd.exceptions import ConfigError
 from syncd.metrics import REGISTRY
+from syncd.state.db import reader
 from syncd.state.models import JobRun
 
 log = structlog.get_logger(__name__)
@@ -231,9 +232,11 @@ async def serve_health(
 def database_check(engine: Engine) -> ReadinessCheck:
     """Ready when the state database answers a trivial query."""
 
+    probe = reader(engine)
+
     def check() -> str | None:
         try:
-            with engine.connect() as conn:
+            with probe.connect() as conn:
                 conn.execute(select(1))
         except SQLAlchemyError as exc:
             return f"unreachable ({type(exc).__name__})"
@@ -249,10 +252,11 @@ def migrations_check(engine: Engine, expected_heads: Collection[str]) -> Readine
     migrations shipped with this code.
     """
     expected = frozenset(expected_heads)
+    probe = reader(engine)
 
     def check() -> str | None:
         try:
-            with engine.connect() as conn:
+            with probe.connect() as conn:
                 current = frozenset(MigrationContext.configure(conn).get_current_heads())
         except SQLAlchemyError as exc:
             return f"revision unreadable ({type(exc).__name__})"
@@ -287,10 +291,11 @@ def job_freshness_check(
     while gets one `max_age` to complete a run before it is reported stale.
     """
     query = select(func.max(JobRun.finished_at)).where(JobRun.job == job, JobRun.outcome == "ok")
+    probe = reader(engine)
 
     def check() -> str | None:
         try:
-            with engine.connect() as conn:
+            with probe.connect() as conn:
                 last_ok = conn.execute(query).scalar_one_or_none()
         except SQLAlchemyError as exc:
             return f"job runs unreadable ({type(exc).__name__})"

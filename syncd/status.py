@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
+from syncd.state.db import reader
 from syncd.state.models import MessageRequest, PatientMirror, PollerState, QuarantinedRow
 from syncd.state.runs import RunSummary, last_runs
 
@@ -51,7 +52,7 @@ def gather_status(engine: Engine, *, now: datetime | None = None) -> StatusRepor
     from syncd.outbox.queries import backlog, sink_states
 
     moment = now or datetime.now(UTC)
-    with Session(engine) as session:
+    with Session(reader(engine)) as session:
         by_state = dict(
             session.execute(
                 select(PatientMirror.state, func.count()).group_by(PatientMirror.state)

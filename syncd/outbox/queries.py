@@ -7,12 +7,13 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
-from sqlalchemy import Engine, case, exists, func, literal, select
+from sqlalchemy import Engine, exists, func, literal, select
 from sqlalchemy.orm import Session
 
 from syncd.outbox.tables import DEAD, PENDING, STATES, translated, utcnow
+from syncd.state.db import reader
 from syncd.state.models import OutboxDelivery, OutboxEvent, SinkCursor
 
 
@@ -26,7 +27,7 @@ class SinkState(NamedTuple):
 
 def sink_states(engine: Engine) -> dict[str, SinkState]:
     """Every sink that ever had a cursor: how far fan-out got, and whether it is disabled."""
-    with translated("sink states"), Session(engine) as session:
+    with translated("sink states"), Session(reader(engine)) as session:
         return {
             c.sink: SinkState(c.sink, c.last_seq, c.disabled_reason)
             for c in session.scalars(select(SinkCursor).order_by(SinkCursor.sink))
@@ -123,7 +124,7 @@ def list_events(
             conditions.append(d.sink == sink)
         query = query.where(exists(select(literal(1)).select_from(d).where(*conditions)))
     query = query.order_by(e.seq.desc()).limit(limit)
-    with translated("list"), Session(engine) as session:
+    with translated("list"), Session(reader(engine)) as session:
         rows = session.execute(query).all()
         views = _views(session, [row.seq for row in rows], sink)
     return [
@@ -134,7 +135,7 @@ def list_events(
 
 def show_event(engine: Engine, event_id: str) -> EventDetail | None:
     """One event with its payload and delivery states, or None if there is no such event."""
-    with translated("show"), Session(engine) as session:
+    with translated("show"), Session(reader(engine)) as session:
         event = session.scalars(select(OutboxEvent).where(OutboxEvent.event_id == event_id)).first()
         if event is None:
             return None
@@ -158,20 +159,31 @@ class SinkBacklog(NamedTuple):
     dead: int
 
 
+# Both read only the pending or dead rows, through ix_outbox_deliveries_state (state, sink,
+# created_at) alone: delivered rows, nearly all of the table, are never touched.
+_PENDING_BY_SINK: Final = (
+    select(OutboxDelivery.sink, func.count(), func.min(OutboxDelivery.created_at))
+    .where(OutboxDelivery.state == PENDING)
+    .group_by(OutboxDelivery.sink)
+)
+_DEAD_BY_SINK: Final = (
+    select(OutboxDelivery.sink, func.count())
+    .where(OutboxDelivery.state == DEAD)
+    .group_by(OutboxDelivery.sink)
+)
+
+
 def backlog(engine: Engine, *, now: datetime | None = None) -> dict[str, SinkBacklog]:
     """Per sink (every sink with a cursor or a delivery): pending count, how long the oldest
     pending delivery has been queued (0 when none), and dead count. Feeds the metrics."""
     moment = now or utcnow()
-    d = OutboxDelivery
-    query = select(
-        d.sink,
-        func.count().filter(d.state == PENDING),
-        func.min(case((d.state == PENDING, d.created_at))),
-        func.count().filter(d.state == DEAD),
-    ).group_by(d.sink)
-    with translated("backlog"), Session(engine) as session:
-        found = {name: SinkBacklog(0, 0.0, 0) for name in session.scalars(select(SinkCursor.sink))}
-        for name, pending, oldest, dead in session.execute(query):
-            age = max((moment - oldest).total_seconds(), 0.0) if oldest is not None else 0.0
-            found[name] = SinkBacklog(int(pending), age, int(dead))
-    return dict(sorted(found.items()))
+    with translated("backlog"), Session(reader(engine)) as session:
+        names = set(session.scalars(select(SinkCursor.sink)))
+        pending = {name: (int(n), oldest) for name, n, oldest in session.execute(_PENDING_BY_SINK)}
+        dead = {name: int(n) for name, n in session.execute(_DEAD_BY_SINK)}
+    found: dict[str, SinkBacklog] = {}
+    for name in sorted(names | set(pending) | set(dead)):
+        count, oldest = pending.get(name, (0, None))
+        age = max((moment - oldest).total_seconds(), 0.0) if oldest is not None else 0.0
+        found[name] = SinkBacklog(count, age, dead.get(name, 0))
+    return found
