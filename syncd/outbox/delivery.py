@@ -21,7 +21,10 @@ returns after the sink was disabled gives its batch back unsent.
 Outcomes (see `syncd.sinks.base`): `Delivered` is recorded with an audit entry; `Retry`
 waits `max(Retry-After, backoff)` until `max_attempts` or `max_age`, then the delivery is
 dead; `DeadLetter` is dead at once; `DisableSink` disables the sink (its deliveries stay
-pending until an operator runs `syncd outbox retry --sink NAME`).
+pending until an operator runs `syncd outbox retry --sink NAME`). A sink reports each
+event's outcome as its answer arrives (`answered`), so a batch cut off by the deliver
+timeout (or a sink that raises) keeps what was answered: only the unanswered events are
+retried, and an event the receiver took is never sent again for that timeout.
 
 At least once, with a stable id: a crash (or a lost lease) between a sink's answer and its
 record means the event goes out again once the lease expires, with the same `event_id`
@@ -155,10 +158,11 @@ class OutboxDeliveryJob:
 
     `sinks` and `routes` name the same sinks; the caller owns the sinks (and closes them).
     `lease_seconds` must outlast a whole sink call: each `deliver` call is cut off after
-    `deliver_timeout_seconds` (default: half the lease) and its batch retried whole, so size
-    the lease for a batch's worst case, when it shares the sink with the other lanes (for a
-    webhook sink, about `ceil(batches_in_flight * batch_size / max_concurrency) *
-    (connect_timeout + read_timeout)`, doubled). `batches_in_flight` (1..8) is the number
+    `deliver_timeout_seconds` (default: half the lease) and the events it had not answered
+    are retried (those it answered keep their outcome), so size the lease for a batch's
+    worst case, when it shares the sink with the other lanes (for a webhook sink, about
+    `ceil(batches_in_flight * batch_size / max_concurrency) * (connect_timeout +
+    read_timeout)`, doubled). `batches_in_flight` (1..8) is the number
     of lanes per sink (see the module doc).
     `time_budget_seconds` bounds one run; `backoff`, `clock` and `rand` are for tuning and
     tests; `stall_warning` is how long events may wait behind an open transaction before
@@ -416,23 +420,39 @@ class OutboxDeliveryJob:
     async def _call_sink(
         self, name: str, sendable: Sequence[tuple[ClaimedDelivery, EventEnvelope]]
     ) -> list[DeliveryOutcome]:
-        """The sink's outcomes, bounded by the deliver timeout; a sink that times out,
-        raises or answers the wrong number of outcomes gets the whole batch retried."""
+        """The sink's outcomes, bounded by the deliver timeout. A sink that times out, raises
+        or answers the wrong number of outcomes gets retried only the events it had not
+        answered yet (`answered`): what it reported as taken is recorded as taken, never
+        sent again."""
         sink = self._sinks[name]
         envelopes = [envelope for _, envelope in sendable]
         attempts = [claimed.attempts + 1 for claimed, _ in sendable]
+        answers: dict[int, DeliveryOutcome] = {}
+
+        def answered(position: int, outcome: DeliveryOutcome) -> None:
+            if 0 <= position < len(sendable):
+                answers[position] = outcome
+
         try:
             async with asyncio.timeout(self._deliver_timeout):
-                outcomes = await sink.deliver(envelopes, attempts=attempts)
+                outcomes = await sink.deliver(envelopes, attempts=attempts, answered=answered)
         except TimeoutError:
-            log.warning("outbox.sink_timed_out", sink=name, seconds=self._deliver_timeout)
-            return [Retry(f"sink timed out after {self._deliver_timeout:g}s")] * len(sendable)
+            log.warning(
+                "outbox.sink_timed_out",
+                sink=name,
+                seconds=self._deliver_timeout,
+                answered=len(answers),
+                unanswered=len(sendable) - len(answers),
+            )
+            return _answered_or(
+                answers, len(sendable), f"sink timed out after {self._deliver_timeout:g}s"
+            )
         except Exception as exc:  # a sink bug must not strand the claimed batch
             log.error("outbox.sink_raised", sink=name, error=type(exc).__name__)
-            return [Retry(f"sink raised {type(exc).__name__}")] * len(sendable)
+            return _answered_or(answers, len(sendable), f"sink raised {type(exc).__name__}")
         if len(outcomes) != len(sendable):
             log.error("outbox.sink_miscounted", sink=name, events=len(sendable))
-            return [Retry("sink answered a wrong number of outcomes")] * len(sendable)
+            return _answered_or(answers, len(sendable), "sink answered a wrong number of outcomes")
         return outcomes
 
     def _prune_if_due(self, run_id: int | None) -> int:
@@ -470,6 +490,13 @@ class _SinkRun:
     sink: str
     stop: bool = False  # no lane claims another batch
     disabled: str | None = None  # why a lane's batch disabled the sink, first seen
+
+
+def _answered_or(
+    answers: Mapping[int, DeliveryOutcome], size: int, reason: str
+) -> list[DeliveryOutcome]:
+    """The outcomes of a batch cut short: each answered event's own, a Retry for the rest."""
+    return [answers.get(position, Retry(reason)) for position in range(size)]
 
 
 def _count(decisions: Sequence[Decision], recorded: Recorded) -> DeliveryCounts:

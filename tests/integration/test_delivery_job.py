@@ -32,7 +32,7 @@ from syncd.outbox.backoff import BackoffPolicy
 from syncd.outbox.delivery import DeliveryCounts, OutboxDeliveryJob
 from syncd.outbox.events import emit
 from syncd.outbox.routing import Route
-from syncd.sinks.base import DeliveryOutcome, DisableSink, EventEnvelope, Sink
+from syncd.sinks.base import Answered, DeliveryOutcome, DisableSink, EventEnvelope, Sink
 from syncd.sinks.ndjson import NdjsonFileSink
 from syncd.sinks.webhook import WebhookSink
 from syncd.state.db import make_engine, upgrade
@@ -388,7 +388,11 @@ class HangingSink:
     name = "wedged"
 
     async def deliver(
-        self, events: Sequence[EventEnvelope], *, attempts: Sequence[int] | None = None
+        self,
+        events: Sequence[EventEnvelope],
+        *,
+        attempts: Sequence[int] | None = None,
+        answered: Answered | None = None,
     ) -> list[DeliveryOutcome]:
         await asyncio.Event().wait()
         raise AssertionError("unreachable")
@@ -417,6 +421,41 @@ async def test_a_wedged_sink_is_cut_off_by_its_own_timeout(
     wedged = delivery_rows(sqlite_engine, "wedged")
     assert {(r.state, r.last_error) for r in wedged.values()} == {
         ("pending", "sink timed out after 0.2s")
+    }
+
+
+async def test_a_batch_timeout_retries_only_the_unanswered_events(
+    sqlite_engine: Engine, sinks: list[Sink]
+) -> None:
+    """A receiver answers three events of a batch at once and holds two past the batch's
+    deliver timeout: the three are recorded delivered and sent exactly once; only the two
+    go out again."""
+    async with serving(Receiver(hang_seconds=6.0)) as receiver:
+        answered = add_events(sqlite_engine, [{"plan": ["ok"]} for _ in range(3)])
+        held = add_events(sqlite_engine, [{"plan": ["hang", "ok"]} for _ in range(2)])
+        delivery = job(
+            sqlite_engine,
+            # The requests would wait 10 s; the batch is cut off after 2 s.
+            {"s": webhook(sinks, "s", receiver.url(), read_timeout=10.0)},
+            lease_seconds=8.0,
+            deliver_timeout_seconds=2.0,
+            batches_in_flight=1,
+        )
+        with capture_logs() as logs:
+            counts = await delivery.run(None)  # the two come back due at once (FAST backoff)
+    assert (counts.claimed, counts.delivered, counts.retried) == (7, 5, 2)
+    timed_out = [e for e in logs if e["event"] == "outbox.sink_timed_out"]
+    assert [(e["answered"], e["unanswered"]) for e in timed_out] == [(3, 2)]
+    assert {event_id: receiver.attempts[event_id] for event_id in answered} == dict.fromkeys(
+        answered, 1
+    )
+    assert {event_id: receiver.attempts[event_id] for event_id in held} == dict.fromkeys(held, 2)
+    assert not receiver.duplicates
+    assert receiver.processed == set(answered + held)
+    rows = delivery_rows(sqlite_engine, "s")
+    assert {event_id: rows[event_id].attempts for event_id in answered + held} == {
+        **dict.fromkeys(answered, 1),
+        **dict.fromkeys(held, 2),
     }
 
 
@@ -681,7 +720,11 @@ class GoneAtOnceSink:
     calls: list[int] = field(default_factory=list)
 
     async def deliver(
-        self, events: Sequence[EventEnvelope], *, attempts: Sequence[int] | None = None
+        self,
+        events: Sequence[EventEnvelope],
+        *,
+        attempts: Sequence[int] | None = None,
+        answered: Answered | None = None,
     ) -> list[DeliveryOutcome]:
         self.calls.append(len(events))
         return [DisableSink("HTTP 410 Gone")] * len(events)

@@ -18,7 +18,7 @@ from syncd.outbox.backoff import BackoffPolicy
 from syncd.outbox.delivery import OutboxDeliveryJob
 from syncd.outbox.events import NewEvent, emit_many
 from syncd.outbox.routing import Route
-from syncd.sinks.base import Delivered, DeliveryOutcome, EventEnvelope
+from syncd.sinks.base import Answered, Delivered, DeliveryOutcome, EventEnvelope
 from syncd.state.db import make_engine, upgrade
 from syncd.state.models import OutboxEvent
 from tests.conftest import migrated_engine, new_postgres_database
@@ -36,7 +36,11 @@ class RecordingSink:
         self.received: list[str] = []
 
     async def deliver(
-        self, events: Sequence[EventEnvelope], *, attempts: Sequence[int] | None = None
+        self,
+        events: Sequence[EventEnvelope],
+        *,
+        attempts: Sequence[int] | None = None,
+        answered: Answered | None = None,
     ) -> list[DeliveryOutcome]:
         self.received.extend(event.event_id for event in events)
         return [Delivered()] * len(events)

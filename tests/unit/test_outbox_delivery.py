@@ -104,7 +104,9 @@ def test_envelope_refuses_what_fhir_cannot_express() -> None:
 class _NoSink:
     name = "s"
 
-    async def deliver(self, events: Any, *, attempts: Any = None) -> list[Any]:
+    async def deliver(
+        self, events: Any, *, attempts: Any = None, answered: Any = None
+    ) -> list[Any]:
         return []
 
     async def aclose(self) -> None:
