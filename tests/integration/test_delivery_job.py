@@ -32,7 +32,7 @@ from syncd.outbox.backoff import BackoffPolicy
 from syncd.outbox.delivery import DeliveryCounts, OutboxDeliveryJob
 from syncd.outbox.events import emit
 from syncd.outbox.routing import Route
-from syncd.sinks.base import Answered, DeliveryOutcome, DisableSink, EventEnvelope, Sink
+from syncd.sinks.base import Answered, Delivered, DeliveryOutcome, DisableSink, EventEnvelope, Sink
 from syncd.sinks.ndjson import NdjsonFileSink
 from syncd.sinks.webhook import WebhookSink
 from syncd.state.db import make_engine, upgrade
@@ -457,6 +457,80 @@ async def test_a_batch_timeout_retries_only_the_unanswered_events(
         **dict.fromkeys(answered, 1),
         **dict.fromkeys(held, 2),
     }
+
+
+class BlockingSink:
+    """A sink whose batches wait until released, like a receiver that hangs."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+        self.received: list[str] = []
+
+    async def deliver(
+        self,
+        events: Sequence[EventEnvelope],
+        *,
+        attempts: Sequence[int] | None = None,
+        answered: Answered | None = None,
+    ) -> list[DeliveryOutcome]:
+        self.entered.set()
+        await self.release.wait()
+        self.received.extend(event.event_id for event in events)
+        return [Delivered()] * len(events)
+
+    async def aclose(self) -> None:
+        return None
+
+
+class CollectingSink:
+    """A sink that takes every event at once; `wait_for` waits until it has some ids."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.received: list[str] = []
+        self._arrived = asyncio.Event()
+
+    async def deliver(
+        self,
+        events: Sequence[EventEnvelope],
+        *,
+        attempts: Sequence[int] | None = None,
+        answered: Answered | None = None,
+    ) -> list[DeliveryOutcome]:
+        self.received.extend(event.event_id for event in events)
+        self._arrived.set()
+        return [Delivered()] * len(events)
+
+    async def wait_for(self, event_ids: Sequence[str]) -> None:
+        while not set(event_ids) <= set(self.received):
+            self._arrived.clear()
+            await self._arrived.wait()
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def test_a_hanging_sink_never_keeps_new_events_from_a_healthy_one(engine: Engine) -> None:
+    """While one sink's batch hangs, events written after the run began are fanned out and
+    delivered to the healthy sink within that same run; the hanging sink gets them after."""
+    first = add_events(engine, [{}])
+    stuck, quick = BlockingSink("stuck"), CollectingSink("quick")
+    delivery = job(engine, {"stuck": stuck, "quick": quick}, lease_seconds=120.0)
+    run = asyncio.create_task(delivery.run(None))
+    try:
+        await asyncio.wait_for(stuck.entered.wait(), 20)
+        later = add_events(engine, [{}, {}])
+        await asyncio.wait_for(quick.wait_for(first + later), 20)
+        assert not run.done()  # the stuck batch is still in flight
+        assert stuck.received == []
+    finally:
+        stuck.release.set()
+    counts = await asyncio.wait_for(run, 20)
+    assert sorted(quick.received) == sorted(first + later)
+    assert sorted(stuck.received) == sorted(first + later)
+    assert (counts.fanned_out, counts.delivered) == (6, 6)
 
 
 class Crash(Exception):
