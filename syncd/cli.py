@@ -266,7 +266,7 @@ def status(config: ConfigOption = None) -> None:
     engine = _engine(settings)
     try:
         check_migrated(engine)
-        report = gather_status(engine)
+        report = gather_status(engine, configured=settings.outbox.sinks)
     except SyncdError as exc:
         err.print(f"error: {exc}", markup=False)
         raise typer.Exit(1) from None
@@ -292,6 +292,9 @@ def status(config: ConfigOption = None) -> None:
     )
     sinks = Table("sink", "pending", "oldest", "dead", "disabled", title="outbox")
     for s in report.sinks:
+        if s.removed:  # not work to do: it will never be sent
+            sinks.add_row(s.sink, "removed", "-", "-", "")
+            continue
         sinks.add_row(
             s.sink,
             str(s.pending),
@@ -300,6 +303,13 @@ def status(config: ConfigOption = None) -> None:
             s.disabled_reason or "",
         )
     out.print(sinks)
+    for s in report.sinks:
+        if s.removed:
+            out.print(
+                f"sink {s.sink} is no longer configured ({s.pending} pending, {s.dead} dead "
+                f"deliveries kept): `syncd outbox forget-sink {s.sink}` drops them",
+                markup=False,
+            )
     states = " ".join(f"{k}={v}" for k, v in sorted(report.messages_by_state.items())) or "none"
     out.print(f"SMS requests: {states}")
     if report.messages_unknown:
@@ -480,6 +490,43 @@ def outbox_replay(
         out.print(f"{name}: {n} event(s) queued for delivery again (same webhook-id)")
     if not queued:
         out.print("no events to replay")
+
+
+@outbox_app.command("forget-sink")
+def outbox_forget_sink(
+    name: Annotated[str, typer.Argument(help="A sink no longer in the configuration.")],
+    config: ConfigOption = None,
+) -> None:
+    """Drop a removed or renamed sink's cursor and undelivered deliveries (never a
+    configured sink's): its events are then deleted by retention like any other."""
+    from syncd.outbox.actions import forget_sink
+
+    settings = _settings(config)
+    if name in settings.outbox.sinks:
+        err.print(
+            f"error: sink {name} is configured ([outbox.sinks.{name}]): remove it from the "
+            "configuration and restart the daemon first",
+            markup=False,
+        )
+        raise typer.Exit(2)
+    engine = _engine(settings)
+    try:
+        forgotten = forget_sink(engine, name, configured=settings.outbox.sinks)
+    except SyncdError as exc:
+        err.print(f"error: {exc}", markup=False)
+        raise typer.Exit(1) from None
+    finally:
+        engine.dispose()
+    if not forgotten.anything:
+        err.print(
+            f"error: the outbox holds nothing for sink {name}: nothing to forget", markup=False
+        )
+        raise typer.Exit(1)
+    out.print(
+        f"{name}: forgotten ({'cursor, ' if forgotten.cursor else ''}{forgotten.pending} "
+        f"pending and {forgotten.dead} dead deliveries dropped)",
+        markup=False,
+    )
 
 
 # --- messages -----------------------------------------------------------------------------

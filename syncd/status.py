@@ -5,6 +5,7 @@ Ids, counts and times only: nothing here reads patient fields.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -18,13 +19,15 @@ from syncd.state.runs import RunSummary, last_runs
 
 @dataclass(frozen=True, slots=True)
 class SinkStatus:
-    """One sink's backlog."""
+    """One sink's backlog; `removed`: the configuration no longer names it (its pending
+    deliveries will never be sent: `syncd outbox forget-sink` drops them)."""
 
     sink: str
     pending: int
     oldest_age_seconds: float
     dead: int
     disabled_reason: str | None
+    removed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,8 +50,11 @@ class StatusReport:
         return self.messages_by_state.get("unknown", 0)
 
 
-def gather_status(engine: Engine, *, now: datetime | None = None) -> StatusReport:
-    """Read the status snapshot."""
+def gather_status(
+    engine: Engine, *, now: datetime | None = None, configured: Collection[str] | None = None
+) -> StatusReport:
+    """Read the status snapshot; with `configured` (the configured sink names), every other
+    sink the outbox holds state for is marked removed."""
     from syncd.outbox.queries import backlog, sink_states
 
     moment = now or datetime.now(UTC)
@@ -73,6 +79,7 @@ def gather_status(engine: Engine, *, now: datetime | None = None) -> StatusRepor
             b.oldest_age_seconds,
             b.dead,
             states[name].disabled_reason if name in states else None,
+            removed=configured is not None and name not in configured,
         )
         for name, b in backlog(engine, now=moment).items()
     ]

@@ -1,14 +1,14 @@
 """What an operator does to deliveries: queue dead ones again (`retry`), deliver delivered
-ones again (`replay`)."""
+ones again (`replay`), drop what a removed sink left behind (`forget_sink`)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, exists, func, literal, select, tuple_, update
+from sqlalchemy import Engine, delete, exists, func, literal, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from syncd.outbox.routing import Route
@@ -20,6 +20,7 @@ from syncd.outbox.tables import (
     PENDING,
     insert_ignoring_duplicates,
     new_delivery,
+    rowcount,
     translated,
     utcnow,
 )
@@ -177,3 +178,60 @@ def _queue_history(session: Session, route: Route, since: datetime, now: datetim
         if len(rows) < CHUNK:
             return added
         after = rows[-1].seq
+
+
+class SinkStillConfiguredError(ValueError):
+    """`forget_sink` was asked to forget a sink the configuration still names."""
+
+
+@dataclass(frozen=True, slots=True)
+class Forgotten:
+    """What `forget_sink` dropped."""
+
+    cursor: bool  # the sink had a cursor
+    pending: int
+    dead: int
+
+    @property
+    def anything(self) -> bool:
+        """Whether there was anything to forget."""
+        return self.cursor or self.pending > 0 or self.dead > 0
+
+
+def forget_sink(
+    engine: Engine,
+    sink: str,
+    *,
+    configured: Collection[str],
+    actor: str = CLI_ACTOR,
+) -> Forgotten:
+    """Drop the cursor and the undelivered (pending and dead) deliveries of `sink`, a sink
+    no longer `configured`; audited as `sink.forgotten` with the counts.
+
+    Its events are then kept only as long as another sink needs them, so retention deletes
+    them in time. Delivered rows stay (history, pruned with their events). A sink added
+    again under that name starts afresh by its `start` rule. Raises
+    `SinkStillConfiguredError` for a configured sink: a running daemon would recreate its
+    cursor, and its pending deliveries are work still to do.
+    """
+    if sink in configured:
+        raise SinkStillConfiguredError(f"sink {sink} is configured")
+    d = OutboxDelivery
+    with translated("forget sink"), Session(engine) as session, session.begin():
+        counts = {
+            state: int(n)
+            for state, n in session.execute(
+                select(d.state, func.count())
+                .where(d.sink == sink, d.state.in_((PENDING, DEAD)))
+                .group_by(d.state)
+            )
+        }
+        session.execute(delete(d).where(d.sink == sink, d.state.in_((PENDING, DEAD))))
+        had_cursor = rowcount(session.execute(delete(SinkCursor).where(SinkCursor.sink == sink)))
+        forgotten = Forgotten(had_cursor > 0, counts.get(PENDING, 0), counts.get(DEAD, 0))
+        if forgotten.anything:
+            detail = (
+                f"cursor={int(forgotten.cursor)} pending={forgotten.pending} dead={forgotten.dead}"
+            )
+            audit(session, actor, None, "sink.forgotten", "sink", sink, detail)
+    return forgotten

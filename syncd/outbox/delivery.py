@@ -37,7 +37,10 @@ the claims of workers of this host whose process is gone (killed -9), so a resta
 them at once instead of after the lease (`claims.release_dead_claims`).
 
 With `retention`, a run also deletes delivered events older than that (`retention.prune`), at
-most once per `prune_every`; the backlog metrics are refreshed at the end of every run.
+most once per `prune_every`; the backlog metrics (configured sinks only) are refreshed at
+the end of every run. Sinks the outbox holds state for that the configuration no longer
+names are reported once, at the first run (`outbox.sinks_removed`): their cursor holds
+retention back no more, and `syncd outbox forget-sink` drops what they left.
 
 Crash points (`syncd.testing_hooks.step`): `delivery.after_claim`,
 `delivery.after_http_before_mark`, `delivery.after_mark`.
@@ -232,6 +235,7 @@ class OutboxDeliveryJob:
         self._retention = retention
         self._prune_every = prune_every
         self._pruned_at: datetime | None = None
+        self._removed_reported = False
         self.worker_id = worker_id or (owner_id(uuid.uuid4().hex[:8]))
 
     def __repr__(self) -> str:
@@ -253,6 +257,8 @@ class OutboxDeliveryJob:
         )
         if freed:
             log.warning("outbox.dead_worker_claims_released", deliveries=freed)
+        if not self._removed_reported:
+            await asyncio.to_thread(self._report_removed_sinks)
         states = await asyncio.to_thread(queries.sink_states, self._engine)
         active = []
         for name in sorted(self._sinks):
@@ -500,6 +506,20 @@ class OutboxDeliveryJob:
             return _answered_or(answers, len(sendable), "sink answered a wrong number of outcomes")
         return outcomes
 
+    def _report_removed_sinks(self) -> None:
+        """Once per job (at start-up): name the sinks the outbox holds state for that are
+        no longer configured. They hold retention back no more, but their undelivered
+        events stay until an operator runs `syncd outbox forget-sink NAME`."""
+        removed = queries.removed_sinks(self._engine, self._sinks)
+        if removed:
+            log.warning(
+                "outbox.sinks_removed",
+                sinks=removed,
+                hint="not configured any more: `syncd outbox forget-sink NAME` drops their "
+                "cursor and undelivered deliveries",
+            )
+        self._removed_reported = True
+
     def _prune_if_due(self, run_id: int | None) -> int:
         """Apply retention at most once per `prune_every` (the first run prunes)."""
         now = self._clock()
@@ -513,6 +533,7 @@ class OutboxDeliveryJob:
             actor=self.name,
             run_id=run_id,
             now=now,
+            configured=self._sinks,
         )
         self._pruned_at = now
         if pruned:
@@ -520,9 +541,13 @@ class OutboxDeliveryJob:
         return pruned
 
     def _publish_backlog(self) -> None:
+        """The backlog gauges of the configured sinks (a removed sink's backlog is not work
+        to do: `syncd status` shows it as removed)."""
         for name, (pending, oldest, dead) in queries.backlog(
             self._engine, now=self._clock()
         ).items():
+            if name not in self._sinks:
+                continue
             metrics.OUTBOX_BACKLOG.labels(name).set(pending)
             metrics.OUTBOX_OLDEST_AGE.labels(name).set(oldest)
             metrics.DEAD_LETTERS.labels(name).set(dead)

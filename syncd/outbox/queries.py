@@ -1,10 +1,11 @@
 """Read-only views of the outbox: events and their deliveries (`syncd outbox list|show`),
-each sink's cursor state and its backlog (`syncd status`, the metrics)."""
+each sink's cursor state and its backlog (`syncd status`, the metrics), and the sinks the
+configuration no longer names."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final, NamedTuple
@@ -32,6 +33,17 @@ def sink_states(engine: Engine) -> dict[str, SinkState]:
             c.sink: SinkState(c.sink, c.last_seq, c.disabled_reason)
             for c in session.scalars(select(SinkCursor).order_by(SinkCursor.sink))
         }
+
+
+def removed_sinks(engine: Engine, configured: Collection[str]) -> list[str]:
+    """Sinks the outbox still holds state for (a cursor, or a pending or dead delivery)
+    that are not `configured`: removed or renamed. Their cursor never moves again and their
+    undelivered deliveries are never sent: `syncd outbox forget-sink NAME` drops both."""
+    d = OutboxDelivery
+    with translated("removed sinks"), Session(reader(engine)) as session:
+        known = set(session.scalars(select(SinkCursor.sink)))
+        known.update(session.scalars(select(d.sink).where(d.state.in_((PENDING, DEAD))).distinct()))
+    return sorted(known - set(configured))
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime, timedelta
 
 from sqlalchemy import Engine, delete, exists, func, literal, select, tuple_
@@ -19,16 +20,22 @@ def prune(
     actor: str = CLI_ACTOR,
     run_id: int | None = None,
     now: datetime | None = None,
+    configured: Collection[str] | None = None,
     chunk_size: int = CHUNK,
 ) -> int:
     """Delete events older than `retention_days` whose deliveries are all delivered; returns
     how many events were deleted.
 
     Kept: events with a pending or dead delivery (dead ones until an operator resolves
-    them), events some sink's fan-out has not passed yet, and the newest event (SQLite would
-    hand its seq to the next event). Each deleted event's deliveries go with it; its
-    `submission_versions` row stays (its `event_seq` becomes NULL), so that version is
-    still never emitted again. Deleted in chunks, one transaction each.
+    them), events the fan-out of some `configured` sink (default: every sink with a
+    cursor) has not passed yet, and the newest event (SQLite would hand its seq to the
+    next event). A sink no longer configured holds nothing back: its cursor will never
+    move again, and would otherwise stop retention for good; its undelivered deliveries
+    still keep their events until `syncd outbox forget-sink` drops them.
+
+    Each deleted event's deliveries go with it; its `submission_versions` row stays (its
+    `event_seq` becomes NULL), so that version is still never emitted again. Deleted in
+    chunks, one transaction each.
     """
     moment = now or utcnow()
     cutoff = moment - timedelta(days=retention_days)
@@ -38,9 +45,10 @@ def prune(
     )
     newest = select(func.max(e.seq)).scalar_subquery()
     c = SinkCursor
-    not_fanned_out = exists(
-        select(literal(1)).where(tuple_(e.xid, e.seq) > tuple_(c.last_xid, c.last_seq))
-    )
+    ahead = [tuple_(e.xid, e.seq) > tuple_(c.last_xid, c.last_seq)]
+    if configured is not None:
+        ahead.append(c.sink.in_(sorted(configured)))
+    not_fanned_out = exists(select(literal(1)).where(*ahead))
     candidates = (
         select(e.seq)
         .where(e.created_at < cutoff, e.seq < newest, ~not_fanned_out, ~unfinished)
