@@ -497,8 +497,10 @@ def outbox_forget_sink(
     name: Annotated[str, typer.Argument(help="A sink no longer in the configuration.")],
     config: ConfigOption = None,
 ) -> None:
-    """Drop a removed or renamed sink's cursor and undelivered deliveries (never a
-    configured sink's): its events are then deleted by retention like any other."""
+    """Drop what a removed or renamed sink left: its cursor and undelivered deliveries.
+
+    Refused for a configured sink. Its events are then deleted by retention like any other.
+    """
     from syncd.outbox.actions import forget_sink
 
     settings = _settings(config)

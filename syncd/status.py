@@ -105,7 +105,7 @@ def quarantine_rows(
     query = select(QuarantinedRow).order_by(QuarantinedRow.last_seen_at.desc()).limit(limit)
     if source is not None:
         query = query.where(QuarantinedRow.source == source)
-    with Session(engine, expire_on_commit=False) as session:
+    with Session(reader(engine), expire_on_commit=False) as session:
         rows = list(session.scalars(query))
         session.expunge_all()
     return rows
