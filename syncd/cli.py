@@ -299,7 +299,7 @@ def status(
     engine = _engine(settings)
     try:
         check_migrated(engine)
-        report = gather_status(engine)
+        report = gather_status(engine, configured=settings.outbox.sinks)
     except SyncdError as exc:
         err.print(f"error: {exc}", markup=False)
         raise typer.Exit(EXIT_CODES["critical"]) from None
@@ -343,6 +343,9 @@ def _print_status(report: Any) -> None:
     )
     sinks = Table("sink", "pending", "oldest", "dead", "disabled", title="outbox")
     for s in report.sinks:
+        if s.removed:  # not work to do: it will never be sent
+            sinks.add_row(s.sink, "removed", "-", "-", "")
+            continue
         sinks.add_row(
             s.sink,
             str(s.pending),
@@ -351,6 +354,13 @@ def _print_status(report: Any) -> None:
             s.disabled_reason or "",
         )
     out.print(sinks)
+    for s in report.sinks:
+        if s.removed:
+            out.print(
+                f"sink {s.sink} is no longer configured ({s.pending} pending, {s.dead} dead "
+                f"deliveries kept): `syncd outbox forget-sink {s.sink}` drops them",
+                markup=False,
+            )
     states = " ".join(f"{k}={v}" for k, v in sorted(report.messages_by_state.items())) or "none"
     out.print(f"SMS requests: {states}")
     if report.messages_unknown:

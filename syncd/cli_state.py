@@ -26,7 +26,7 @@ from syncd.cli_support import (
     print_json,
 )
 from syncd.config import Settings
-from syncd.exceptions import ConfigError
+from syncd.exceptions import ConfigError, SyncdError
 from syncd.render import Column, print_records
 
 quarantine_app = typer.Typer(help="Source rows that could not be pushed.", no_args_is_help=True)
@@ -99,7 +99,7 @@ def _source_names(settings: Settings) -> set[str]:
 
 def _sink_names(settings: Settings, engine: Any) -> set[str]:
     """Sinks the configuration names, and sinks the state database still holds events for."""
-    from syncd.outbox.store import sink_states
+    from syncd.outbox.queries import sink_states
 
     return set(settings.outbox.sinks) | set(sink_states(engine))
 
@@ -127,7 +127,8 @@ def outbox_list(
     """Recent events and their delivery state per sink (ids only, no payloads)."""
     from dataclasses import asdict
 
-    from syncd.outbox.store import STATES, list_events
+    from syncd.outbox.queries import list_events
+    from syncd.outbox.tables import STATES
 
     settings = load_config(config)
     one_of("--state", state, STATES)
@@ -156,7 +157,7 @@ def outbox_show(
     """One event with its payload (it may hold patient data: shown only when asked)."""
     import json
 
-    from syncd.outbox.store import show_event
+    from syncd.outbox.queries import show_event
 
     settings = load_config(config)
     with migrated_state(settings) as engine:
@@ -181,7 +182,7 @@ def outbox_retry(
     sink: Annotated[str | None, typer.Option(help="Only this sink (also re-enables it).")] = None,
 ) -> None:
     """Queue dead-lettered deliveries again, and re-enable disabled sinks."""
-    from syncd.outbox.store import retry
+    from syncd.outbox.actions import retry
 
     settings = load_config(config)
     with migrated_state(settings) as engine:
@@ -202,8 +203,8 @@ def outbox_replay(
     sink: Annotated[str | None, typer.Option(help="Only to this sink.")] = None,
 ) -> None:
     """Deliver events again (same event ids) to a receiver that lost them on its side."""
+    from syncd.outbox.actions import replay
     from syncd.outbox.routing import routes_from_settings
-    from syncd.outbox.store import replay
 
     settings = load_config(config)
     moment = parse_since(since)
@@ -216,6 +217,42 @@ def outbox_replay(
         out.print(f"{name}: {n} event(s) queued for delivery again (same webhook-id)")
     if not queued:
         out.print("no events to replay")
+
+
+@outbox_app.command("forget-sink")
+def outbox_forget_sink(
+    name: Annotated[str, typer.Argument(help="A sink no longer in the configuration.")],
+    config: ConfigOption = None,
+) -> None:
+    """Drop what a removed or renamed sink left: its cursor and undelivered deliveries.
+
+    Refused for a configured sink. Its events are then deleted by retention like any other.
+    """
+    from syncd.outbox.actions import forget_sink
+
+    settings = load_config(config)
+    if name in settings.outbox.sinks:
+        err.print(
+            f"error: sink {name} is configured ([outbox.sinks.{name}]): remove it from the "
+            "configuration and restart the daemon first",
+            markup=False,
+        )
+        raise typer.Exit(EX_USAGE)
+    with migrated_state(settings) as engine:
+        try:
+            forgotten = forget_sink(engine, name, configured=settings.outbox.sinks)
+        except SyncdError as exc:
+            exit_for(exc)
+    if not forgotten.anything:
+        err.print(
+            f"error: the outbox holds nothing for sink {name}: nothing to forget", markup=False
+        )
+        raise typer.Exit(1)
+    out.print(
+        f"{name}: forgotten ({'cursor, ' if forgotten.cursor else ''}{forgotten.pending} "
+        f"pending and {forgotten.dead} dead deliveries dropped)",
+        markup=False,
+    )
 
 
 # --- messages -----------------------------------------------------------------------------

@@ -394,6 +394,9 @@ def build_outbox_delivery(rt: Runtime) -> Job:
         keep_order_per_patient=o.keep_order_per_patient,
         lease_seconds=_delivery_lease_seconds(rt.settings),
         retention=timedelta(days=o.retention_days),
+        # An idle sink looks for new events this often while another sink's batch runs on:
+        # never less often than the runs start, so a slow sink delays no one.
+        pause_seconds=min(1.0, o.deliver_interval_seconds),
     )
 
 

@@ -41,6 +41,7 @@ from starlette.routing import Route
 
 from syncd.exceptions import ConfigError
 from syncd.metrics import REGISTRY
+from syncd.state.db import reader
 from syncd.state.models import JobRun
 from syncd.state.runs import SUCCEEDED
 
@@ -232,9 +233,11 @@ async def serve_health(
 def database_check(engine: Engine) -> ReadinessCheck:
     """Ready when the state database answers a trivial query."""
 
+    probe = reader(engine)
+
     def check() -> str | None:
         try:
-            with engine.connect() as conn:
+            with probe.connect() as conn:
                 conn.execute(select(1))
         except SQLAlchemyError as exc:
             return f"unreachable ({type(exc).__name__})"
@@ -250,10 +253,11 @@ def migrations_check(engine: Engine, expected_heads: Collection[str]) -> Readine
     migrations shipped with this code.
     """
     expected = frozenset(expected_heads)
+    probe = reader(engine)
 
     def check() -> str | None:
         try:
-            with engine.connect() as conn:
+            with probe.connect() as conn:
                 current = frozenset(MigrationContext.configure(conn).get_current_heads())
         except SQLAlchemyError as exc:
             return f"revision unreadable ({type(exc).__name__})"
@@ -295,9 +299,11 @@ def job_freshness_check(
         JobRun.job == job, JobRun.outcome.in_(SUCCEEDED)
     )
 
+    probe = reader(engine)
+
     def check() -> str | None:
         try:
-            with engine.connect() as conn:
+            with probe.connect() as conn:
                 last_success = conn.execute(last_ok).scalar_one_or_none()
                 failed = select(func.count()).where(JobRun.job == job, JobRun.outcome == "failed")
                 if last_success is not None:

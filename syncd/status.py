@@ -5,12 +5,14 @@ Ids, counts and times only: nothing here reads patient fields.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
+from syncd.state.db import reader
 from syncd.state.models import (
     MessageRequest,
     PatientMirror,
@@ -23,13 +25,15 @@ from syncd.state.runs import RunSummary, last_runs, last_successes
 
 @dataclass(frozen=True, slots=True)
 class SinkStatus:
-    """One sink's backlog."""
+    """One sink's backlog; `removed`: the configuration no longer names it (its pending
+    deliveries will never be sent: `syncd outbox forget-sink` drops them)."""
 
     sink: str
     pending: int
     oldest_age_seconds: float
     dead: int
     disabled_reason: str | None
+    removed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,12 +61,15 @@ class StatusReport:
         return self.messages_by_state.get("unknown", 0)
 
 
-def gather_status(engine: Engine, *, now: datetime | None = None) -> StatusReport:
-    """Read the status snapshot."""
-    from syncd.outbox.store import backlog, sink_states
+def gather_status(
+    engine: Engine, *, now: datetime | None = None, configured: Collection[str] | None = None
+) -> StatusReport:
+    """Read the status snapshot; with `configured` (the configured sink names), every other
+    sink the outbox holds state for is marked removed."""
+    from syncd.outbox.queries import backlog, sink_states
 
     moment = now or datetime.now(UTC)
-    with Session(engine) as session:
+    with Session(reader(engine)) as session:
         by_state = dict(
             session.execute(
                 select(PatientMirror.state, func.count()).group_by(PatientMirror.state)
@@ -89,6 +96,7 @@ def gather_status(engine: Engine, *, now: datetime | None = None) -> StatusRepor
             b.oldest_age_seconds,
             b.dead,
             states[name].disabled_reason if name in states else None,
+            removed=configured is not None and name not in configured,
         )
         for name, b in backlog(engine, now=moment).items()
     ]
@@ -117,7 +125,7 @@ def quarantine_rows(
     query = select(QuarantinedRow).order_by(QuarantinedRow.last_seen_at.desc()).limit(limit)
     if source is not None:
         query = query.where(QuarantinedRow.source == source)
-    with Session(engine, expire_on_commit=False) as session:
+    with Session(reader(engine), expire_on_commit=False) as session:
         rows = list(session.scalars(query))
         session.expunge_all()
     return rows

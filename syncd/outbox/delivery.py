@@ -1,9 +1,13 @@
 """The delivery job: outbox events to every configured sink, at least once.
 
-One run fans out new events into per-sink deliveries, then delivers each sink's due
-deliveries until none is due or the run's time budget is spent. Sinks are independent:
-each has its own tasks, its own batches and its own timeout on every `deliver` call, so a
-slow or failing sink never delays another. Within a sink a failing event is rescheduled
+One run gives each configured sink its own loop (`syncd.outbox.pacing`): fan its new
+events out into deliveries, deliver its due deliveries until none is due, and again while
+that found work; a sink with nothing to do keeps looking for new events every
+`pause_seconds` while another sink of the run is still working, so it never waits for a
+slow sink's batch to end the run. Sinks are independent: each has its own loop, its own
+batches and its own timeout on every `deliver` call, so a slow, hanging or failing sink
+never delays another. The run ends when every sink is idle at once, or after its time
+budget (plus the batches then in flight). Within a sink a failing event is rescheduled
 (`syncd.outbox.backoff`) and the events behind it go on: no head-of-line blocking, except
 between the events of one patient when `keep_order_per_patient` asks for exactly that.
 
@@ -21,16 +25,22 @@ returns after the sink was disabled gives its batch back unsent.
 Outcomes (see `syncd.sinks.base`): `Delivered` is recorded with an audit entry; `Retry`
 waits `max(Retry-After, backoff)` until `max_attempts` or `max_age`, then the delivery is
 dead; `DeadLetter` is dead at once; `DisableSink` disables the sink (its deliveries stay
-pending until an operator runs `syncd outbox retry --sink NAME`).
+pending until an operator runs `syncd outbox retry --sink NAME`). A sink reports each
+event's outcome as its answer arrives (`answered`), so a batch cut off by the deliver
+timeout (or a sink that raises) keeps what was answered: only the unanswered events are
+retried, and an event the receiver took is never sent again for that timeout.
 
 At least once, with a stable id: a crash (or a lost lease) between a sink's answer and its
 record means the event goes out again once the lease expires, with the same `event_id`
 (webhook-id, AMQP message-id, NDJSON `id`); receivers deduplicate on it. A run first frees
 the claims of workers of this host whose process is gone (killed -9), so a restart delivers
-them at once instead of after the lease (`store.release_dead_claims`).
+them at once instead of after the lease (`claims.release_dead_claims`).
 
-With `retention`, a run also deletes delivered events older than that (`store.prune`), at
-most once per `prune_every`; the backlog metrics are refreshed at the end of every run.
+With `retention`, a run also deletes delivered events older than that (`retention.prune`), at
+most once per `prune_every`; the backlog metrics (configured sinks only) are refreshed at
+the end of every run. Sinks the outbox holds state for that the configuration no longer
+names are reported once, at the first run (`outbox.sinks_removed`): their cursor holds
+retention back no more, and `syncd outbox forget-sink` drops what they left.
 
 Crash points (`syncd.testing_hooks.step`): `delivery.after_claim`,
 `delivery.after_http_before_mark`, `delivery.after_mark`.
@@ -41,7 +51,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -51,17 +60,12 @@ import structlog
 from sqlalchemy import Engine
 
 from syncd import metrics
-from syncd.outbox import store
+from syncd.outbox import claims, fanout, queries, recording, retention
 from syncd.outbox.backoff import BackoffPolicy, GiveUp, after_failure
+from syncd.outbox.claims import ClaimedDelivery
+from syncd.outbox.pacing import RunBoard, next_step
+from syncd.outbox.recording import Again, Dead, Decision, Done, Recorded, Release
 from syncd.outbox.routing import Route
-from syncd.outbox.store import (
-    Again,
-    ClaimedDelivery,
-    Dead,
-    Decision,
-    Done,
-    Release,
-)
 from syncd.sinks.base import (
     DeadLetter,
     Delivered,
@@ -161,13 +165,16 @@ class OutboxDeliveryJob:
 
     `sinks` and `routes` name the same sinks; the caller owns the sinks (and closes them).
     `lease_seconds` must outlast a whole sink call: each `deliver` call is cut off after
-    `deliver_timeout_seconds` (default: half the lease) and its batch retried whole, so size
-    the lease for a batch's worst case, when it shares the sink with the other lanes (for a
-    webhook sink, about `ceil(batches_in_flight * batch_size / max_concurrency) *
-    (connect_timeout + read_timeout)`, doubled). `batches_in_flight` (1..8) is the number
+    `deliver_timeout_seconds` (default: half the lease) and the events it had not answered
+    are retried (those it answered keep their outcome), so size the lease for a batch's
+    worst case, when it shares the sink with the other lanes (for a webhook sink, about
+    `ceil(batches_in_flight * batch_size / max_concurrency) * (connect_timeout +
+    read_timeout)`, doubled). `batches_in_flight` (1..8) is the number
     of lanes per sink (see the module doc).
-    `time_budget_seconds` bounds one run; `backoff`, `clock` and `rand` are for tuning and
-    tests; `gap_grace` is the fan-out's wait at a seq gap (see `syncd.outbox.store`).
+    `time_budget_seconds` bounds one run; `pause_seconds` is how often a sink with nothing to
+    do looks for new events while another sink is still working; `backoff`, `clock` and
+    `rand` are for tuning and tests; `stall_warning` is how long events may wait behind an
+    open transaction before fan-out warns (see `syncd.outbox.fanout`).
     """
 
     def __init__(
@@ -185,8 +192,9 @@ class OutboxDeliveryJob:
         name: str = DEFAULT_NAME,
         backoff: BackoffPolicy | None = None,
         time_budget_seconds: float = 60.0,
+        pause_seconds: float = 1.0,
         deliver_timeout_seconds: float | None = None,
-        gap_grace: timedelta = store.DEFAULT_GAP_GRACE,
+        stall_warning: timedelta = fanout.DEFAULT_STALL_WARNING,
         worker_id: str | None = None,
         retention: timedelta | None = None,
         prune_every: timedelta = timedelta(hours=1),
@@ -219,26 +227,29 @@ class OutboxDeliveryJob:
         self._keep_order = keep_order_per_patient
         self._policy = backoff or BackoffPolicy()
         self._budget = time_budget_seconds
+        self._pause = pause_seconds
         self._deliver_timeout = timeout
-        self._gap_grace = gap_grace
+        self._stall_warning = stall_warning
         self._clock = clock
         self._rand = rand
         self._retention = retention
         self._prune_every = prune_every
         self._pruned_at: datetime | None = None
+        self._removed_reported = False
         self.worker_id = worker_id or (owner_id(uuid.uuid4().hex[:8]))
 
     def __repr__(self) -> str:
         return f"OutboxDeliveryJob(name={self.name!r}, sinks={sorted(self._sinks)!r})"
 
     async def run(self, run_id: int | None = None) -> DeliveryCounts:
-        """Fan out, then deliver every sink's due deliveries concurrently; then refresh the
-        backlog metrics. A sink's failure (e.g. the database) does not stop the others; the
-        first such error is raised once every sink is done."""
-        deadline = time.monotonic() + self._budget
+        """Run every sink's loop (see `syncd.outbox.pacing`) until all are idle or the budget
+        is spent; then prune if due and refresh the backlog metrics. A sink's failure (e.g.
+        the database) does not stop the others; the first such error is raised once every
+        sink is done."""
+        board = RunBoard(self._budget)
         counts = DeliveryCounts()
         freed = await asyncio.to_thread(
-            store.release_dead_claims,
+            claims.release_dead_claims,
             self._engine,
             host=host_name(),
             is_alive=process_alive,
@@ -246,21 +257,21 @@ class OutboxDeliveryJob:
         )
         if freed:
             log.warning("outbox.dead_worker_claims_released", deliveries=freed)
-        for route in self._routes.values():
-            counts.fanned_out += await asyncio.to_thread(
-                store.fan_out, self._engine, route, now=self._clock(), gap_grace=self._gap_grace
-            )
-        states = await asyncio.to_thread(store.sink_states, self._engine)
+        if not self._removed_reported:
+            await asyncio.to_thread(self._report_removed_sinks)
+        states = await asyncio.to_thread(queries.sink_states, self._engine)
         active = []
         for name in sorted(self._sinks):
             state = states.get(name)
             if state is not None and state.disabled_reason is not None:
+                # Its events still become (pending) deliveries, sent once it is re-enabled.
+                counts.fanned_out += (await self._fan_out(name)).queued
                 counts.sinks_skipped += 1
                 log.warning("outbox.sink_skipped_disabled", sink=name)
                 continue
             active.append(name)
         results = await asyncio.gather(
-            *(self._deliver_sink(name, run_id, deadline) for name in active),
+            *(self._serve_sink(name, run_id, board) for name in active),
             return_exceptions=True,
         )
         failure: BaseException | None = None
@@ -277,12 +288,48 @@ class OutboxDeliveryJob:
             raise failure
         return counts
 
-    async def _deliver_sink(self, name: str, run_id: int | None, deadline: float) -> DeliveryCounts:
-        """One sink's lanes, run together; their counters summed. A lane's error is raised
-        once every lane has finished its batch (the others stop claiming at once)."""
+    async def _fan_out(self, name: str) -> fanout.FanOut:
+        return await asyncio.to_thread(
+            fanout.fan_out,
+            self._engine,
+            self._routes[name],
+            now=self._clock(),
+            stall_warning=self._stall_warning,
+        )
+
+    async def _serve_sink(self, name: str, run_id: int | None, board: RunBoard) -> DeliveryCounts:
+        """One sink's loop: passes of fan-out then delivery, until `pacing.next_step` says
+        stop or the sink is stopped (disabled, or a lane failed: then raised)."""
         shared = _SinkRun(name)
+        counts = DeliveryCounts()
+        while True:
+            with board.working(name):
+                fanned = await self._fan_out(name)
+                delivered = await self._deliver_sink(shared, run_id, board)
+            counts.fanned_out += fanned.queued
+            counts.add(delivered)
+            if shared.stop:
+                return counts
+            step_ = next_step(
+                did_work=fanned.queued > 0 or delivered.claimed > 0,
+                waiting=fanned.waiting > 0,
+                may_claim=board.may_claim(name),
+                before_deadline=board.before_deadline(),
+                others_working=board.others_working(name),
+            )
+            if step_ == "stop":
+                return counts
+            if step_ == "pause":
+                await board.pause(self._pause)
+
+    async def _deliver_sink(
+        self, shared: _SinkRun, run_id: int | None, board: RunBoard
+    ) -> DeliveryCounts:
+        """One sink's lanes, run together until none has a due delivery; their counters
+        summed. A lane's error is raised once every lane has finished its batch (the others
+        stop claiming at once)."""
         results = await asyncio.gather(
-            *(self._lane(shared, lane, run_id, deadline) for lane in range(self._lanes)),
+            *(self._lane(shared, lane, run_id, board) for lane in range(self._lanes)),
             return_exceptions=True,
         )
         counts = DeliveryCounts()
@@ -293,91 +340,99 @@ class OutboxDeliveryJob:
         return counts
 
     async def _lane(
-        self, shared: _SinkRun, lane: int, run_id: int | None, deadline: float
+        self, shared: _SinkRun, lane: int, run_id: int | None, board: RunBoard
     ) -> DeliveryCounts:
         """One lane of a sink: claim a batch, deliver it, record it; until none is due, the
-        budget is spent or another lane stopped the sink."""
+        board forbids another claim or another lane stopped the sink."""
         try:
-            return await self._lane_loop(shared, lane, run_id, deadline)
+            return await self._lane_loop(shared, lane, run_id, board)
         except BaseException:
             shared.stop = True  # a failed lane (or a crash hook) stops its siblings' claims
             raise
 
     async def _lane_loop(
-        self, shared: _SinkRun, lane: int, run_id: int | None, deadline: float
+        self, shared: _SinkRun, lane: int, run_id: int | None, board: RunBoard
     ) -> DeliveryCounts:
         name = shared.sink
         counts = DeliveryCounts()
-        while not shared.stop and time.monotonic() < deadline:
-            batch = await asyncio.to_thread(
-                store.claim,
-                self._engine,
-                name,
-                worker=self.worker_id,
-                limit=self._batch_size,
-                lease=self._lease,
-                keep_order_per_patient=self._keep_order,
-                now=self._clock(),
-            )
-            if not batch:
-                break
-            step("delivery.after_claim")
-            counts.claimed += len(batch)
-            disable_reason: str | None = None
-            if shared.disabled is not None:
-                # Another lane's batch disabled the sink while this claim ran: not sent.
-                reason = f"sink disabled: {shared.disabled}"
-                decisions: list[Decision] = [Release(claimed.seq, reason) for claimed in batch]
+        while not shared.stop and board.may_claim(name):
+            with board.batch(name):
+                batch = await asyncio.to_thread(
+                    claims.claim,
+                    self._engine,
+                    name,
+                    worker=self.worker_id,
+                    limit=self._batch_size,
+                    lease=self._lease,
+                    keep_order_per_patient=self._keep_order,
+                    now=self._clock(),
+                )
+                if not batch:
+                    break
+                counts.add(await self._handle_batch(shared, lane, run_id, batch))
+        return counts
+
+    async def _handle_batch(
+        self, shared: _SinkRun, lane: int, run_id: int | None, batch: list[ClaimedDelivery]
+    ) -> DeliveryCounts:
+        """Deliver one claimed batch and record its outcomes."""
+        name = shared.sink
+        step("delivery.after_claim")
+        disable_reason: str | None = None
+        if shared.disabled is not None:
+            # Another lane's batch disabled the sink while this claim ran: not sent.
+            reason = f"sink disabled: {shared.disabled}"
+            decisions: list[Decision] = [Release(claimed.seq, reason) for claimed in batch]
+        else:
+            decisions, disable_reason = await self._deliver_batch(name, batch)
+        if disable_reason is not None:
+            shared.stop = True
+            if shared.disabled is None:
+                shared.disabled = disable_reason
             else:
-                decisions, disable_reason = await self._deliver_batch(name, batch)
-            if disable_reason is not None:
-                shared.stop = True
-                if shared.disabled is None:
-                    shared.disabled = disable_reason
-                else:
-                    disable_reason = None  # the lane that saw it first records and counts it
-            recorded = await asyncio.to_thread(
-                store.record,
-                self._engine,
-                name,
-                worker=self.worker_id,
-                decisions=decisions,
-                disable_reason=disable_reason,
-                actor=self.name,
-                run_id=run_id,
-                now=self._clock(),
-            )
-            step("delivery.after_mark")
-            applied = set(recorded.applied)
-            for decision in decisions:
-                if isinstance(decision, Dead) and decision.seq in applied:
-                    log.warning(
-                        "outbox.dead_lettered",
-                        sink=name,
-                        seq=decision.seq,
-                        event_id=decision.event_id,
-                        reason=decision.reason,
-                    )
-            batch_counts = _count(decisions, recorded)
-            counts.add(batch_counts)
-            metrics.EVENTS_DELIVERED.labels(name).inc(batch_counts.delivered)
-            log.info(
-                "outbox.batch",
-                sink=name,
-                lane=lane,
-                claimed=len(batch),
-                delivered=batch_counts.delivered,
-                retried=batch_counts.retried,
-                dead=batch_counts.dead,
-                released=batch_counts.released,
-                lease_lost=len(recorded.lease_lost),
-            )
-            if recorded.lease_lost:
-                # Another worker re-claimed them after our lease expired: it records them.
-                log.warning("outbox.lease_lost", sink=name, seqs=list(recorded.lease_lost))
-            if disable_reason is not None:
-                counts.sinks_disabled += 1
-                log.error("outbox.sink_disabled", sink=name, reason=disable_reason)
+                disable_reason = None  # the lane that saw it first records and counts it
+        recorded = await asyncio.to_thread(
+            recording.record,
+            self._engine,
+            name,
+            worker=self.worker_id,
+            decisions=decisions,
+            disable_reason=disable_reason,
+            actor=self.name,
+            run_id=run_id,
+            now=self._clock(),
+        )
+        step("delivery.after_mark")
+        applied = set(recorded.applied)
+        for decision in decisions:
+            if isinstance(decision, Dead) and decision.seq in applied:
+                log.warning(
+                    "outbox.dead_lettered",
+                    sink=name,
+                    seq=decision.seq,
+                    event_id=decision.event_id,
+                    reason=decision.reason,
+                )
+        counts = _count(decisions, recorded)
+        counts.claimed = len(batch)
+        metrics.EVENTS_DELIVERED.labels(name).inc(counts.delivered)
+        log.info(
+            "outbox.batch",
+            sink=name,
+            lane=lane,
+            claimed=len(batch),
+            delivered=counts.delivered,
+            retried=counts.retried,
+            dead=counts.dead,
+            released=counts.released,
+            lease_lost=len(recorded.lease_lost),
+        )
+        if recorded.lease_lost:
+            # Another worker re-claimed them after our lease expired: it records them.
+            log.warning("outbox.lease_lost", sink=name, seqs=list(recorded.lease_lost))
+        if disable_reason is not None:
+            counts.sinks_disabled += 1
+            log.error("outbox.sink_disabled", sink=name, reason=disable_reason)
         return counts
 
     async def _deliver_batch(
@@ -416,24 +471,54 @@ class OutboxDeliveryJob:
     async def _call_sink(
         self, name: str, sendable: Sequence[tuple[ClaimedDelivery, EventEnvelope]]
     ) -> list[DeliveryOutcome]:
-        """The sink's outcomes, bounded by the deliver timeout; a sink that times out,
-        raises or answers the wrong number of outcomes gets the whole batch retried."""
+        """The sink's outcomes, bounded by the deliver timeout. A sink that times out, raises
+        or answers the wrong number of outcomes gets retried only the events it had not
+        answered yet (`answered`): what it reported as taken is recorded as taken, never
+        sent again."""
         sink = self._sinks[name]
         envelopes = [envelope for _, envelope in sendable]
         attempts = [claimed.attempts + 1 for claimed, _ in sendable]
+        answers: dict[int, DeliveryOutcome] = {}
+
+        def answered(position: int, outcome: DeliveryOutcome) -> None:
+            if 0 <= position < len(sendable):
+                answers[position] = outcome
+
         try:
             async with asyncio.timeout(self._deliver_timeout):
-                outcomes = await sink.deliver(envelopes, attempts=attempts)
+                outcomes = await sink.deliver(envelopes, attempts=attempts, answered=answered)
         except TimeoutError:
-            log.warning("outbox.sink_timed_out", sink=name, seconds=self._deliver_timeout)
-            return [Retry(f"sink timed out after {self._deliver_timeout:g}s")] * len(sendable)
+            log.warning(
+                "outbox.sink_timed_out",
+                sink=name,
+                seconds=self._deliver_timeout,
+                answered=len(answers),
+                unanswered=len(sendable) - len(answers),
+            )
+            return _answered_or(
+                answers, len(sendable), f"sink timed out after {self._deliver_timeout:g}s"
+            )
         except Exception as exc:  # a sink bug must not strand the claimed batch
             log.error("outbox.sink_raised", sink=name, error=type(exc).__name__)
-            return [Retry(f"sink raised {type(exc).__name__}")] * len(sendable)
+            return _answered_or(answers, len(sendable), f"sink raised {type(exc).__name__}")
         if len(outcomes) != len(sendable):
             log.error("outbox.sink_miscounted", sink=name, events=len(sendable))
-            return [Retry("sink answered a wrong number of outcomes")] * len(sendable)
+            return _answered_or(answers, len(sendable), "sink answered a wrong number of outcomes")
         return outcomes
+
+    def _report_removed_sinks(self) -> None:
+        """Once per job (at start-up): name the sinks the outbox holds state for that are
+        no longer configured. They hold retention back no more, but their undelivered
+        events stay until an operator runs `syncd outbox forget-sink NAME`."""
+        removed = queries.removed_sinks(self._engine, self._sinks)
+        if removed:
+            log.warning(
+                "outbox.sinks_removed",
+                sinks=removed,
+                hint="not configured any more: `syncd outbox forget-sink NAME` drops their "
+                "cursor and undelivered deliveries",
+            )
+        self._removed_reported = True
 
     def _prune_if_due(self, run_id: int | None) -> int:
         """Apply retention at most once per `prune_every` (the first run prunes)."""
@@ -442,12 +527,13 @@ class OutboxDeliveryJob:
             self._pruned_at is not None and now - self._pruned_at < self._prune_every
         ):
             return 0
-        pruned = store.prune(
+        pruned = retention.prune(
             self._engine,
             self._retention.total_seconds() / 86_400,
             actor=self.name,
             run_id=run_id,
             now=now,
+            configured=self._sinks,
         )
         self._pruned_at = now
         if pruned:
@@ -455,7 +541,13 @@ class OutboxDeliveryJob:
         return pruned
 
     def _publish_backlog(self) -> None:
-        for name, (pending, oldest, dead) in store.backlog(self._engine, now=self._clock()).items():
+        """The backlog gauges of the configured sinks (a removed sink's backlog is not work
+        to do: `syncd status` shows it as removed)."""
+        for name, (pending, oldest, dead) in queries.backlog(
+            self._engine, now=self._clock()
+        ).items():
+            if name not in self._sinks:
+                continue
             metrics.OUTBOX_BACKLOG.labels(name).set(pending)
             metrics.OUTBOX_OLDEST_AGE.labels(name).set(oldest)
             metrics.DEAD_LETTERS.labels(name).set(dead)
@@ -470,7 +562,14 @@ class _SinkRun:
     disabled: str | None = None  # why a lane's batch disabled the sink, first seen
 
 
-def _count(decisions: Sequence[Decision], recorded: store.Recorded) -> DeliveryCounts:
+def _answered_or(
+    answers: Mapping[int, DeliveryOutcome], size: int, reason: str
+) -> list[DeliveryOutcome]:
+    """The outcomes of a batch cut short: each answered event's own, a Retry for the rest."""
+    return [answers.get(position, Retry(reason)) for position in range(size)]
+
+
+def _count(decisions: Sequence[Decision], recorded: Recorded) -> DeliveryCounts:
     """Counters for the decisions that applied (a lost lease's decision did not)."""
     applied = set(recorded.applied)
     counts = DeliveryCounts(lease_lost=len(recorded.lease_lost))

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Final
 import structlog
 
 from syncd.sinks.base import (
+    Answered,
     DeadLetter,
     Delivered,
     DeliveryOutcome,
@@ -30,6 +31,7 @@ from syncd.sinks.base import (
     attempts_for,
     encode_event,
     outcome_counts,
+    tell,
 )
 
 if TYPE_CHECKING:
@@ -85,9 +87,14 @@ class AmqpSink:
         return f"AmqpSink(name={self._name!r})"
 
     async def deliver(
-        self, events: Sequence[EventEnvelope], *, attempts: Sequence[int] | None = None
+        self,
+        events: Sequence[EventEnvelope],
+        *,
+        attempts: Sequence[int] | None = None,
+        answered: Answered | None = None,
     ) -> list[DeliveryOutcome]:
-        """Publish every event and wait for its confirm; one outcome per event."""
+        """Publish every event and wait for its confirm; one outcome per event, each
+        reported to `answered` as its confirm (or failure) arrives."""
         attempts_for(events, attempts)  # only checks the lengths: no 4xx-like refusals here
         outcomes: list[DeliveryOutcome] = [Delivered()] * len(events)
         messages: list[tuple[int, AbstractMessage]] = []
@@ -95,25 +102,33 @@ class AmqpSink:
             try:
                 messages.append((position, _message(event, encode_event(event))))
             except (TypeError, ValueError) as exc:
-                outcomes[position] = DeadLetter(f"payload is not JSON ({type(exc).__name__})")
+                reason = f"payload is not JSON ({type(exc).__name__})"
+                outcomes[position] = tell(answered, position, DeadLetter(reason))
         if messages:
             async with self._lock:
-                results = await self._publish_all([message for _, message in messages])
+                results = await self._publish_all(messages, answered)
             for (position, _), result in zip(messages, results, strict=True):
                 outcomes[position] = result
         log.info("sink.batch", sink=self._name, kind="amqp", **outcome_counts(outcomes))
         return outcomes
 
-    async def _publish_all(self, messages: list[AbstractMessage]) -> list[DeliveryOutcome]:
+    async def _publish_all(
+        self, messages: list[tuple[int, AbstractMessage]], answered: Answered | None
+    ) -> list[DeliveryOutcome]:
         try:
             exchange = await self._ready_exchange()
         except Exception as exc:  # refused, auth, timeout, 406 on declare: all transient here
             log.warning("sink.amqp.unavailable", sink=self._name, error=type(exc).__name__)
             self._broken = True
-            return [Retry(f"broker unavailable ({type(exc).__name__})")] * len(messages)
+            failed = Retry(f"broker unavailable ({type(exc).__name__})")
+            return [tell(answered, position, failed) for position, _ in messages]
+
+        async def publish(position: int, message: AbstractMessage) -> DeliveryOutcome:
+            return tell(answered, position, await self._publish(exchange, message))
+
         # Started in batch order; aiormq writes frames under a FIFO lock, so the broker
         # receives them in this order while their confirms are awaited together.
-        return list(await asyncio.gather(*(self._publish(exchange, m) for m in messages)))
+        return list(await asyncio.gather(*(publish(p, m) for p, m in messages)))
 
     async def _publish(
         self, exchange: AbstractExchange, message: AbstractMessage

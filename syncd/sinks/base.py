@@ -1,7 +1,9 @@
 """The port every downstream sink implements, and the values that cross it.
 
 A sink takes a batch of outbox events and answers one `DeliveryOutcome` per event, in the
-same order. It never raises for a failure of one event (a refused request, a full disk, a
+same order; it also reports each event's outcome the moment it is known (`answered`), so a
+caller that cuts a slow batch off still knows which events were taken and retries only the
+others. It never raises for a failure of one event (a refused request, a full disk, a
 lost connection): that is an outcome, and the delivery job decides what to do with it. The
 sink knows nothing of the state database; attempt counting lives with the caller.
 
@@ -12,7 +14,7 @@ they are stored in `outbox_deliveries.last_error` and logged.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeAlias
@@ -79,6 +81,8 @@ class DisableSink:
 
 
 DeliveryOutcome: TypeAlias = Delivered | Retry | DeadLetter | DisableSink
+# Called with (position in the batch, outcome) as soon as that event's outcome is known.
+Answered: TypeAlias = Callable[[int, DeliveryOutcome], None]
 
 
 class Sink(Protocol):
@@ -90,14 +94,21 @@ class Sink(Protocol):
         ...
 
     async def deliver(
-        self, events: Sequence[EventEnvelope], *, attempts: Sequence[int] | None = None
+        self,
+        events: Sequence[EventEnvelope],
+        *,
+        attempts: Sequence[int] | None = None,
+        answered: Answered | None = None,
     ) -> list[DeliveryOutcome]:
         """Deliver a batch; answer one outcome per event, same order and length.
 
         `attempts[i]` is which try this is for `events[i]` at this sink, counting from 1
         (previous attempts + 1); None means every event is on its first try. Sinks whose
-        decisions do not depend on it ignore it. Raises only for misuse (e.g. lengths
-        that differ), never for a failed delivery.
+        decisions do not depend on it ignore it. `answered(i, outcome)`, when given, is
+        called once per event as soon as its outcome is known (a webhook's answer, a
+        broker's confirm, the fsync), before `deliver` returns: the caller keeps those
+        outcomes even if it cuts the call off afterwards. Raises only for misuse (e.g.
+        lengths that differ), never for a failed delivery.
         """
         ...
 
@@ -131,6 +142,14 @@ def outcome_counts(outcomes: Sequence[DeliveryOutcome]) -> dict[str, int]:
             case DisableSink():
                 counts["disable_sink"] += 1
     return counts
+
+
+def tell(answered: Answered | None, position: int, outcome: DeliveryOutcome) -> DeliveryOutcome:
+    """Report `outcome` of the event at `position` to the caller's `answered`, if any;
+    returns the outcome."""
+    if answered is not None:
+        answered(position, outcome)
+    return outcome
 
 
 def attempts_for(events: Sequence[EventEnvelope], attempts: Sequence[int] | None) -> list[int]:

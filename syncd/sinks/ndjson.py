@@ -29,6 +29,7 @@ import structlog
 
 from syncd.exceptions import ConfigError
 from syncd.sinks.base import (
+    Answered,
     DeadLetter,
     Delivered,
     DeliveryOutcome,
@@ -37,6 +38,7 @@ from syncd.sinks.base import (
     attempts_for,
     encode_event,
     outcome_counts,
+    tell,
 )
 
 log = structlog.get_logger(__name__)
@@ -85,9 +87,14 @@ class NdjsonFileSink:
         return f"NdjsonFileSink(name={self._name!r})"
 
     async def deliver(
-        self, events: Sequence[EventEnvelope], *, attempts: Sequence[int] | None = None
+        self,
+        events: Sequence[EventEnvelope],
+        *,
+        attempts: Sequence[int] | None = None,
+        answered: Answered | None = None,
     ) -> list[DeliveryOutcome]:
-        """Append one line per event and fsync; all Delivered, or all Retry on an OS error."""
+        """Append one line per event and fsync; all Delivered, or all Retry on an OS error
+        (reported to `answered` once the fsync is done: the batch is one write)."""
         attempts_for(events, attempts)  # only checks the lengths: files do not refuse events
         outcomes: list[DeliveryOutcome] = [Delivered()] * len(events)
         lines: list[bytes] = []
@@ -107,6 +114,8 @@ class NdjsonFileSink:
                 failed = Retry(f"{type(exc).__name__} {code}")
                 for position in written:
                     outcomes[position] = failed
+        for position, outcome in enumerate(outcomes):
+            tell(answered, position, outcome)
         log.info("sink.batch", sink=self._name, kind="ndjson", **outcome_counts(outcomes))
         return outcomes
 

@@ -25,6 +25,7 @@ from standardwebhooks import Webhook
 from syncd.exceptions import ConfigError
 from syncd.http_transport import pooled_transport
 from syncd.sinks.base import (
+    Answered,
     DeadLetter,
     Delivered,
     DeliveryOutcome,
@@ -34,6 +35,7 @@ from syncd.sinks.base import (
     attempts_for,
     encode_event,
     outcome_counts,
+    tell,
 )
 
 log = structlog.get_logger(__name__)
@@ -186,20 +188,30 @@ class WebhookSink:
         return f"WebhookSink(name={self._name!r})"
 
     async def deliver(
-        self, events: Sequence[EventEnvelope], *, attempts: Sequence[int] | None = None
+        self,
+        events: Sequence[EventEnvelope],
+        *,
+        attempts: Sequence[int] | None = None,
+        answered: Answered | None = None,
     ) -> list[DeliveryOutcome]:
-        """POST every event, at most `max_concurrency` at a time; one outcome per event."""
+        """POST every event, at most `max_concurrency` at a time; one outcome per event,
+        each reported to `answered` as its response (or failure) arrives."""
         tries = attempts_for(events, attempts)
         outcomes = list(
             await asyncio.gather(
                 *(
-                    self._deliver_one(event, attempt)
-                    for event, attempt in zip(events, tries, strict=True)
+                    self._answer_one(position, event, attempt, answered)
+                    for position, (event, attempt) in enumerate(zip(events, tries, strict=True))
                 )
             )
         )
         log.info("sink.batch", sink=self._name, kind="webhook", **outcome_counts(outcomes))
         return outcomes
+
+    async def _answer_one(
+        self, position: int, event: EventEnvelope, attempt: int, answered: Answered | None
+    ) -> DeliveryOutcome:
+        return tell(answered, position, await self._deliver_one(event, attempt))
 
     async def _deliver_one(self, event: EventEnvelope, attempt: int) -> DeliveryOutcome:
         try:

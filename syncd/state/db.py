@@ -4,11 +4,13 @@ Two backends:
 
 - SQLite (the default): one file, created mode 0600 before the first connection because it
   holds patient data. WAL journal, `synchronous=FULL` (an SMS is sent only after the commit
-  that records it is on disk), a busy timeout, foreign keys on. SQLAlchemy emits
-  `BEGIN IMMEDIATE` itself instead of the sqlite3 driver's legacy transaction handling, so a
-  transaction is a real transaction (its SELECTs included) and two writers wait for each
-  other through the busy timeout instead of failing with "database is locked" when a read
-  transaction tries to become a write.
+  that records it is on disk), a busy timeout, foreign keys on. SQLAlchemy emits `BEGIN`
+  itself instead of the sqlite3 driver's legacy transaction handling, so a transaction is a
+  real transaction (its SELECTs included). A transaction that may write begins `BEGIN
+  IMMEDIATE`: two writers wait for each other through the busy timeout instead of failing
+  with "database is locked" when a read transaction tries to become a write. A reader
+  (`reader(engine)`: status, `/readyz`, the outbox's views) begins a deferred `BEGIN`: in
+  WAL mode it reads a consistent snapshot beside a writer instead of queueing behind it.
 - PostgreSQL through psycopg 3 (`postgresql+psycopg://`; a plain `postgresql://` URL is
   taken to mean psycopg 3), `synchronous_commit=on`, sessions in UTC.
 
@@ -75,6 +77,10 @@ def normalize_url(url: str | URL) -> URL:
     return parsed
 
 
+# The execution option that marks an engine's transactions read-only (see `reader`).
+READ_ONLY_OPTION = "syncd_read_only"
+
+
 def make_engine(
     url: str | URL, *, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS, create: bool = True
 ) -> Engine:
@@ -128,10 +134,22 @@ def _sqlite_engine(url: URL, busy_timeout_ms: int, *, create: bool) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        if conn.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        options = conn.get_execution_options()
+        if options.get("isolation_level") == "AUTOCOMMIT":
+            return
+        conn.exec_driver_sql("BEGIN" if options.get(READ_ONLY_OPTION) else "BEGIN IMMEDIATE")
 
     return engine
+
+
+def reader(engine: Engine) -> Engine:
+    """`engine` for transactions that only read (sharing its pool).
+
+    On SQLite they begin deferred, so a probe or a status query never waits for a writer
+    (a deferred transaction that then writes could fail to upgrade: never write through
+    it). On PostgreSQL nothing changes.
+    """
+    return engine.execution_options(**{READ_ONLY_OPTION: True})
 
 
 def sqlite_path(url: str | URL) -> Path | None:
@@ -240,7 +258,7 @@ def head_revisions() -> tuple[str, ...]:
 def current_revision(engine: Engine) -> str | None:
     """The database's revision, or None when no migration ever ran on it."""
     try:
-        with engine.connect() as conn:
+        with reader(engine).connect() as conn:
             heads = MigrationContext.configure(conn).get_current_heads()
     except SQLAlchemyError as exc:
         raise StateError(

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     DateTime,
+    FetchedValue,
     ForeignKey,
     Index,
     Integer,
@@ -173,8 +174,15 @@ class OutboxEvent(Base):
     """An event for downstream systems, written in the transaction that caused it."""
 
     __tablename__ = "outbox_events"
+    # Fan-out reads events in (xid, seq) order past each sink's cursor.
+    __table_args__ = (Index("ix_outbox_events_xid_seq", "xid", "seq"),)
 
     seq: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    # The writing transaction's id: on PostgreSQL the database's default
+    # `pg_current_xact_id()` (as bigint), which tells fan-out when no transaction that
+    # could still commit an earlier event is open; on SQLite (one writer) always 0. Set by
+    # the database only (the default differs per backend: see migration 0003).
+    xid: Mapped[int] = mapped_column(BigInteger, server_default=FetchedValue())
     # Stable public id (the Standard Webhooks `webhook-id`), a UUID string.
     event_id: Mapped[str] = mapped_column(String(64), unique=True)
     event_type: Mapped[str] = mapped_column(String(64), index=True)
@@ -210,7 +218,11 @@ class OutboxDelivery(Base):
     """Delivery state of one event to one sink; sinks never wait on each other."""
 
     __tablename__ = "outbox_deliveries"
-    __table_args__ = (Index("ix_outbox_deliveries_due", "sink", "state", "next_attempt_at"),)
+    __table_args__ = (
+        Index("ix_outbox_deliveries_due", "sink", "state", "next_attempt_at"),
+        # The backlog (pending and dead per sink, the oldest pending) reads only these rows.
+        Index("ix_outbox_deliveries_state", "state", "sink", "created_at"),
+    )
 
     event_seq: Mapped[int] = mapped_column(
         BigInteger, ForeignKey("outbox_events.seq", ondelete="CASCADE"), primary_key=True
@@ -233,6 +245,8 @@ class SinkCursor(Base):
     __tablename__ = "sink_cursors"
 
     sink: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # The last event fanned out, as its (xid, seq): events are fanned out in that order.
+    last_xid: Mapped[int] = mapped_column(BigInteger)
     last_seq: Mapped[int] = mapped_column(BigInteger)
     disabled_reason: Mapped[str | None] = mapped_column(String(256))  # e.g. webhook 410
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())

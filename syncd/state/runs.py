@@ -28,6 +28,7 @@ from sqlalchemy import Connection, Engine, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from syncd.exceptions import StateError
+from syncd.state.db import reader
 from syncd.state.models import AuditEntry, JobRun
 
 Outcome = Literal["ok", "partial", "failed", "interrupted"]
@@ -114,7 +115,7 @@ def last_runs(engine: Engine) -> list[RunSummary]:
     """The latest run of every job that ever ran, ordered by job name."""
     latest = select(func.max(JobRun.id)).group_by(JobRun.job).scalar_subquery()
     query = select(JobRun).where(JobRun.id.in_(latest)).order_by(JobRun.job)
-    with Session(engine) as session:
+    with Session(reader(engine)) as session:
         return [_summary(run) for run in session.scalars(query)]
 
 
@@ -123,7 +124,7 @@ def last_success(engine: Engine, job: str) -> datetime | None:
     query = select(func.max(JobRun.finished_at)).where(
         JobRun.job == job, JobRun.outcome.in_(SUCCEEDED)
     )
-    with engine.connect() as conn:
+    with reader(engine).connect() as conn:
         return conn.execute(query).scalar_one_or_none()
 
 

@@ -14,7 +14,7 @@ import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from sqlalchemy.orm import Session
 
-from syncd.outbox import store
+from syncd.outbox import queries
 from syncd.outbox.backoff import BackoffPolicy
 from syncd.outbox.delivery import OutboxDeliveryJob
 from syncd.outbox.events import emit
@@ -73,7 +73,7 @@ async def test_job_publishes_each_event_once_to_rabbitmq(
         assert [json.loads(m.body)["data"]["n"] for m in messages] == [0, 1, 2, 3, 4]
         assert {m.delivery_mode for m in messages} == {aio_pika.DeliveryMode.PERSISTENT}
         assert (counts.fanned_out, counts.delivered) == (5, 5)
-        listed = store.list_events(engine, sink="bus")
+        listed = queries.list_events(engine, sink="bus")
         assert {e.deliveries[0].state for e in listed} == {"delivered"}
     finally:
         await sink.aclose()

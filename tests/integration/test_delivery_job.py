@@ -27,12 +27,12 @@ from standardwebhooks import Webhook, WebhookVerificationError
 from structlog.testing import capture_logs
 
 from syncd import metrics, testing_hooks
-from syncd.outbox import store
+from syncd.outbox import actions, queries
 from syncd.outbox.backoff import BackoffPolicy
 from syncd.outbox.delivery import DeliveryCounts, OutboxDeliveryJob
 from syncd.outbox.events import emit
 from syncd.outbox.routing import Route
-from syncd.sinks.base import DeliveryOutcome, DisableSink, EventEnvelope, Sink
+from syncd.sinks.base import Answered, Delivered, DeliveryOutcome, DisableSink, EventEnvelope, Sink
 from syncd.sinks.ndjson import NdjsonFileSink
 from syncd.sinks.webhook import WebhookSink
 from syncd.state.db import make_engine, upgrade
@@ -104,11 +104,11 @@ def add_events(
         return [event.event_id for event in events]
 
 
-def delivery_rows(engine: Engine, sink: str) -> dict[str, store.DeliveryView]:
+def delivery_rows(engine: Engine, sink: str) -> dict[str, queries.DeliveryView]:
     """{event_id: its delivery to `sink`}."""
     return {
         event.event_id: event.deliveries[0]
-        for event in store.list_events(engine, sink=sink, limit=10_000)
+        for event in queries.list_events(engine, sink=sink, limit=10_000)
     }
 
 
@@ -269,10 +269,10 @@ async def run_until_settled(
     runs = []
     for _ in range(rounds):
         runs.append(await delivery.run(None))
-        for name, state in store.sink_states(engine).items():
+        for name, state in queries.sink_states(engine).items():
             if state.disabled_reason is not None:
-                store.retry(engine, sink=name)
-        if all(b.pending == 0 for b in store.backlog(engine).values()):
+                actions.retry(engine, sink=name)
+        if all(b.pending == 0 for b in queries.backlog(engine).values()):
             return runs
         await asyncio.sleep(0.1)
     raise AssertionError("deliveries still pending")
@@ -315,7 +315,7 @@ async def test_a_receiver_failing_every_way_ends_delivered_once_or_dead(
         before = datetime.now(UTC)
         first = await chaos.run(None)
         assert first.sinks_disabled == 1
-        assert store.sink_states(engine)["chaos"].disabled_reason == "HTTP 410 Gone"
+        assert queries.sink_states(engine)["chaos"].disabled_reason == "HTTP 410 Gone"
         rows = delivery_rows(engine, "chaos")
         assert (rows[ids["410"]].state, rows[ids["410"]].attempts) == ("pending", 0)
         assert rows[ids["ok"]].state == "delivered"
@@ -388,7 +388,11 @@ class HangingSink:
     name = "wedged"
 
     async def deliver(
-        self, events: Sequence[EventEnvelope], *, attempts: Sequence[int] | None = None
+        self,
+        events: Sequence[EventEnvelope],
+        *,
+        attempts: Sequence[int] | None = None,
+        answered: Answered | None = None,
     ) -> list[DeliveryOutcome]:
         await asyncio.Event().wait()
         raise AssertionError("unreachable")
@@ -418,6 +422,115 @@ async def test_a_wedged_sink_is_cut_off_by_its_own_timeout(
     assert {(r.state, r.last_error) for r in wedged.values()} == {
         ("pending", "sink timed out after 0.2s")
     }
+
+
+async def test_a_batch_timeout_retries_only_the_unanswered_events(
+    sqlite_engine: Engine, sinks: list[Sink]
+) -> None:
+    """A receiver answers three events of a batch at once and holds two past the batch's
+    deliver timeout: the three are recorded delivered and sent exactly once; only the two
+    go out again."""
+    async with serving(Receiver(hang_seconds=6.0)) as receiver:
+        answered = add_events(sqlite_engine, [{"plan": ["ok"]} for _ in range(3)])
+        held = add_events(sqlite_engine, [{"plan": ["hang", "ok"]} for _ in range(2)])
+        delivery = job(
+            sqlite_engine,
+            # The requests would wait 10 s; the batch is cut off after 2 s.
+            {"s": webhook(sinks, "s", receiver.url(), read_timeout=10.0)},
+            lease_seconds=8.0,
+            deliver_timeout_seconds=2.0,
+            batches_in_flight=1,
+        )
+        with capture_logs() as logs:
+            counts = await delivery.run(None)  # the two come back due at once (FAST backoff)
+    assert (counts.claimed, counts.delivered, counts.retried) == (7, 5, 2)
+    timed_out = [e for e in logs if e["event"] == "outbox.sink_timed_out"]
+    assert [(e["answered"], e["unanswered"]) for e in timed_out] == [(3, 2)]
+    assert {event_id: receiver.attempts[event_id] for event_id in answered} == dict.fromkeys(
+        answered, 1
+    )
+    assert {event_id: receiver.attempts[event_id] for event_id in held} == dict.fromkeys(held, 2)
+    assert not receiver.duplicates
+    assert receiver.processed == set(answered + held)
+    rows = delivery_rows(sqlite_engine, "s")
+    assert {event_id: rows[event_id].attempts for event_id in answered + held} == {
+        **dict.fromkeys(answered, 1),
+        **dict.fromkeys(held, 2),
+    }
+
+
+class BlockingSink:
+    """A sink whose batches wait until released, like a receiver that hangs."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+        self.received: list[str] = []
+
+    async def deliver(
+        self,
+        events: Sequence[EventEnvelope],
+        *,
+        attempts: Sequence[int] | None = None,
+        answered: Answered | None = None,
+    ) -> list[DeliveryOutcome]:
+        self.entered.set()
+        await self.release.wait()
+        self.received.extend(event.event_id for event in events)
+        return [Delivered()] * len(events)
+
+    async def aclose(self) -> None:
+        return None
+
+
+class CollectingSink:
+    """A sink that takes every event at once; `wait_for` waits until it has some ids."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.received: list[str] = []
+        self._arrived = asyncio.Event()
+
+    async def deliver(
+        self,
+        events: Sequence[EventEnvelope],
+        *,
+        attempts: Sequence[int] | None = None,
+        answered: Answered | None = None,
+    ) -> list[DeliveryOutcome]:
+        self.received.extend(event.event_id for event in events)
+        self._arrived.set()
+        return [Delivered()] * len(events)
+
+    async def wait_for(self, event_ids: Sequence[str]) -> None:
+        while not set(event_ids) <= set(self.received):
+            self._arrived.clear()
+            await self._arrived.wait()
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def test_a_hanging_sink_never_keeps_new_events_from_a_healthy_one(engine: Engine) -> None:
+    """While one sink's batch hangs, events written after the run began are fanned out and
+    delivered to the healthy sink within that same run; the hanging sink gets them after."""
+    first = add_events(engine, [{}])
+    stuck, quick = BlockingSink("stuck"), CollectingSink("quick")
+    delivery = job(engine, {"stuck": stuck, "quick": quick}, lease_seconds=120.0)
+    run = asyncio.create_task(delivery.run(None))
+    try:
+        await asyncio.wait_for(stuck.entered.wait(), 20)
+        later = add_events(engine, [{}, {}])
+        await asyncio.wait_for(quick.wait_for(first + later), 20)
+        assert not run.done()  # the stuck batch is still in flight
+        assert stuck.received == []
+    finally:
+        stuck.release.set()
+    counts = await asyncio.wait_for(run, 20)
+    assert sorted(quick.received) == sorted(first + later)
+    assert sorted(stuck.received) == sorted(first + later)
+    assert (counts.fanned_out, counts.delivered) == (6, 6)
 
 
 class Crash(Exception):
@@ -602,11 +715,11 @@ async def test_retention_prunes_old_delivered_events_once_per_period(
         clock=lambda: now[0],
     )
     assert (await delivery.run(None)).pruned == 3  # delivered, then pruned in the same run
-    assert store.show_event(sqlite_engine, first[0]) is None
+    assert queries.show_event(sqlite_engine, first[0]) is None
     second = add_old_and_one_new(2)
     now[0] += timedelta(minutes=30)
     assert (await delivery.run(None)).pruned == 0  # pruned less than an hour ago
-    assert store.show_event(sqlite_engine, second[0]) is not None
+    assert queries.show_event(sqlite_engine, second[0]) is not None
     now[0] += timedelta(minutes=31)
     assert (await delivery.run(None)).pruned == 2
 
@@ -681,7 +794,11 @@ class GoneAtOnceSink:
     calls: list[int] = field(default_factory=list)
 
     async def deliver(
-        self, events: Sequence[EventEnvelope], *, attempts: Sequence[int] | None = None
+        self,
+        events: Sequence[EventEnvelope],
+        *,
+        attempts: Sequence[int] | None = None,
+        answered: Answered | None = None,
     ) -> list[DeliveryOutcome]:
         self.calls.append(len(events))
         return [DisableSink("HTTP 410 Gone")] * len(events)

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from syncd.outbox import store
+from syncd.outbox import claims, fanout
 from syncd.outbox.events import emit
 from syncd.outbox.routing import Route
 from syncd.state.models import OutboxDelivery
@@ -32,7 +32,7 @@ def queue(engine: Engine, n: int) -> None:
     with Session(engine) as session, session.begin():
         for i in range(n):
             emit(session, event_type="a.x", payload={"n": i}, ordering_key=None)
-    store.fan_out(engine, Route("s", start="beginning"), now=T0)
+    fanout.fan_out(engine, Route("s", start="beginning"), now=T0)
 
 
 def claimed_by(engine: Engine) -> list[str | None]:
@@ -51,13 +51,13 @@ def test_claims_of_a_dead_local_worker_are_claimable_at_once(engine: Engine) -> 
     """A dead worker's live lease is freed and re-claimed in the same instant."""
     queue(engine, 3)
     dead = f"{HOST}:{DEAD_PID}:abcd1234"
-    store.claim(engine, "s", worker=dead, limit=10, lease=LEASE, now=T0)
+    claims.claim(engine, "s", worker=dead, limit=10, lease=LEASE, now=T0)
     later = T0 + timedelta(seconds=1)
-    assert store.claim(engine, "s", worker="w2", limit=10, lease=LEASE, now=later) == []
-    freed = store.release_dead_claims(engine, host=HOST, is_alive=alive, now=later)
+    assert claims.claim(engine, "s", worker="w2", limit=10, lease=LEASE, now=later) == []
+    freed = claims.release_dead_claims(engine, host=HOST, is_alive=alive, now=later)
     assert freed == 3
     assert claimed_by(engine) == [None, None, None]
-    again = store.claim(engine, "s", worker="w2", limit=10, lease=LEASE, now=later)
+    again = claims.claim(engine, "s", worker="w2", limit=10, lease=LEASE, now=later)
     assert len(again) == 3
 
 
@@ -66,8 +66,8 @@ def test_claims_of_live_or_remote_or_unnamed_workers_are_kept(engine: Engine) ->
     queue(engine, 3)
     holders = [f"{HOST}:{LIVE_PID}:x", f"other-host:{DEAD_PID}:x", "worker-1"]
     for holder in holders:
-        store.claim(engine, "s", worker=holder, limit=1, lease=LEASE, now=T0)
-    freed = store.release_dead_claims(engine, host=HOST, is_alive=alive, now=T0)
+        claims.claim(engine, "s", worker=holder, limit=1, lease=LEASE, now=T0)
+    freed = claims.release_dead_claims(engine, host=HOST, is_alive=alive, now=T0)
     assert freed == 0
     assert claimed_by(engine) == holders
 
@@ -76,7 +76,7 @@ def test_delivered_or_expired_claims_are_left_alone(engine: Engine) -> None:
     """Only live leases of pending deliveries count; an expired one is free anyway."""
     queue(engine, 1)
     dead = f"{HOST}:{DEAD_PID}:abcd1234"
-    store.claim(engine, "s", worker=dead, limit=10, lease=LEASE, now=T0)
+    claims.claim(engine, "s", worker=dead, limit=10, lease=LEASE, now=T0)
     expired = T0 + LEASE
-    assert store.release_dead_claims(engine, host=HOST, is_alive=alive, now=expired) == 0
+    assert claims.release_dead_claims(engine, host=HOST, is_alive=alive, now=expired) == 0
     assert claimed_by(engine) == [dead]

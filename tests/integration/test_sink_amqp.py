@@ -22,7 +22,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractQueue
 from yarl import URL
 
 from syncd.sinks.amqp import AmqpSink
-from syncd.sinks.base import DeadLetter, Delivered, EventEnvelope, Retry
+from syncd.sinks.base import DeadLetter, Delivered, DeliveryOutcome, EventEnvelope, Retry
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -157,6 +157,22 @@ async def test_broker_nack_is_a_retry(broker: Broker) -> None:
     await broker.bind_queue({"x-max-length": 1, "x-overflow": "reject-publish"})
     outcomes = await broker.sink().deliver([_event(1), _event(2), _event(3)])
     assert outcomes == [Delivered(), Retry("broker nack"), Retry("broker nack")]
+
+
+async def test_each_outcome_is_reported_as_it_is_known(broker: Broker) -> None:
+    """`answered` gets every event's outcome (confirm, nack, dead letter) once, by position,
+    equal to what deliver returns."""
+    await broker.declare_exchange()
+    await broker.bind_queue({"x-max-length": 1, "x-overflow": "reject-publish"})
+    reported: list[tuple[int, DeliveryOutcome]] = []
+    events = [_event(1), _event(2, bad=float("nan")), _event(3)]
+    outcomes = await broker.sink().deliver(events, answered=lambda i, o: reported.append((i, o)))
+    assert outcomes == [
+        Delivered(),
+        DeadLetter("payload is not JSON (ValueError)"),
+        Retry("broker nack"),
+    ]
+    assert sorted(reported, key=lambda item: item[0]) == list(enumerate(outcomes))
 
 
 async def test_unserialisable_event_is_dead_lettered(broker: Broker) -> None:

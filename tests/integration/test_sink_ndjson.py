@@ -79,6 +79,20 @@ async def test_batches_append_one_json_line_per_event(tmp_path: Path, make_sink:
     assert lines == [event.to_json() for event in first + second]
 
 
+async def test_outcomes_are_reported_once_the_batch_is_on_disk(
+    tmp_path: Path, make_sink: Any
+) -> None:
+    """`answered` gets every event's outcome once, by position, equal to what deliver
+    returns (the batch is one write and one fsync)."""
+    reported: list[tuple[int, Any]] = []
+    events = [_event(1), _event(2, bad=float("nan")), _event(3)]
+    outcomes = await make_sink(tmp_path).deliver(
+        events, answered=lambda i, o: reported.append((i, o))
+    )
+    assert outcomes == [Delivered(), DeadLetter("payload is not JSON (ValueError)"), Delivered()]
+    assert reported == list(enumerate(outcomes))
+
+
 async def test_directory_is_0700_and_files_0600(tmp_path: Path, make_sink: Any) -> None:
     """A new directory (even nested) is created 0700 and the event file 0600."""
     directory = tmp_path / "a" / "b"

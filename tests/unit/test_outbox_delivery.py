@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 
 from syncd.outbox.backoff import BackoffPolicy
+from syncd.outbox.claims import ClaimedDelivery
 from syncd.outbox.delivery import OutboxDeliveryJob, decide, envelope_for
+from syncd.outbox.recording import Again, Dead, Done, Release
 from syncd.outbox.routing import Route
-from syncd.outbox.store import Again, ClaimedDelivery, Dead, Done, Release
 from syncd.sinks.base import DeadLetter, Delivered, DisableSink, Retry
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -103,7 +104,9 @@ def test_envelope_refuses_what_fhir_cannot_express() -> None:
 class _NoSink:
     name = "s"
 
-    async def deliver(self, events: Any, *, attempts: Any = None) -> list[Any]:
+    async def deliver(
+        self, events: Any, *, attempts: Any = None, answered: Any = None
+    ) -> list[Any]:
         return []
 
     async def aclose(self) -> None:
