@@ -46,7 +46,7 @@ from syncd.patients.plan import (
     row_key,
 )
 from syncd.patients.store import BatchWrites, PushedRow, PushStore, QuarantineWrite
-from syncd.sources.base import Source, SourceRow
+from syncd.sources.base import Source, SourceRead, SourceRow
 from syncd.testing_hooks import step
 from syncd.voxares.client import VoxaresClient
 from syncd.voxares.models import PatientUpsert, UpsertResult
@@ -114,7 +114,9 @@ class PatientPush:
     """The push job for one source and one provider name (see the module docstring).
 
     `missing_rows="mark_inactive"` marks mirror rows that a complete run did not read as
-    inactive (they turn active again when they reappear); "ignore" leaves them alone.
+    inactive (they turn active again when they reappear); "ignore" leaves them alone. A run
+    is complete only when no batch aborted AND the source says its read reached the end
+    (`SourceRead.complete`): a patient missing from a partial read is not gone.
     """
 
     name = JOB_NAME
@@ -210,6 +212,7 @@ class _Run:
         self.done_rows = 0
         self.seq = 0  # run ordinal of the next row read
         self.store: PushStore | None = None
+        self.read: SourceRead | None = None
         self.rows: Iterator[SourceRow] | None = None
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="patients-push")
         # A batch's pushes are all created at once but wait here, before doing any work, so
@@ -241,9 +244,12 @@ class _Run:
                     await self.finish(in_flight.popleft(), in_flight)
             while in_flight:
                 await self.finish(in_flight.popleft(), in_flight)
-            # Only here has the whole source been read with no abort.
+            # Only here has the whole source been read with no abort, if the source agrees.
             if not self.dry_run:
-                self.counts.inactivated = await self.in_worker(self.finish_complete)
+                if getattr(self.read, "complete", False) is True:
+                    self.counts.inactivated = await self.in_worker(self.finish_complete)
+                else:
+                    log.warning("patients.read_incomplete", source=self.job._source.name)
             return self.counts
         finally:
             await self.shutdown(in_flight, deciding)
@@ -255,7 +261,8 @@ class _Run:
         self.store = PushStore.open(
             job._engine, provider=job._provider, source=job._source.name, run_id=self.run_id
         )
-        self.rows = iter(job._source.rows())
+        self.read = job._source.rows()
+        self.rows = iter(self.read)
 
     def decide_next(self) -> _Batch | None:
         """Read the next batch from the source and decide each row (None at the end)."""
@@ -349,8 +356,8 @@ class _Run:
         )
 
     def close(self) -> None:
-        if self.rows is not None:
-            close = getattr(self.rows, "close", None)
+        if self.read is not None:
+            close = getattr(self.read, "close", None)
             if close is not None:
                 close()
         if self.store is not None:

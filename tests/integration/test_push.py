@@ -22,13 +22,14 @@ from sqlalchemy.engine import make_url
 from structlog.testing import capture_logs
 
 from syncd import testing_hooks
-from syncd.exceptions import Unauthorized
+from syncd.exceptions import SourceError, Unauthorized
 from syncd.normalize import NormalizePolicy
 from syncd.patients.push import PatientPush, PushCounts
 from syncd.sandbox import DEMO_API_KEY
 from syncd.sandbox.app import create_app
 from syncd.sandbox.faults import FaultConfig, FaultRule
 from syncd.sandbox.state import Sandbox
+from syncd.sources.base import SourceRow
 from syncd.sources.csv import CsvSource
 from syncd.state.db import make_engine, upgrade
 from syncd.state.models import AuditEntry, Base, PatientMirror, QuarantinedRow
@@ -362,6 +363,59 @@ async def test_missing_rows_ignored_by_default(world: World) -> None:
     counts = await world.run()
     assert counts.inactivated == 0
     assert {row.state for row in world.mirror().values()} == {"active"}
+
+
+async def test_unbalanced_quote_fails_the_run_and_marks_nobody_inactive(world: World) -> None:
+    """A quote that swallows the rest of the CSV fails the run naming its line; with
+    mark_inactive, no patient still in the file turns inactive."""
+    world.write(*VALID, *INVALID)
+    await world.run(missing_rows="mark_inactive")
+    broken = VALID[1].replace("Ivo,", '"Ivo,')  # P2's quote is never closed
+    world.write(VALID[0], broken, *VALID[2:], INVALID[0])
+
+    with pytest.raises(SourceError, match="quoted field opened at line 3") as caught:
+        await world.run(missing_rows="mark_inactive")
+
+    assert "Ivo" not in str(caught.value)
+    assert {row.state for row in world.mirror().values()} == {"active"}
+    assert len(world.quarantine()) == len(INVALID)  # stale entries are not dropped either
+
+
+class PlainIteratorSource:
+    """A source whose read never says it is complete (a plain iterator of the CSV's rows)."""
+
+    def __init__(self, inner: CsvSource) -> None:
+        self.inner = inner
+        self.name = inner.name
+
+    def rows(self) -> Iterator[SourceRow]:
+        return iter(list(self.inner.rows()))
+
+
+async def test_read_not_known_complete_never_marks_inactive(world: World) -> None:
+    """A source that does not report a complete read: rows are pushed, but nobody is marked
+    inactive and no quarantine entry is dropped."""
+    world.write(*VALID, *INVALID)
+    await world.run(missing_rows="mark_inactive")
+    world.write(VALID[0].replace("Ana", "Anna"))
+    job = PatientPush(
+        world.engine,
+        world.client(),
+        PlainIteratorSource(CsvSource("ehr-export", world.csv, columns=COLUMNS)),  # type: ignore[arg-type]
+        NormalizePolicy(invalid_phone="reject"),
+        provider=PROVIDER,
+        batch_size=3,
+        missing_rows="mark_inactive",
+    )
+
+    with capture_logs() as logs:
+        counts = await job.run(start_run(world.engine, "push_patients"))
+
+    assert (counts.updated, counts.inactivated) == (1, 0)
+    assert world.patients()["P1"].first_name == "Anna"
+    assert {row.state for row in world.mirror().values()} == {"active"}
+    assert len(world.quarantine()) == len(INVALID)
+    assert any(entry["event"] == "patients.read_incomplete" for entry in logs)
 
 
 async def test_stale_quarantine_entries_are_dropped_after_a_complete_run(world: World) -> None:
