@@ -16,14 +16,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from syncd.normalize import MAX_PROVIDER_ID_LENGTH
+from syncd.normalize import provider_id_key
 from syncd.sources.base import SourceRow
 
 # Lengths of the `quarantine.row_key` and `quarantine.reason` columns.
 ROW_KEY_MAX: Final = 256
 REASON_MAX: Final = 512
-# What `syncd.normalize` refuses in a providerId (controls, separators, lone surrogates);
-# none of it can be a key, and PostgreSQL cannot even store NUL or a lone surrogate.
+# Controls, separators and lone surrogates: replaced in a file name used in a key
+# (PostgreSQL cannot even store NUL or a lone surrogate).
 _UNSTORABLE: Final = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 
 
@@ -114,17 +114,17 @@ Decision = Unchanged | Quarantine | Push
 def row_key(row: SourceRow) -> str:
     """The row's identity across runs: its providerId, or `line:<n>` when it has none.
 
-    A providerId the normaliser would refuse (too long, control characters) is no key
-    either: such a row is quarantined, and its key must fit the database.
+    The providerId is trimmed exactly as the normaliser trims it (whitespace and invisible
+    format characters at the ends), so the key is the id that is pushed, and two rows whose
+    ids differ only there are one patient (the second is reported as a duplicate). A
+    providerId the normaliser would refuse (too long, control or inner format characters)
+    is no key either: such a row is quarantined, and its key must fit the database.
 
     A row from a named part of the source (a CSV file of a glob) names the file too,
     `line:<n>@<file name>`, since line numbers repeat between files.
     """
-    provider_id = (row.fields.get("providerId") or "").strip()
-    usable = 0 < len(provider_id) <= MAX_PROVIDER_ID_LENGTH
-    if usable and not _UNSTORABLE.search(provider_id):
-        return provider_id
-    return _where(row)
+    key = provider_id_key(row.fields.get("providerId"))
+    return key if key is not None else _where(row)
 
 
 def duplicate_key(key: str, row: SourceRow) -> str:

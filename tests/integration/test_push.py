@@ -328,6 +328,29 @@ async def test_duplicates_are_reported_and_pushed_once(world: World) -> None:
     assert world.transport.calls == 4
 
 
+async def test_invisible_characters_never_make_a_second_patient_or_an_empty_name(
+    world: World,
+) -> None:
+    """An id differing from another only by a BOM or zero-width space at its end is the same
+    patient (the repeat is a duplicate); an inner one and an invisible-only name quarantine."""
+    world.write(
+        VALID[0],
+        "\ufeff" + VALID[0].replace("Ana,", "Anna,"),  # a BOM of a concatenated export
+        VALID[1].replace("P2", "P2\u200b"),
+        "P9\u200b9,Ena,Novak,,,",
+        "P10,\u200b\u2060,Kos,,,",
+    )
+    counts = await world.run()
+
+    assert set(world.patients()) == {"P1", "P2"}
+    assert world.patients()["P1"].first_name == "Ana"
+    assert (counts.created, counts.duplicates, counts.quarantined) == (2, 1, 2)
+    entries = world.quarantine()
+    assert entries["P1@line:3@patients.csv"].reason.startswith("duplicate providerId")
+    assert entries["line:5@patients.csv"].field == "providerId"
+    assert entries["P10"].reason == "firstName: required (only invisible characters)"
+
+
 async def test_duplicate_of_a_quarantined_row_is_not_pushed(world: World) -> None:
     """A later valid row does not sneak past an invalid first row with the same providerId."""
     world.write("P4,Bad,Email,,not-an-email,", "P4,Good,Email,,good@example.com,")
