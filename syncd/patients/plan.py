@@ -46,10 +46,12 @@ class QuarantineEntry:
 
 @dataclass(frozen=True, slots=True)
 class Normalized:
-    """A row the normaliser accepted: the API payload (camelCase) and its hash."""
+    """A row the normaliser accepted: the API payload (camelCase) and its hash, and why a
+    mobileNumber present in the source was left out ("landline" or "invalid"), if it was."""
 
     payload: Mapping[str, Any]
     payload_hash: str
+    dropped_phone: str | None = None
 
     def __repr__(self) -> str:
         # The payload is patient data.
@@ -97,11 +99,13 @@ class Quarantine:
 
 @dataclass(frozen=True, slots=True)
 class Push:
-    """Send this payload to Voxares; `is_new` when the mirror has no row for the patient."""
+    """Send this payload to Voxares; `is_new` when the mirror has no row for the patient;
+    `dropped_phone` as in `Normalized` (the push job counts it)."""
 
     payload: Mapping[str, Any]
     payload_hash: str
     is_new: bool
+    dropped_phone: str | None = None
 
     def __repr__(self) -> str:
         # The payload is patient data.
@@ -181,4 +185,9 @@ def plan_row(
         return Quarantine(result.field, result.reason[:REASON_MAX], row.raw_hash)
     if mirror is not None and mirror.payload_hash == result.payload_hash:
         return Unchanged(refresh_row_hash=True, clear_quarantine=stale_quarantine)
-    return Push(result.payload, result.payload_hash, is_new=mirror is None)
+    return Push(
+        result.payload,
+        result.payload_hash,
+        is_new=mirror is None,
+        dropped_phone=result.dropped_phone,
+    )

@@ -68,7 +68,14 @@ T = TypeVar("T")
 class PushCounts:
     """What one run did. `rows` = created + updated + unchanged + quarantined + duplicates
     + failed. In a dry run, created/updated/quarantined say what would have happened, and
-    `quarantined_rows` lists (row_key, field, reason) of every quarantined row."""
+    `quarantined_rows` lists (row_key, field, reason) of every quarantined row.
+
+    `landlines_dropped` and `invalid_phones_dropped` count the patients pushed (in a dry
+    run: that would be pushed) without the mobileNumber their row has, because the policy
+    is "drop" and the number is a landline (or any non-SMS type) or not a valid number.
+    A row whose raw text is unchanged since its last push is not normalised again, so it
+    is counted in the run that pushed it.
+    """
 
     created: int = 0
     updated: int = 0
@@ -78,6 +85,8 @@ class PushCounts:
     failed: int = 0
     inactivated: int = 0
     rows: int = 0
+    landlines_dropped: int = 0
+    invalid_phones_dropped: int = 0
     quarantined_rows: list[tuple[str, str | None, str]] = field(default_factory=list)
 
 
@@ -107,6 +116,7 @@ class _Batch:
     duplicates: int = 0
     would_create: int = 0
     would_update: int = 0
+    would_drop: dict[str, int] = field(default_factory=dict)  # dropped_phone -> rows
     tasks: list[asyncio.Task[UpsertResult | api_errors.Outcome]] = field(default_factory=list)
 
 
@@ -171,6 +181,8 @@ class PatientPush:
             failed=counts.failed,
             inactivated=counts.inactivated,
             rows=counts.rows,
+            landlines_dropped=counts.landlines_dropped,
+            invalid_phones_dropped=counts.invalid_phones_dropped,
             dry_run=dry_run,
         )
         return counts
@@ -180,7 +192,7 @@ class PatientPush:
         result = normalize_row(row, self._policy)
         if isinstance(result, Rejection):
             return Rejected(result.field, result.reason)
-        return Normalized(result.payload(), result.payload_hash())
+        return Normalized(result.payload(), result.payload_hash(), result.dropped_phone)
 
     def _upsert_body(self, payload: Mapping[str, Any]) -> PatientUpsert:
         """The request body for a normalised payload, under this job's provider name.
@@ -301,6 +313,9 @@ class _Run:
                     batch.would_create += 1
                 else:
                     batch.would_update += 1
+                if decision.dropped_phone is not None:
+                    drops = batch.would_drop
+                    drops[decision.dropped_phone] = drops.get(decision.dropped_phone, 0) + 1
                 if not self.dry_run:
                     body = self.job._upsert_body(decision.payload)
                     batch.pending.append(_Pending(key, row.line, row.raw_hash, decision, body))
@@ -409,6 +424,7 @@ class _Run:
     def count(self, batch: _Batch, results: list[UpsertResult | api_errors.Outcome]) -> None:
         counts = self.counts
         created = updated = rejected = failed = 0
+        drops = dict(batch.would_drop) if self.dry_run else {}
         if self.dry_run:
             created, updated = batch.would_create, batch.would_update
         for pending, result in zip(batch.pending, results, strict=True):
@@ -417,6 +433,8 @@ class _Run:
                     created += 1
                 else:
                     updated += 1
+                if pending.push.dropped_phone is not None:
+                    drops[pending.push.dropped_phone] = drops.get(pending.push.dropped_phone, 0) + 1
             elif isinstance(result, api_errors.RejectedByApi):
                 rejected += 1
                 log.warning(
@@ -438,6 +456,8 @@ class _Run:
         counts.quarantined += batch.quarantined + rejected
         counts.duplicates += batch.duplicates
         counts.failed += failed
+        counts.landlines_dropped += drops.get("landline", 0)
+        counts.invalid_phones_dropped += drops.get("invalid", 0)
         if not self.dry_run:
             metrics.PATIENTS.labels("created").inc(created)
             metrics.PATIENTS.labels("updated").inc(updated)

@@ -23,6 +23,7 @@ from structlog.testing import capture_logs
 
 from syncd import testing_hooks
 from syncd.exceptions import SourceError, Unauthorized
+from syncd.jobs import JobRunner
 from syncd.normalize import NormalizePolicy
 from syncd.patients.push import PatientPush, PushCounts
 from syncd.sandbox import DEMO_API_KEY
@@ -34,6 +35,7 @@ from syncd.sources.csv import CsvSource
 from syncd.state.db import make_engine, upgrade
 from syncd.state.models import AuditEntry, Base, PatientMirror, QuarantinedRow
 from syncd.state.runs import start_run
+from syncd.status import gather_status
 from syncd.voxares.client import VoxaresClient
 from syncd.voxares.contract import API_PREFIX
 from syncd.voxares.limits import ClientLimits
@@ -470,6 +472,36 @@ async def test_dry_run_writes_nothing_and_calls_nothing(world: World) -> None:
     counts = await world.run(dry_run=True)
     assert (counts.created, counts.updated, counts.unchanged) == (0, 1, 3)
     assert world.patients()["P1"].first_name == "Ana"
+
+
+async def test_dropped_numbers_are_counted_in_the_dry_run_the_run_and_status(
+    world: World,
+) -> None:
+    """Under the "drop" policies, patients pushed without their landline or invalid number
+    are counted: in a dry run, in the run's counts, and in what `status` shows."""
+    world.write(
+        VALID[0],  # a mobile: kept
+        "P2,Ivo,Kovač,01 2345 678,,",  # a landline
+        "P3,Marko,Babić,0800 123 456,,",  # toll-free: no SMS either
+        "P4,Ena,Novak,12,,",  # not a number
+        "P5,Lana,Perić,091-CALL-NOW,,",  # letters
+        "P6,Tea,Jurić,,,",  # none
+    )
+
+    def job() -> PatientPush:
+        policy = NormalizePolicy(landline="drop", invalid_phone="drop")
+        source = CsvSource("ehr-export", world.csv, columns=COLUMNS)
+        return PatientPush(world.engine, world.client(), source, policy, provider=PROVIDER)
+
+    dry = await job().run(start_run(world.engine, "push_patients"), dry_run=True)
+    assert (dry.landlines_dropped, dry.invalid_phones_dropped) == (2, 2)
+
+    result = await JobRunner(world.engine).run_once(job())
+    assert result.counts["landlines_dropped"] == 2
+    assert result.counts["invalid_phones_dropped"] == 2
+    assert world.patients()["P2"].mobile_number is None
+    [run] = [r for r in gather_status(world.engine).runs if r.job == "push_patients"]
+    assert (run.counts["landlines_dropped"], run.counts["invalid_phones_dropped"]) == (2, 2)
 
 
 async def test_api_validation_error_quarantines_that_row_only(world: World) -> None:
