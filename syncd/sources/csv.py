@@ -12,7 +12,8 @@ lines or runs into the end of the file is re-read by `csv_scan.scan_record`, who
 docstring states the rule. The read is `complete` only when every file reached its end.
 
 This is the hot path of a first sync (a benchmark reads 1,000,000 rows), hence the
-precomputed column getter and the ASCII fast path in `_read_file`.
+precomputed column getter and the ASCII fast path in `_parsed_records`; the lines of the
+record being read are kept (`_tap`) so that a doubtful record can be re-read by hand.
 """
 
 from __future__ import annotations

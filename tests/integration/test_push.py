@@ -8,6 +8,7 @@ table is the proof of what Voxares holds.
 from __future__ import annotations
 
 import asyncio
+import csv
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -404,6 +405,25 @@ async def test_unbalanced_quote_fails_the_run_and_marks_nobody_inactive(world: W
     assert "Ivo" not in str(caught.value)
     assert {row.state for row in world.mirror().values()} == {"active"}
     assert len(world.quarantine()) == len(INVALID)  # stale entries are not dropped either
+
+
+async def test_oversized_cell_quarantines_its_row_and_pushes_the_rest(world: World) -> None:
+    """A cell over csv's field limit quarantines that row (line and field, no value) under
+    its providerId; every other row is pushed and nobody is marked inactive."""
+    world.write(*VALID)
+    await world.run(missing_rows="mark_inactive")
+    huge = "Secret" + "x" * csv.field_size_limit()
+    world.write(VALID[0], VALID[1].replace("Kovač", huge), *VALID[2:], "P9,Lea,Kos,,,")
+
+    counts = await world.run(missing_rows="mark_inactive")
+
+    assert (counts.created, counts.quarantined, counts.inactivated) == (1, 1, 0)
+    assert set(world.patients()) == {"P1", "P2", "P3", "P8", "P9"}
+    entry = world.quarantine()["P2"]
+    assert (entry.line_number, entry.field) == (3, "lastName")
+    assert entry.reason.startswith("lastName: longer than")
+    assert "Secret" not in entry.reason
+    assert {row.state for row in world.mirror().values()} == {"active"}
 
 
 class PlainIteratorSource:
