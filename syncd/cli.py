@@ -211,6 +211,9 @@ def _print_dry_run(counts: Any) -> None:
             "skip (unchanged)": counts.unchanged,
             "quarantine": counts.quarantined,
             "duplicates": counts.duplicates,
+            # Patients pushed without their number (policy "drop"): say how many.
+            "drop landline number": counts.landlines_dropped,
+            "drop invalid number": counts.invalid_phones_dropped,
         },
     )
     if counts.quarantined_rows:

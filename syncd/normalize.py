@@ -7,11 +7,33 @@ providerId, firstName and lastName required; mobileNumber E.164; dateOfBirth an 
 
 First syncs normalise every row (100,000 is usual), so regexes are compiled once and phone
 parsing, the costly step, is memoised: families often share one number.
+
+Invisible characters (Unicode category Cf: byte order mark, zero-width space and joiners,
+word joiner, soft hyphen, bidirectional marks, embeddings, overrides and isolates) arrive
+with exports and copy-paste. They make two spellings of one value differ while looking the
+same, so each field decides what to do with them:
+
+- every field: they are trimmed off both ends, like whitespace (a BOM in the middle of a
+  concatenated export lands at the start of a cell);
+- providerId: one left inside rejects the row. An id is an identity that Voxares compares
+  exactly; dropping an inner character could silently merge two different ids, keeping it
+  creates a second patient for one EHR id. `provider_id_key` trims the same way, so a row
+  whose id differs from another's only at its ends is reported as a duplicate;
+- names: they are removed, except a zero-width joiner or non-joiner between two visible
+  characters, which changes how Indic and Persian letters join. A name is display text,
+  not an identity: every Cf character is either invisible or changes only how the letters
+  are displayed (a right-to-left override can make a name read as another), never which
+  letters they are, so removing them keeps what was typed. A name with nothing left is
+  rejected as missing;
+- mobileNumber: they are removed, as the phone parser ignores spaces and punctuation: a
+  number is its digits, and these characters carry none;
+- email and dateOfBirth: one left inside rejects the value.
 """
 
 from __future__ import annotations
 
 import re
+import sys
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -34,6 +56,34 @@ EARLIEST_BIRTH_DATE: Final = date(1900, 1, 1)
 # C0 and C1 controls, line/paragraph separators, and lone surrogates (undecodable bytes,
 # which cannot be sent as UTF-8).
 _CONTROL: Final = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+# Planes that hold format characters (a unit test checks that no other plane does).
+_FORMAT_PLANES: Final = (0, 1, 14)
+
+
+def _format_characters() -> str:
+    """Every code point of Unicode category Cf, as the body of a regex character class."""
+    found = (
+        chr(code)
+        for plane in _FORMAT_PLANES
+        for code in range(plane << 16, min((plane + 1) << 16, sys.maxunicode + 1))
+        if unicodedata.category(chr(code)) == "Cf"
+    )
+    return "".join(re.escape(char) for char in found)
+
+
+_CF: Final = _format_characters()
+_FORMAT: Final = re.compile(f"[{_CF}]")
+# Whitespace and format characters at either end of a value.
+_EDGES: Final = re.compile(f"^[\\s{_CF}]+|[\\s{_CF}]+$")
+# ZERO WIDTH NON-JOINER and ZERO WIDTH JOINER: kept inside a name, between visible letters.
+_JOINERS: Final = "\u200c\u200d"
+_FORMAT_NOT_JOINER: Final = re.compile(
+    "[" + "".join(char for char in _CF if char not in _JOINERS) + "]"
+)
+# A joiner with nothing visible on one side (at an end, or next to a space) joins nothing.
+_LOOSE_JOINER: Final = re.compile(f"(?<!\\S)[{_JOINERS}]+|[{_JOINERS}]+(?!\\S)")
+# The shape of an ISO date (YYYY-MM-DD or YYYYMMDD), real or not.
+_ISO_DATE_SHAPE: Final = re.compile(r"[0-9]{4}-?[0-9]{2}-?[0-9]{2}")
 # A shape check, not RFC 5322: one @, a local part without spaces, controls or specials,
 # a domain of two or more dot-separated labels of letters, digits and inner hyphens.
 _DOMAIN_LABEL: Final = r"[^\W_](?:(?:[^\W_]|-){0,61}[^\W_])?"
@@ -49,6 +99,7 @@ _PHONE_TYPE_NAMES: Final = {
 }
 
 PhonePolicy = Literal["drop", "reject"]
+DroppedPhone = Literal["landline", "invalid"]
 RawFields = Mapping[str, str | None]
 
 
@@ -106,6 +157,9 @@ class NormalizedPatient:
     date_of_birth: str | None = None  # ISO YYYY-MM-DD
     # Fields present in the source but left out by policy (e.g. a landline mobileNumber).
     dropped: tuple[str, ...] = ()
+    # Why a present mobileNumber was left out: "landline" (any valid number that cannot
+    # take an SMS) or "invalid"; None when it was kept or absent.
+    dropped_phone: DroppedPhone | None = None
 
     def payload(self) -> dict[str, str]:
         """The contract's camelCase body, without absent fields."""
@@ -143,23 +197,58 @@ class _Rejected(Exception):
         self.rejection = Rejection(field, f"{field}: {rule}")
 
 
-def _provider_id(fields: RawFields) -> str:
-    text = (fields.get("providerId") or "").strip()
+def trim(text: str | None) -> str:
+    """The text without whitespace or invisible format characters (Cf) at either end."""
     if not text:
-        raise _Rejected("providerId", "required")
+        return ""
+    if text.isascii():
+        return text.strip()
+    return _EDGES.sub("", text)
+
+
+def _provider_id_rule(text: str) -> str | None:
+    """The rule a trimmed providerId breaks, or None."""
+    if not text:
+        return "required"
     if len(text) > MAX_PROVIDER_ID_LENGTH:
-        raise _Rejected("providerId", f"longer than {MAX_PROVIDER_ID_LENGTH} characters")
+        return f"longer than {MAX_PROVIDER_ID_LENGTH} characters"
     if _CONTROL.search(text):
-        raise _Rejected("providerId", "contains control characters")
+        return "contains control characters"
+    if not text.isascii() and _FORMAT.search(text):
+        return "contains invisible formatting characters (Unicode Cf)"
+    return None
+
+
+def provider_id_key(raw: str | None) -> str | None:
+    """The providerId a row is keyed by (trimmed as `normalize_row` trims it), or None when
+    `normalize_row` would refuse it. Equal keys are the same patient."""
+    text = trim(raw)
+    return text if _provider_id_rule(text) is None else None
+
+
+def _provider_id(fields: RawFields) -> str:
+    text = trim(fields.get("providerId"))
+    rule = _provider_id_rule(text)
+    if rule is not None:
+        raise _Rejected("providerId", rule)
     return text
 
 
+def _visible(text: str) -> str:
+    """A name without format characters, but for joiners between visible characters."""
+    return _LOOSE_JOINER.sub("", _FORMAT_NOT_JOINER.sub("", text))
+
+
 def _name(fields: RawFields, field: str) -> str:
-    """NFC, whitespace runs (tabs and newlines included) collapsed to one space, trimmed."""
-    text = fields.get(field)
-    value = " ".join(unicodedata.normalize("NFC", text).split()) if text else ""
+    """Format characters removed (see the module docstring), NFC, whitespace runs (tabs and
+    newlines included) collapsed to one space, trimmed."""
+    raw = fields.get(field) or ""
+    text = raw if raw.isascii() else _visible(raw)
+    value = " ".join(unicodedata.normalize("NFC", text).split())
     if not value:
-        raise _Rejected(field, "required")
+        raise _Rejected(
+            field, "required (only invisible characters)" if raw.strip() else "required"
+        )
     if _CONTROL.search(value):
         raise _Rejected(field, "contains control characters")
     if len(value) > MAX_NAME_LENGTH:
@@ -183,39 +272,58 @@ def _classify_phone(text: str, region: str) -> tuple[str | None, str | None]:
     return phonenumbers.format_number(number, PhoneNumberFormat.E164), None
 
 
-def _mobile(fields: RawFields, policy: NormalizePolicy) -> tuple[str | None, bool]:
-    """(E.164 or None, whether a present value was dropped by policy)."""
-    text = (fields.get("mobileNumber") or "").strip()
+def _mobile(fields: RawFields, policy: NormalizePolicy) -> tuple[str | None, DroppedPhone | None]:
+    """(E.164 or None, why a present value was dropped by policy, or None)."""
+    text = fields.get("mobileNumber") or ""
+    if not text.isascii():
+        text = _FORMAT.sub("", text)
+    text = text.strip()
     if not text:
-        return None, False
+        return None, None
+    if any(char.isalpha() for char in text):
+        # The phone parser reads letters as keypad digits (091-CALL-NOW); an EHR's
+        # number field with letters in it holds something else (a note, an extension).
+        if policy.invalid_phone == "reject":
+            raise _Rejected("mobileNumber", "contains letters, not a phone number")
+        return None, "invalid"
     e164, problem = _classify_phone(text, policy.default_region)
     if problem is None:
-        return e164, False
+        return e164, None
     if problem == "invalid":
         if policy.invalid_phone == "reject":
             raise _Rejected(
                 "mobileNumber", f"not a valid number for region {policy.default_region}"
             )
-    elif policy.landline == "reject":
+        return None, "invalid"
+    if policy.landline == "reject":
         raise _Rejected("mobileNumber", f"not a mobile number ({problem})")
-    return None, True
+    return None, "landline"
 
 
 def _email(fields: RawFields) -> str | None:
-    text = (fields.get("email") or "").strip()
+    text = trim(fields.get("email"))
     if not text:
         return None
     value = text.lower()
+    if not value.isascii() and _FORMAT.search(value):
+        raise _Rejected("email", "contains invisible formatting characters (Unicode Cf)")
     if len(value) > MAX_EMAIL_LENGTH or not _EMAIL.fullmatch(value):
         raise _Rejected("email", "not a valid address")
     return value
 
 
+class _NotARealDate(Exception):
+    """Internal: text in a date's shape naming a day the calendar does not have."""
+
+
 def _parse_date(text: str, formats: tuple[str, ...]) -> date | None:
+    """The date `text` spells, None if it spells none; `_NotARealDate` when it has an
+    accepted format's shape but no such day exists (30 February, month 13)."""
     try:
         return date.fromisoformat(text)
     except ValueError:
-        pass
+        if _ISO_DATE_SHAPE.fullmatch(text):
+            raise _NotARealDate from None
     try:
         # An ISO datetime at midnight (as Voxares itself returns dates, or a DATETIME column).
         moment = datetime.fromisoformat(text)
@@ -223,19 +331,26 @@ def _parse_date(text: str, formats: tuple[str, ...]) -> date | None:
         pass
     else:
         return moment.date() if moment.time() == datetime.min.time() else None
+    impossible = False
     for fmt in formats:
         try:
             return datetime.strptime(text, fmt).date()
-        except ValueError:
-            continue
+        except ValueError as exc:
+            # strptime checks the calendar only after the text matched the format.
+            impossible = impossible or "out of range" in str(exc)
+    if impossible:
+        raise _NotARealDate
     return None
 
 
 def _date_of_birth(fields: RawFields, policy: NormalizePolicy, today: date) -> str | None:
-    text = (fields.get("dateOfBirth") or "").strip()
+    text = trim(fields.get("dateOfBirth"))
     if not text:
         return None
-    born = _parse_date(text, policy.date_formats)
+    try:
+        born = _parse_date(text, policy.date_formats)
+    except _NotARealDate:
+        raise _Rejected("dateOfBirth", "not a real date (no such day in the calendar)") from None
     if born is None:
         accepted = ", ".join(("ISO 8601", *policy.date_formats))
         raise _Rejected("dateOfBirth", f"not a date in an accepted format ({accepted})")
@@ -260,7 +375,7 @@ def normalize_row(
         provider_id = _provider_id(fields)
         first_name = _name(fields, "firstName")
         last_name = _name(fields, "lastName")
-        mobile, mobile_dropped = _mobile(fields, policy)
+        mobile, dropped_phone = _mobile(fields, policy)
         email = _email(fields)
         born = _date_of_birth(fields, policy, today or date.today())
     except _Rejected as rejected:
@@ -272,5 +387,6 @@ def normalize_row(
         mobile,
         email,
         born,
-        ("mobileNumber",) if mobile_dropped else (),
+        ("mobileNumber",) if dropped_phone else (),
+        dropped_phone,
     )

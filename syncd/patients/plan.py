@@ -16,14 +16,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from syncd.normalize import MAX_PROVIDER_ID_LENGTH
+from syncd.normalize import provider_id_key
 from syncd.sources.base import SourceRow
 
 # Lengths of the `quarantine.row_key` and `quarantine.reason` columns.
 ROW_KEY_MAX: Final = 256
 REASON_MAX: Final = 512
-# What `syncd.normalize` refuses in a providerId (controls, separators, lone surrogates);
-# none of it can be a key, and PostgreSQL cannot even store NUL or a lone surrogate.
+# Controls, separators and lone surrogates: replaced in a file name used in a key
+# (PostgreSQL cannot even store NUL or a lone surrogate).
 _UNSTORABLE: Final = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 
 
@@ -46,10 +46,12 @@ class QuarantineEntry:
 
 @dataclass(frozen=True, slots=True)
 class Normalized:
-    """A row the normaliser accepted: the API payload (camelCase) and its hash."""
+    """A row the normaliser accepted: the API payload (camelCase) and its hash, and why a
+    mobileNumber present in the source was left out ("landline" or "invalid"), if it was."""
 
     payload: Mapping[str, Any]
     payload_hash: str
+    dropped_phone: str | None = None
 
     def __repr__(self) -> str:
         # The payload is patient data.
@@ -97,11 +99,13 @@ class Quarantine:
 
 @dataclass(frozen=True, slots=True)
 class Push:
-    """Send this payload to Voxares; `is_new` when the mirror has no row for the patient."""
+    """Send this payload to Voxares; `is_new` when the mirror has no row for the patient;
+    `dropped_phone` as in `Normalized` (the push job counts it)."""
 
     payload: Mapping[str, Any]
     payload_hash: str
     is_new: bool
+    dropped_phone: str | None = None
 
     def __repr__(self) -> str:
         # The payload is patient data.
@@ -114,17 +118,17 @@ Decision = Unchanged | Quarantine | Push
 def row_key(row: SourceRow) -> str:
     """The row's identity across runs: its providerId, or `line:<n>` when it has none.
 
-    A providerId the normaliser would refuse (too long, control characters) is no key
-    either: such a row is quarantined, and its key must fit the database.
+    The providerId is trimmed exactly as the normaliser trims it (whitespace and invisible
+    format characters at the ends), so the key is the id that is pushed, and two rows whose
+    ids differ only there are one patient (the second is reported as a duplicate). A
+    providerId the normaliser would refuse (too long, control or inner format characters)
+    is no key either: such a row is quarantined, and its key must fit the database.
 
     A row from a named part of the source (a CSV file of a glob) names the file too,
     `line:<n>@<file name>`, since line numbers repeat between files.
     """
-    provider_id = (row.fields.get("providerId") or "").strip()
-    usable = 0 < len(provider_id) <= MAX_PROVIDER_ID_LENGTH
-    if usable and not _UNSTORABLE.search(provider_id):
-        return provider_id
-    return _where(row)
+    key = provider_id_key(row.fields.get("providerId"))
+    return key if key is not None else _where(row)
 
 
 def duplicate_key(key: str, row: SourceRow) -> str:
@@ -181,4 +185,9 @@ def plan_row(
         return Quarantine(result.field, result.reason[:REASON_MAX], row.raw_hash)
     if mirror is not None and mirror.payload_hash == result.payload_hash:
         return Unchanged(refresh_row_hash=True, clear_quarantine=stale_quarantine)
-    return Push(result.payload, result.payload_hash, is_new=mirror is None)
+    return Push(
+        result.payload,
+        result.payload_hash,
+        is_new=mirror is None,
+        dropped_phone=result.dropped_phone,
+    )

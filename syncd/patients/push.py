@@ -57,7 +57,7 @@ from syncd.patients.plan import (
     row_key,
 )
 from syncd.patients.store import BatchWrites, PushedRow, PushStore, QuarantineWrite
-from syncd.sources.base import Source, SourceRow
+from syncd.sources.base import Source, SourceRead, SourceRow
 from syncd.testing_hooks import step
 from syncd.voxares.client import VoxaresClient
 from syncd.voxares.models import PatientUpsert, UpsertResult
@@ -83,7 +83,14 @@ class PushCounts:
     cancelled when it stopped (outage, bad key); `stopped_early`: the run stopped in an
     outage before the end of the source. In a dry run, created/updated/quarantined say what
     would have happened, and `quarantined_rows` lists (row_key, field, reason) of every
-    quarantined row."""
+    quarantined row.
+
+    `landlines_dropped` and `invalid_phones_dropped` count the patients pushed (in a dry
+    run: that would be pushed) without the mobileNumber their row has, because the policy
+    is "drop" and the number is a landline (or any non-SMS type) or not a valid number.
+    A row whose raw text is unchanged since its last push is not normalised again, so it
+    is counted in the run that pushed it.
+    """
 
     created: int = 0
     updated: int = 0
@@ -95,6 +102,8 @@ class PushCounts:
     inactivated: int = 0
     rows: int = 0
     stopped_early: bool = False
+    landlines_dropped: int = 0
+    invalid_phones_dropped: int = 0
     quarantined_rows: list[tuple[str, str | None, str]] = field(default_factory=list)
 
     @property
@@ -147,6 +156,7 @@ class _Batch:
     duplicates: int = 0
     would_create: int = 0
     would_update: int = 0
+    would_drop: dict[str, int] = field(default_factory=dict)  # dropped_phone -> rows
     tasks: list[asyncio.Task[UpsertResult | api_errors.Outcome]] = field(default_factory=list)
 
 
@@ -154,7 +164,9 @@ class PatientPush:
     """The push job for one source and one provider name (see the module docstring).
 
     `missing_rows="mark_inactive"` marks mirror rows that a complete run did not read as
-    inactive (they turn active again when they reappear); "ignore" leaves them alone.
+    inactive (they turn active again when they reappear); "ignore" leaves them alone. A run
+    is complete only when no batch aborted AND the source says its read reached the end
+    (`SourceRead.complete`): a patient missing from a partial read is not gone.
     """
 
     name = JOB_NAME
@@ -217,6 +229,8 @@ class PatientPush:
             stopped_early=counts.stopped_early,
             inactivated=counts.inactivated,
             rows=counts.rows,
+            landlines_dropped=counts.landlines_dropped,
+            invalid_phones_dropped=counts.invalid_phones_dropped,
             dry_run=dry_run,
         )
         return counts
@@ -226,7 +240,7 @@ class PatientPush:
         result = normalize_row(row, self._policy)
         if isinstance(result, Rejection):
             return Rejected(result.field, result.reason)
-        return Normalized(result.payload(), result.payload_hash())
+        return Normalized(result.payload(), result.payload_hash(), result.dropped_phone)
 
     def _upsert_body(self, payload: Mapping[str, Any]) -> PatientUpsert:
         """The request body for a normalised payload, under this job's provider name.
@@ -258,6 +272,7 @@ class _Run:
         self.done_rows = 0
         self.seq = 0  # run ordinal of the next row read
         self.store: PushStore | None = None
+        self.read: SourceRead | None = None
         self.rows: Iterator[SourceRow] | None = None
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="patients-push")
         self.outage = OutageDetector(job._outage_after)
@@ -291,9 +306,12 @@ class _Run:
                     await self.finish(in_flight.popleft(), in_flight)
             while in_flight:
                 await self.finish(in_flight.popleft(), in_flight)
-            # Only here has the whole source been read with no abort.
+            # Only here has the whole source been read with no abort, if the source agrees.
             if not self.dry_run and not self.counts.stopped_early:
-                self.counts.inactivated = await self.in_worker(self.finish_complete)
+                if getattr(self.read, "complete", False) is True:
+                    self.counts.inactivated = await self.in_worker(self.finish_complete)
+                else:
+                    log.warning("patients.read_incomplete", source=self.job._source.name)
             return self.counts
         finally:
             await self.shutdown(in_flight, deciding)
@@ -305,7 +323,8 @@ class _Run:
         self.store = PushStore.open(
             job._engine, provider=job._provider, source=job._source.name, run_id=self.run_id
         )
-        self.rows = iter(job._source.rows())
+        self.read = job._source.rows()
+        self.rows = iter(self.read)
 
     def decide_next(self) -> _Batch | None:
         """Read the next batch from the source and decide each row (None at the end)."""
@@ -344,6 +363,9 @@ class _Run:
                     batch.would_create += 1
                 else:
                     batch.would_update += 1
+                if decision.dropped_phone is not None:
+                    drops = batch.would_drop
+                    drops[decision.dropped_phone] = drops.get(decision.dropped_phone, 0) + 1
                 if not self.dry_run:
                     body = self.job._upsert_body(decision.payload)
                     batch.pending.append(_Pending(key, row.line, row.raw_hash, decision, body))
@@ -399,8 +421,8 @@ class _Run:
         )
 
     def close(self) -> None:
-        if self.rows is not None:
-            close = getattr(self.rows, "close", None)
+        if self.read is not None:
+            close = getattr(self.read, "close", None)
             if close is not None:
                 close()
         if self.store is not None:
@@ -475,6 +497,7 @@ class _Run:
     def count(self, batch: _Batch, results: list[UpsertResult | api_errors.Outcome]) -> None:
         counts = self.counts
         created = updated = rejected = failed = not_pushed = 0
+        drops = dict(batch.would_drop) if self.dry_run else {}
         if self.dry_run:
             created, updated = batch.would_create, batch.would_update
         for pending, result in zip(batch.pending, results, strict=True):
@@ -483,6 +506,8 @@ class _Run:
                     created += 1
                 else:
                     updated += 1
+                if pending.push.dropped_phone is not None:
+                    drops[pending.push.dropped_phone] = drops.get(pending.push.dropped_phone, 0) + 1
             elif isinstance(result, api_errors.RejectedByApi):
                 rejected += 1
                 log.warning(
@@ -507,6 +532,8 @@ class _Run:
         counts.duplicates += batch.duplicates
         counts.failed += failed
         counts.not_pushed += not_pushed
+        counts.landlines_dropped += drops.get("landline", 0)
+        counts.invalid_phones_dropped += drops.get("invalid", 0)
         if not self.dry_run:
             metrics.PATIENTS.labels("failed").inc(failed)
             metrics.PATIENTS.labels("created").inc(created)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from syncd.sources.base import Source, SourceRow
+from syncd.sources.base import Source, SourceRead, SourceRow
 from syncd.voxares.contract import PATIENT_FIELDS
 
 # The contract fields (POST /patients) a source row may carry. `provider` is not among
@@ -17,4 +17,4 @@ SOURCE_FIELDS: Final[tuple[str, ...]] = tuple(f for f in PATIENT_FIELDS if f != 
 # The fields without which no row can be pushed; a source must map all of them.
 REQUIRED_SOURCE_FIELDS: Final = ("providerId", "firstName", "lastName")
 
-__all__ = ["REQUIRED_SOURCE_FIELDS", "SOURCE_FIELDS", "Source", "SourceRow"]
+__all__ = ["REQUIRED_SOURCE_FIELDS", "SOURCE_FIELDS", "Source", "SourceRead", "SourceRow"]

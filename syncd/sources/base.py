@@ -3,6 +3,9 @@
 A source streams rows one at a time (memory flat in the number of rows). It maps its own
 columns onto the contract's field names (`providerId`, `firstName`, ...) but does not
 validate or normalise values: that is `syncd.normalize`, pure and shared by every source.
+
+A read says whether it reached the end of the source (`SourceRead.complete`): only then may
+the push job treat a patient it did not read as gone (`missing_rows = "mark_inactive"`).
 """
 
 from __future__ import annotations
@@ -33,6 +36,42 @@ class SourceRow:
     origin: str | None = None
 
 
+class SourceRead(Iterator[SourceRow]):
+    """One read of a source: iterate it for the rows; `complete` says whether it got to the end.
+
+    `complete` turns True only when the source itself saw the clean end of its data (every
+    CSV file read to its end of file with no quote left open, the SQL cursor exhausted). A
+    read that stopped early, was closed, raised, or came from a source that never says, stays
+    False: nothing may then be concluded from a patient's absence.
+
+    Iterating the read hands out the source's own generator, so the per-row cost is that of
+    the generator alone.
+    """
+
+    __slots__ = ("_rows", "complete")
+
+    def __init__(self) -> None:
+        self.complete = False
+        self._rows: Iterator[SourceRow] = iter(())
+
+    def of(self, rows: Iterator[SourceRow]) -> SourceRead:
+        """Attach the source's row generator (which sets `complete` at its clean end)."""
+        self._rows = rows
+        return self
+
+    def __iter__(self) -> Iterator[SourceRow]:
+        return self._rows
+
+    def __next__(self) -> SourceRow:
+        return next(self._rows)
+
+    def close(self) -> None:
+        """Stop reading early (closes the file or cursor); the read stays incomplete."""
+        close = getattr(self._rows, "close", None)
+        if close is not None:
+            close()
+
+
 class Source(Protocol):
     """A stream of patient rows from the EHR/CRM."""
 
@@ -41,6 +80,7 @@ class Source(Protocol):
         """The source's configured name, used in quarantine and logs."""
         ...
 
-    def rows(self) -> Iterator[SourceRow]:
-        """Yield every row, streaming. Raises `SourceError` if the source cannot be read."""
+    def rows(self) -> SourceRead:
+        """Start a read of every row, streaming. Raises `SourceError` (when iterated) if the
+        source cannot be read; sets `complete` on the read at its clean end."""
         ...

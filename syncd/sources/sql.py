@@ -4,7 +4,8 @@ The query runs with a server-side cursor (`yield_per`), so rows stream in chunks
 stays flat however large the EHR table is. The source never writes: the transaction is
 made read-only where the database supports it (PostgreSQL, MySQL/MariaDB, SQLite) and is
 always rolled back. Database errors are translated to `SourceError` carrying the error
-class and SQLSTATE only: driver messages can quote parameters and row values.
+class and SQLSTATE only: driver messages can quote parameters and row values. The read is
+`complete` once the cursor is exhausted, and not before.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from sqlalchemy.pool import NullPool
 from syncd.exceptions import ConfigError, SourceError
 from syncd.hashing import row_hash
 from syncd.sources import REQUIRED_SOURCE_FIELDS, SOURCE_FIELDS
-from syncd.sources.base import SourceRow
+from syncd.sources.base import SourceRead, SourceRow
 
 # Per dialect, the statement that makes the coming transaction read-only.
 _READ_ONLY: Final[dict[str, str]] = {
@@ -117,8 +118,12 @@ class SqlSource:
         url = self._url.render_as_string(hide_password=True)
         return f"SqlSource(name={self._name!r}, url={url!r})"
 
-    def rows(self) -> Iterator[SourceRow]:
-        """Run the query and yield its rows, streaming; `SourceError` if it cannot be read."""
+    def rows(self) -> SourceRead:
+        """Run the query and read its rows, streaming; `SourceError` if it cannot be read."""
+        read = SourceRead()
+        return read.of(self._rows(read))
+
+    def _rows(self, read: SourceRead) -> Iterator[SourceRow]:
         try:
             engine = create_engine(self._url, poolclass=NullPool)
         except ImportError as exc:
@@ -129,13 +134,13 @@ class SqlSource:
             raise self._error(exc) from None
         try:
             with engine.connect() as conn:
-                yield from self._read(conn)
+                yield from self._read(conn, read)
         except SQLAlchemyError as exc:
             raise self._error(exc) from None
         finally:
             engine.dispose()
 
-    def _read(self, conn: Connection) -> Iterator[SourceRow]:
+    def _read(self, conn: Connection, read: SourceRead) -> Iterator[SourceRow]:
         read_only = _READ_ONLY.get(conn.dialect.name)
         if read_only is not None:
             conn.exec_driver_sql(read_only)
@@ -157,6 +162,7 @@ class SqlSource:
             # ever committed.
             result.close()
             conn.rollback()
+        read.complete = True  # the cursor was exhausted (and closed without an error)
 
     def _column_indices(self, keys: Sequence[str]) -> dict[str, int]:
         """Contract field -> result column index, or `SourceError` naming what is missing."""

@@ -222,6 +222,7 @@ def test_dry_run_writes_nothing_and_calls_nothing(migrated: Workspace) -> None:
     cells = {row[0]: row[1] for row in table_rows(result.stdout) if len(row) == 2}
     assert cells["create"] == str(PATIENTS - len(BROKEN_ROWS))
     assert cells["quarantine"] == str(len(BROKEN_ROWS))
+    assert cells["drop landline number"] == str(PATIENTS // 10)  # every 10th row, none broken
     stats = migrated.practice.stats()
     assert stats["requests"] == requests_before
     assert stats["patients"] == 0

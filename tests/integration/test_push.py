@@ -8,6 +8,7 @@ table is the proof of what Voxares holds.
 from __future__ import annotations
 
 import asyncio
+import csv
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -22,17 +23,20 @@ from sqlalchemy.engine import make_url
 from structlog.testing import capture_logs
 
 from syncd import testing_hooks
-from syncd.exceptions import Unauthorized
+from syncd.exceptions import SourceError, Unauthorized
+from syncd.jobs import JobRunner
 from syncd.normalize import NormalizePolicy
 from syncd.patients.push import PatientPush, PushCounts
 from syncd.sandbox import DEMO_API_KEY
 from syncd.sandbox.app import create_app
 from syncd.sandbox.faults import FaultConfig, FaultRule
 from syncd.sandbox.state import Sandbox
+from syncd.sources.base import SourceRow
 from syncd.sources.csv import CsvSource
 from syncd.state.db import make_engine, upgrade
 from syncd.state.models import AuditEntry, Base, PatientMirror, QuarantinedRow
 from syncd.state.runs import start_run
+from syncd.status import gather_status
 from syncd.voxares.client import VoxaresClient
 from syncd.voxares.contract import API_PREFIX
 from syncd.voxares.limits import ClientLimits
@@ -327,6 +331,29 @@ async def test_duplicates_are_reported_and_pushed_once(world: World) -> None:
     assert world.transport.calls == 4
 
 
+async def test_invisible_characters_never_make_a_second_patient_or_an_empty_name(
+    world: World,
+) -> None:
+    """An id differing from another only by a BOM or zero-width space at its end is the same
+    patient (the repeat is a duplicate); an inner one and an invisible-only name quarantine."""
+    world.write(
+        VALID[0],
+        "\ufeff" + VALID[0].replace("Ana,", "Anna,"),  # a BOM of a concatenated export
+        VALID[1].replace("P2", "P2\u200b"),
+        "P9\u200b9,Ena,Novak,,,",
+        "P10,\u200b\u2060,Kos,,,",
+    )
+    counts = await world.run()
+
+    assert set(world.patients()) == {"P1", "P2"}
+    assert world.patients()["P1"].first_name == "Ana"
+    assert (counts.created, counts.duplicates, counts.quarantined) == (2, 1, 2)
+    entries = world.quarantine()
+    assert entries["P1@line:3@patients.csv"].reason.startswith("duplicate providerId")
+    assert entries["line:5@patients.csv"].field == "providerId"
+    assert entries["P10"].reason == "firstName: required (only invisible characters)"
+
+
 async def test_duplicate_of_a_quarantined_row_is_not_pushed(world: World) -> None:
     """A later valid row does not sneak past an invalid first row with the same providerId."""
     world.write("P4,Bad,Email,,not-an-email,", "P4,Good,Email,,good@example.com,")
@@ -364,6 +391,78 @@ async def test_missing_rows_ignored_by_default(world: World) -> None:
     assert {row.state for row in world.mirror().values()} == {"active"}
 
 
+async def test_unbalanced_quote_fails_the_run_and_marks_nobody_inactive(world: World) -> None:
+    """A quote that swallows the rest of the CSV fails the run naming its line; with
+    mark_inactive, no patient still in the file turns inactive."""
+    world.write(*VALID, *INVALID)
+    await world.run(missing_rows="mark_inactive")
+    broken = VALID[1].replace("Ivo,", '"Ivo,')  # P2's quote is never closed
+    world.write(VALID[0], broken, *VALID[2:], INVALID[0])
+
+    with pytest.raises(SourceError, match="quoted field opened at line 3") as caught:
+        await world.run(missing_rows="mark_inactive")
+
+    assert "Ivo" not in str(caught.value)
+    assert {row.state for row in world.mirror().values()} == {"active"}
+    assert len(world.quarantine()) == len(INVALID)  # stale entries are not dropped either
+
+
+async def test_oversized_cell_quarantines_its_row_and_pushes_the_rest(world: World) -> None:
+    """A cell over csv's field limit quarantines that row (line and field, no value) under
+    its providerId; every other row is pushed and nobody is marked inactive."""
+    world.write(*VALID)
+    await world.run(missing_rows="mark_inactive")
+    huge = "Secret" + "x" * csv.field_size_limit()
+    world.write(VALID[0], VALID[1].replace("Kovač", huge), *VALID[2:], "P9,Lea,Kos,,,")
+
+    counts = await world.run(missing_rows="mark_inactive")
+
+    assert (counts.created, counts.quarantined, counts.inactivated) == (1, 1, 0)
+    assert set(world.patients()) == {"P1", "P2", "P3", "P8", "P9"}
+    entry = world.quarantine()["P2"]
+    assert (entry.line_number, entry.field) == (3, "lastName")
+    assert entry.reason.startswith("lastName: longer than")
+    assert "Secret" not in entry.reason
+    assert {row.state for row in world.mirror().values()} == {"active"}
+
+
+class PlainIteratorSource:
+    """A source whose read never says it is complete (a plain iterator of the CSV's rows)."""
+
+    def __init__(self, inner: CsvSource) -> None:
+        self.inner = inner
+        self.name = inner.name
+
+    def rows(self) -> Iterator[SourceRow]:
+        return iter(list(self.inner.rows()))
+
+
+async def test_read_not_known_complete_never_marks_inactive(world: World) -> None:
+    """A source that does not report a complete read: rows are pushed, but nobody is marked
+    inactive and no quarantine entry is dropped."""
+    world.write(*VALID, *INVALID)
+    await world.run(missing_rows="mark_inactive")
+    world.write(VALID[0].replace("Ana", "Anna"))
+    job = PatientPush(
+        world.engine,
+        world.client(),
+        PlainIteratorSource(CsvSource("ehr-export", world.csv, columns=COLUMNS)),  # type: ignore[arg-type]
+        NormalizePolicy(invalid_phone="reject"),
+        provider=PROVIDER,
+        batch_size=3,
+        missing_rows="mark_inactive",
+    )
+
+    with capture_logs() as logs:
+        counts = await job.run(start_run(world.engine, "push_patients"))
+
+    assert (counts.updated, counts.inactivated) == (1, 0)
+    assert world.patients()["P1"].first_name == "Anna"
+    assert {row.state for row in world.mirror().values()} == {"active"}
+    assert len(world.quarantine()) == len(INVALID)
+    assert any(entry["event"] == "patients.read_incomplete" for entry in logs)
+
+
 async def test_stale_quarantine_entries_are_dropped_after_a_complete_run(world: World) -> None:
     """A quarantined row that left the source leaves quarantine at the next complete run."""
     world.write(*VALID, *INVALID)
@@ -393,6 +492,36 @@ async def test_dry_run_writes_nothing_and_calls_nothing(world: World) -> None:
     counts = await world.run(dry_run=True)
     assert (counts.created, counts.updated, counts.unchanged) == (0, 1, 3)
     assert world.patients()["P1"].first_name == "Ana"
+
+
+async def test_dropped_numbers_are_counted_in_the_dry_run_the_run_and_status(
+    world: World,
+) -> None:
+    """Under the "drop" policies, patients pushed without their landline or invalid number
+    are counted: in a dry run, in the run's counts, and in what `status` shows."""
+    world.write(
+        VALID[0],  # a mobile: kept
+        "P2,Ivo,Kovač,01 2345 678,,",  # a landline
+        "P3,Marko,Babić,0800 123 456,,",  # toll-free: no SMS either
+        "P4,Ena,Novak,12,,",  # not a number
+        "P5,Lana,Perić,091-CALL-NOW,,",  # letters
+        "P6,Tea,Jurić,,,",  # none
+    )
+
+    def job() -> PatientPush:
+        policy = NormalizePolicy(landline="drop", invalid_phone="drop")
+        source = CsvSource("ehr-export", world.csv, columns=COLUMNS)
+        return PatientPush(world.engine, world.client(), source, policy, provider=PROVIDER)
+
+    dry = await job().run(start_run(world.engine, "push_patients"), dry_run=True)
+    assert (dry.landlines_dropped, dry.invalid_phones_dropped) == (2, 2)
+
+    result = await JobRunner(world.engine).run_once(job())
+    assert result.counts["landlines_dropped"] == 2
+    assert result.counts["invalid_phones_dropped"] == 2
+    assert world.patients()["P2"].mobile_number is None
+    [run] = [r for r in gather_status(world.engine).runs if r.job == "push_patients"]
+    assert (run.counts["landlines_dropped"], run.counts["invalid_phones_dropped"]) == (2, 2)
 
 
 async def test_api_validation_error_quarantines_that_row_only(world: World) -> None:

@@ -304,6 +304,34 @@ def test_small_chunks_stream_every_row_in_order(db: Database) -> None:
     assert [r.line for r in rows] == list(range(1, 48))
 
 
+def test_read_is_complete_only_when_the_cursor_is_exhausted(db: Database) -> None:
+    """`complete` is False while rows remain and after closing early; True at the end."""
+    read = SqlSource("ehr", db.url, query_all(db), columns=COLUMNS, chunk_size=1).rows()
+    try:
+        assert next(read).fields["providerId"] == "P1"
+        midway = getattr(read, "complete", None)
+    finally:
+        read.close()  # an open cursor would block the fixture's DROP TABLE
+    assert midway is False
+    assert read.complete is False
+    read = SqlSource("ehr", db.url, query_all(db), columns=COLUMNS, chunk_size=1).rows()
+    assert len(list(read)) == 2
+    assert read.complete is True
+
+
+@pytest.mark.postgres
+def test_read_that_fails_midway_is_not_complete(postgres_url: str) -> None:
+    """A query that fails after some rows leaves its read incomplete."""
+    query = (
+        "SELECT g::text AS providerId, 'A' AS firstName, 'B' AS lastName, "
+        "(1 / (50 - g))::text AS email FROM generate_series(1, 100) AS g"
+    )
+    read = SqlSource("ehr", postgres_url, query, chunk_size=10).rows()
+    with pytest.raises(SourceError):
+        list(read)
+    assert read.complete is False
+
+
 @pytest.mark.postgres
 def test_stopping_early_leaves_no_connection_open(postgres_url: str) -> None:
     """Closing the row iterator midway closes its connection (no pooled or idle session)."""

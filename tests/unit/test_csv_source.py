@@ -53,7 +53,9 @@ def test_csv_source_satisfies_the_source_port(tmp_path: Path) -> None:
     """CsvSource is usable wherever the `Source` protocol is expected."""
     src: Source = source(write(tmp_path / "p.csv", HEADER))
     assert src.name == "ehr"
-    assert list(src.rows()) == []
+    read = src.rows()
+    assert list(read) == []
+    assert read.complete is True
 
 
 def test_header_names_match_trimmed_and_case_insensitively(tmp_path: Path) -> None:
@@ -206,13 +208,160 @@ def test_glob_reads_files_in_sorted_order_with_origin(tmp_path: Path) -> None:
     ]
 
 
-def test_parser_that_cannot_continue_names_the_line(tmp_path: Path) -> None:
-    """A quoted field running past csv's size limit is a SourceError with the line number."""
-    text = HEADER + "P1,Ana,Horvat,,,,\n" + 'P2,"Secret' + "x" * (csv.field_size_limit() + 1)
+def test_other_parser_errors_name_the_line(tmp_path: Path) -> None:
+    """A csv error that is not about one cell (a header over the size limit) is a
+    SourceError naming the line, never the text."""
+    text = "id," + "Secret" + "x" * csv.field_size_limit() + "\nP1\n"
     with pytest.raises(SourceError) as caught:
         list(source(write(tmp_path / "p.csv", text)).rows())
-    assert "unreadable CSV at line 3" in str(caught.value)
+    assert "unreadable CSV at line 1" in str(caught.value)
     assert "Secret" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        # The quote of line 3 is never closed: the file ends inside it.
+        (
+            'P1,Ana,Horvat,,,,\nP2,"Ivo,Kovač,,,,\n',
+            "the quoted field opened at line 3 is never closed (end of file)",
+        ),
+        # The same on the last line, without a final line break (a cut-off export).
+        ('P1,Ana,Horvat,,,,\nP2,Ivo,Kovač,,,,"Secret', "opened at line 3 is never closed"),
+        # A huge unclosed field: found as unbalanced, not as one oversized cell.
+        ('P2,"Secret' + "x" * 140_000, "opened at line 2 is never closed"),
+        # Rows taken in up to the next quote, which is followed by text.
+        (
+            'P1,"Ana,Horvat,,,,\nP2 Ivo Kovač\nP3,"Luka",Marić,,,,\n',
+            "opened at line 2 closes at line 4 with text after its closing quote",
+        ),
+        # A row taken in whole, the field closing at the end of a later line.
+        (
+            'P1,"Ana,Horvat,,,,\nP2,Ivo,Kovač,,,,\nP3,Luka,Marić,,,,note"\nP4,A,B,,,,\n',
+            "opened at line 2 takes in line 3, which reads as a record of its own",
+        ),
+        # The taken-in row is the one the quote closes on (no line in between).
+        (
+            'P1,"Ana,Horvat,,,,\nP3,Luka,Marić,,,,note"\nP4,A,B,,,,\n',
+            "opened at line 2 takes in line 3, which reads as a record of its own",
+        ),
+        # An empty quoted cell (`""`) inside the taken-in row does not hide it.
+        (
+            'P1,"Ana,Horvat,,,,\nP2,Ivo,Kovač,"",,,\nP4,A,B,,,,\n',
+            "opened at line 2 takes in line 3",
+        ),
+    ],
+)
+def test_unbalanced_quote_fails_the_file_at_the_line_it_opened(
+    tmp_path: Path, body: str, problem: str
+) -> None:
+    """A quoted field that runs over lines and is never closed, closes with text after
+    it, or takes in a line that reads as a record, fails the file naming lines only."""
+    read = source(write(tmp_path / "p.csv", HEADER + body)).rows()
+    with pytest.raises(SourceError, match="unbalanced quote") as caught:
+        list(read)
+    message = str(caught.value)
+    assert problem in message
+    assert str(tmp_path / "p.csv") in message
+    for data in ("Secret", "Ana", "Ivo", "Kovač", "Luka"):
+        assert data not in message
+    assert read.complete is False
+
+
+def test_unbalanced_quote_fails_before_its_record_is_yielded(tmp_path: Path) -> None:
+    """Rows before the broken quote are read; the record that swallowed rows never is."""
+    text = HEADER + 'P1,Ana,Horvat,,,,\nP2,"Ivo,Kovač,,,,\nP3,Luka,Marić,,,,\nP4,"x",B,,,,\n'
+    read = source(write(tmp_path / "p.csv", text)).rows()
+    assert next(read).fields["providerId"] == "P1"
+    with pytest.raises(SourceError, match="opened at line 3"):
+        next(read)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        'P1,"Ana\nMarija",Horvat,,,,"line one, with a comma\nline two, too"\n',
+        'P1,Ana,Horvat,,,,"a note\n""quoted"" on line two\n\nand after a blank line"\n',
+        'P1,Ana,Horvat,,,,"ends with a line break\n"\r\n',
+        'P1,Ana,Horvat,,,,"a, b, c, d, e, f, g, h on the first line\nshort"\n',
+    ],
+)
+def test_legal_multiline_quoted_fields_are_read(tmp_path: Path, body: str) -> None:
+    """Quoted fields spanning lines that close properly and take in no record-like line
+    are ordinary CSV: read as one row, and the read is complete."""
+    read = source(write(tmp_path / "p.csv", HEADER + body + "P2,Ivo,Kovač,,,,\n")).rows()
+    rows = list(read)
+    assert [(r.fields["providerId"], r.problem) for r in rows] == [("P1", None), ("P2", None)]
+    assert read.complete is True
+
+
+def test_read_is_complete_only_after_every_file(tmp_path: Path) -> None:
+    """`complete` is False while rows remain, after closing early and after an error; True
+    once every file of the glob was read to its end."""
+    write(tmp_path / "a.csv", HEADER + "P1,Ana,Horvat,,,,\n")
+    write(tmp_path / "b.csv", HEADER + "P2,Ivo,Kovač,,,,\n")
+    read = source(tmp_path / "*.csv").rows()
+    assert next(read).fields["providerId"] == "P1"
+    assert read.complete is False
+    read.close()
+    assert read.complete is False
+    read = source(tmp_path / "*.csv").rows()
+    assert [r.fields["providerId"] for r in read] == ["P1", "P2"]
+    assert read.complete is True
+    write(tmp_path / "b.csv", "id,first\n")
+    read = source(tmp_path / "*.csv").rows()
+    with pytest.raises(SourceError):
+        list(read)
+    assert read.complete is False
+
+
+LIMIT = csv.field_size_limit()
+
+
+def test_oversized_cell_quarantines_its_row_and_the_rest_is_read(tmp_path: Path) -> None:
+    """A cell over csv's size limit makes a problem row naming its line and field (or
+    column), keyed by the row's providerId; the rows after it read normally."""
+    text = (
+        HEADER
+        + "P1,Ana,Secret"
+        + "x" * LIMIT
+        + ",,,,\n"
+        + "P2,Ivo,Kovač,,,,\n"
+        + 'P3,Luka,Marić,,,,"Secret'
+        + "y\n" * (LIMIT // 2 + 1)
+        + '"\n'
+        + "P4,Ena,Novak,,,,\n"
+        + "Secret"
+        + "z" * LIMIT
+        + ",Tea,Jurić,,,,\n"
+        + "P6,Iva,Babić,,,,\n"
+    )
+    read = source(write(tmp_path / "p.csv", text)).rows()
+    rows = list(read)
+    assert read.complete is True
+    got = [(r.line, r.fields.get("providerId"), r.problem_field, r.problem) for r in rows]
+    too_long = f"longer than {LIMIT} characters (the CSV field size limit)"
+    last = 4 + LIMIT // 2 + 1
+    assert got == [
+        (2, "P1", "lastName", f"lastName: {too_long}"),
+        (3, "P2", None, None),
+        (4, "P3", None, f"column 'notes': {too_long}"),
+        (last + 1, "P4", None, None),
+        (last + 2, None, "providerId", f"providerId: {too_long}"),
+        (last + 3, "P6", None, None),
+    ]
+    assert all("Secret" not in (r.problem or "") for r in rows)
+    assert "Secret" not in repr(rows)
+    assert rows[0].raw_hash != rows[2].raw_hash
+
+
+def test_oversized_cell_row_hash_is_stable(tmp_path: Path) -> None:
+    """The same oversized row read twice has the same raw hash (its quarantine is known)."""
+    path = write(tmp_path / "p.csv", HEADER + "P1,Ana," + "x" * (LIMIT + 1) + ",,,,\n")
+    [first] = source(path).rows()
+    [again] = source(path).rows()
+    assert first.problem is not None
+    assert first.raw_hash == again.raw_hash
 
 
 def test_raw_hash_follows_mapped_values_only(tmp_path: Path) -> None:

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import sys
+import unicodedata
 from datetime import date
 
 import pytest
 
 from syncd.exceptions import ConfigError
 from syncd.hashing import payload_hash
-from syncd.normalize import NormalizedPatient, NormalizePolicy, Rejection, normalize_row
+from syncd.normalize import (
+    NormalizedPatient,
+    NormalizePolicy,
+    Rejection,
+    normalize_row,
+    provider_id_key,
+)
 from syncd.sources.base import SourceRow
 
 TODAY = date(2025, 6, 1)
@@ -82,7 +90,7 @@ def test_repr_shows_the_id_and_field_names_only() -> None:
         ({"dateOfBirth": "13/02/1980"}, "dateOfBirth", "dateOfBirth: not a date"),
         ({"dateOfBirth": "2025-06-02"}, "dateOfBirth", "dateOfBirth: in the future"),
         ({"dateOfBirth": "1899-12-31"}, "dateOfBirth", "dateOfBirth: before 1900"),
-        ({"dateOfBirth": "1980-02-30"}, "dateOfBirth", "dateOfBirth: not a date"),
+        ({"dateOfBirth": "1980-02-30"}, "dateOfBirth", "dateOfBirth: not a real date"),
     ],
 )
 def test_rule_violations_reject_the_row_naming_the_field(
@@ -147,7 +155,46 @@ def test_landline_is_dropped_by_default(raw: str) -> None:
     result = patient(mobileNumber=raw)
     assert result.mobile_number is None
     assert result.dropped == ("mobileNumber",)
+    assert result.dropped_phone == "landline"
     assert "mobileNumber" not in result.payload()
+
+
+def test_dropped_phone_says_landline_or_invalid() -> None:
+    """`dropped_phone` tells a dropped landline from a dropped invalid number."""
+    assert patient(mobileNumber="01 2345 678").dropped_phone == "landline"
+    assert patient(mobileNumber="12").dropped_phone == "invalid"
+    assert patient(mobileNumber="092 123 4567").dropped_phone is None
+    assert patient(mobileNumber=None).dropped_phone is None
+
+
+@pytest.mark.parametrize("raw", ["091-CALL-NOW", "1-800-FLOWERS", "092 123 4567 ext 12", "n/a"])
+def test_letters_are_not_a_phone_number(raw: str) -> None:
+    """A number spelt with letters (vanity, extension, note) is not read as keypad digits:
+    rejected with a reason saying so, or dropped as invalid under the drop policy."""
+    assert normalize(STRICT, mobileNumber=raw) == Rejection(
+        "mobileNumber", "mobileNumber: contains letters, not a phone number"
+    )
+    dropped = patient(mobileNumber=raw)
+    assert (dropped.mobile_number, dropped.dropped_phone) == (None, "invalid")
+
+
+@pytest.mark.parametrize("raw", ["1985-02-30", "19850230", "1985-13-01", "1985-00-10"])
+def test_impossible_iso_date_is_not_a_real_date(raw: str) -> None:
+    """A date in ISO shape naming no calendar day is "not a real date", not a format error."""
+    assert normalize(dateOfBirth=raw) == Rejection(
+        "dateOfBirth", "dateOfBirth: not a real date (no such day in the calendar)"
+    )
+
+
+def test_impossible_date_in_a_configured_format_is_not_a_real_date() -> None:
+    """30.02.1985 under %d.%m.%Y is "not a real date"; 32.01.1985 is a format error."""
+    policy = NormalizePolicy(date_formats=("%d.%m.%Y",))
+    assert normalize(policy, dateOfBirth="30.02.1985") == Rejection(
+        "dateOfBirth", "dateOfBirth: not a real date (no such day in the calendar)"
+    )
+    rejected = normalize(policy, dateOfBirth="32.01.1985")
+    assert isinstance(rejected, Rejection)
+    assert rejected.reason.startswith("dateOfBirth: not a date in an accepted format")
 
 
 @pytest.mark.parametrize(
@@ -159,7 +206,7 @@ def test_landline_rejects_under_reject_policy(raw: str, kind: str) -> None:
     assert result == Rejection("mobileNumber", f"mobileNumber: not a mobile number ({kind})")
 
 
-@pytest.mark.parametrize("raw", ["12", "not a phone", "+385 92", "+999 123 456 789"])
+@pytest.mark.parametrize("raw", ["12", "+385 92", "+999 123 456 789", "--"])
 def test_invalid_number_is_dropped_or_rejected_per_policy(raw: str) -> None:
     """Text that is no valid number is dropped by default and rejected when asked."""
     assert patient(mobileNumber=raw).dropped == ("mobileNumber",)
@@ -298,3 +345,106 @@ def test_policy_accepts_a_list_of_formats_from_toml() -> None:
     policy = NormalizePolicy(date_formats=["%d.%m.%Y"])  # type: ignore[arg-type]
     assert policy.date_formats == ("%d.%m.%Y",)
     assert hash(policy)
+
+
+# One character of each class of Unicode format characters (category Cf).
+INVISIBLE = {
+    "byte order mark": "\ufeff",
+    "zero width space": "\u200b",
+    "zero width non-joiner": "\u200c",
+    "zero width joiner": "\u200d",
+    "left-to-right mark": "\u200e",
+    "right-to-left mark": "\u200f",
+    "arabic letter mark": "\u061c",
+    "left-to-right embedding": "\u202a",
+    "pop directional formatting": "\u202c",
+    "right-to-left override": "\u202e",
+    "first strong isolate": "\u2068",
+    "pop directional isolate": "\u2069",
+    "word joiner": "\u2060",
+    "invisible times": "\u2062",
+    "soft hyphen": "\u00ad",
+    "mongolian vowel separator": "\u180e",
+    "tag latin small letter a": "\U000e0061",
+}
+CLASSES = pytest.mark.parametrize("char", list(INVISIBLE.values()), ids=list(INVISIBLE))
+
+
+@CLASSES
+def test_invisible_characters_at_the_ends_of_a_provider_id_are_trimmed(char: str) -> None:
+    """A format character before or after the id is trimmed, in the payload and the key."""
+    for raw in (char + "P-100", "P-100" + char, f" {char} P-100 {char}{char} "):
+        assert patient(providerId=raw).provider_id == "P-100"
+        assert provider_id_key(raw) == "P-100"
+
+
+@CLASSES
+def test_invisible_character_inside_a_provider_id_rejects_the_row(char: str) -> None:
+    """Inside an id a format character is refused (never silently dropped), and the row
+    has no providerId key."""
+    raw = f"P{char}100"
+    assert normalize(providerId=raw) == Rejection(
+        "providerId", "providerId: contains invisible formatting characters (Unicode Cf)"
+    )
+    assert provider_id_key(raw) is None
+
+
+@CLASSES
+def test_invisible_characters_in_names_are_removed(char: str) -> None:
+    """A format character at the ends or between words of a name is removed."""
+    assert patient(firstName=f"{char}Ana{char} {char}Marija{char}").first_name == "Ana Marija"
+
+
+@CLASSES
+def test_name_of_invisible_characters_only_is_missing(char: str) -> None:
+    """A name that is nothing but format characters (and spaces) is rejected as missing."""
+    assert normalize(lastName=f"{char} {char}") == Rejection(
+        "lastName", "lastName: required (only invisible characters)"
+    )
+
+
+@pytest.mark.parametrize(
+    "char", [c for c in INVISIBLE.values() if c not in "\u200c\u200d"], ids=str.__repr__
+)
+def test_invisible_characters_inside_a_name_word_are_removed(char: str) -> None:
+    """Inside a word, every format character but the joiners is removed."""
+    assert patient(lastName=f"Hor{char}vat").last_name == "Horvat"
+
+
+def test_joiners_between_letters_are_kept_in_names() -> None:
+    """ZWNJ/ZWJ between letters change how Persian or Indic letters join: kept there."""
+    persian = "\u0645\u06cc\u200c\u0646\u0627"
+    devanagari = "\u0915\u094d\u200d\u0937"
+    assert patient(firstName=persian).first_name == persian
+    assert patient(firstName=devanagari).first_name == devanagari
+    assert patient(firstName="\u200dAna\u200c Marija").first_name == "Ana Marija"
+
+
+def test_right_to_left_override_in_a_name_keeps_the_letters_as_typed() -> None:
+    """An override that would display "Horvat" reversed is removed; the letters stay."""
+    assert patient(lastName="\u202etavroH\u202c").last_name == "tavroH"
+
+
+@CLASSES
+def test_invisible_characters_in_email_and_date(char: str) -> None:
+    """Email and birth date: trimmed at the ends; inside an email, refused."""
+    result = patient(email=f"{char}ana@example.com{char}", dateOfBirth=f"{char}1980-02-13")
+    assert (result.email, result.date_of_birth) == ("ana@example.com", "1980-02-13")
+    assert normalize(email=f"an{char}a@example.com") == Rejection(
+        "email", "email: contains invisible formatting characters (Unicode Cf)"
+    )
+
+
+@CLASSES
+def test_invisible_characters_in_a_phone_number_are_ignored(char: str) -> None:
+    """Among a phone number's digits a format character is ignored, like a space."""
+    assert patient(mobileNumber=f"{char}092{char}123 4567").mobile_number == "+385921234567"
+
+
+def test_format_characters_exist_only_in_the_planes_normalize_scans() -> None:
+    """Every Cf code point of this Python's Unicode lies in planes 0, 1 or 14, which are
+    the planes `syncd.normalize` scans at import to build its character class."""
+    planes = {
+        code >> 16 for code in range(sys.maxunicode + 1) if unicodedata.category(chr(code)) == "Cf"
+    }
+    assert planes <= {0, 1, 14}

@@ -18,6 +18,7 @@ from syncd.normalize import (
     NormalizePolicy,
     Rejection,
     normalize_row,
+    provider_id_key,
 )
 from syncd.sources import SOURCE_FIELDS
 from syncd.sources.base import SourceRow
@@ -96,6 +97,15 @@ mixed_fields = st.fixed_dictionaries(
 )
 
 
+# Unicode format characters (category Cf), and the joiners a name may keep between letters.
+format_char = st.characters(categories=["Cf"])
+JOINERS = "\u200c\u200d"
+
+
+def has_format_char(text: str) -> bool:
+    return any(unicodedata.category(char) == "Cf" for char in text)
+
+
 def row(fields: dict[str, str | None]) -> SourceRow:
     return SourceRow(line=2, fields=fields, raw_hash="0" * 64)
 
@@ -105,16 +115,24 @@ def assert_satisfies_contract(patient: NormalizedPatient) -> None:
     assert patient.provider_id == patient.provider_id.strip() != ""
     assert len(patient.provider_id) <= 128
     assert not CONTROL.search(patient.provider_id)
+    assert not has_format_char(patient.provider_id)
     for name in (patient.first_name, patient.last_name):
         assert 0 < len(name) <= 100
         assert name == " ".join(name.split())
         assert unicodedata.is_normalized("NFC", name)
         assert not CONTROL.search(name)
+        for at, char in enumerate(name):
+            if unicodedata.category(char) == "Cf":  # only a joiner, inside a word
+                assert char in JOINERS
+                assert 0 < at < len(name) - 1
+                assert not name[at - 1].isspace()
+                assert not name[at + 1].isspace()
     if patient.mobile_number is not None:
         assert E164.fullmatch(patient.mobile_number)
         assert phonenumbers.is_valid_number(phonenumbers.parse(patient.mobile_number))
         assert is_mobile(patient.mobile_number)
     if patient.email is not None:
+        assert not has_format_char(patient.email)
         assert patient.email == patient.email.lower()
         assert patient.email.count("@") == 1
         assert len(patient.email) <= 254
@@ -155,6 +173,83 @@ def test_arbitrary_text_gives_a_valid_patient_or_a_named_rejection(
     value = (fields[result.field] or "").strip()
     if len(value) >= 4:
         assert value not in result.reason
+
+
+@SETTINGS
+@given(st.one_of(arbitrary_fields, mixed_fields), policies)
+def test_the_key_of_a_row_is_the_provider_id_it_pushes(
+    fields: dict[str, str | None], policy: NormalizePolicy
+) -> None:
+    """`provider_id_key` (the plan's row key) is exactly the providerId of an accepted row,
+    and None when the providerId is what the row is rejected for."""
+    result = normalize_row(row(fields), policy, today=TODAY)
+    key = provider_id_key(fields["providerId"])
+    if isinstance(result, NormalizedPatient):
+        assert key == result.provider_id
+    elif result.field == "providerId":
+        assert key is None
+
+
+@SETTINGS
+@given(
+    realistic_fields,
+    st.lists(format_char, max_size=3),
+    st.lists(format_char, max_size=3),
+    st.lists(format_char.filter(lambda c: c not in JOINERS), min_size=1, max_size=4),
+    st.data(),
+)
+def test_invisible_characters_never_change_who_the_patient_is(
+    fields: dict[str, str | None],
+    before: list[str],
+    after: list[str],
+    in_names: list[str],
+    data: st.DataObject,
+) -> None:
+    """Format characters around the providerId, email and date, and anywhere in the names
+    (joiners aside), give the same payload as the clean row."""
+    clean = normalize_row(row(fields), NormalizePolicy(), today=TODAY)
+    if not isinstance(clean, NormalizedPatient):
+        return
+
+    def wrap(value: str | None) -> str | None:
+        return None if value is None else "".join(before) + value + "".join(after)
+
+    def sprinkle(name: str | None) -> str:
+        text = list(name or "")
+        for char in in_names:
+            text.insert(data.draw(st.integers(0, len(text))), char)
+        return "".join(text)
+
+    dirty = {
+        **fields,
+        "providerId": wrap(fields["providerId"]),
+        "email": wrap(fields["email"]),
+        "dateOfBirth": wrap(fields["dateOfBirth"]),
+        "firstName": sprinkle(fields["firstName"]),
+        "lastName": sprinkle(fields["lastName"]),
+    }
+    result = normalize_row(row(dirty), NormalizePolicy(), today=TODAY)
+    assert isinstance(result, NormalizedPatient), result
+    assert result.payload() == clean.payload()
+    assert provider_id_key(dirty["providerId"]) == clean.provider_id
+
+
+@SETTINGS
+@given(realistic_fields, format_char, st.data())
+def test_an_invisible_character_inside_a_provider_id_is_refused(
+    fields: dict[str, str | None], char: str, data: st.DataObject
+) -> None:
+    """A format character between two characters of a providerId rejects the row: two ids
+    that differ only invisibly are never merged, nor pushed as two patients silently."""
+    provider_id = fields["providerId"] or ""
+    if len(provider_id) < 2:
+        return
+    at = data.draw(st.integers(1, len(provider_id) - 1))
+    raw = provider_id[:at] + char + provider_id[at:]
+    result = normalize_row(row({**fields, "providerId": raw}), NormalizePolicy(), today=TODAY)
+    assert isinstance(result, Rejection)
+    assert result.field == "providerId"
+    assert provider_id_key(raw) is None
 
 
 @SETTINGS

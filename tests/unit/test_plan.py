@@ -54,6 +54,15 @@ def test_row_key_is_the_trimmed_provider_id() -> None:
     assert row_key(make_row(providerId="  A-17 ")) == "A-17"
 
 
+@pytest.mark.parametrize("char", ["\ufeff", "\u200b", "\u200d", "\u202e", "\u00ad"])
+def test_row_key_trims_invisible_characters_like_the_normaliser(char: str) -> None:
+    """An id with a format character at an end keys as the id itself (one patient, so a
+    second row is a duplicate); one inside the id makes it no key (keyed by line)."""
+    assert row_key(make_row(providerId=f"{char}A-17")) == "A-17"
+    assert row_key(make_row(providerId=f"A-17{char} ")) == "A-17"
+    assert row_key(make_row(line=5, providerId=f"A-{char}17")) == "line:5"
+
+
 def test_row_key_without_provider_id_is_the_line() -> None:
     """A row without providerId is keyed `line:<n>`."""
     assert row_key(make_row(line=9, providerId=None)) == "line:9"
