@@ -815,7 +815,7 @@ class CrashRig:
             problems.append(f"the sandbox holds {patients} patients, the source {len(expected)}")
         headers = {"Authorization": f"Bearer {self.key}"}
         wrong = 0
-        with httpx.Client(base_url=self.sandbox.base_url, headers=headers, timeout=10) as api:
+        with httpx.Client(base_url=self.sandbox.base_url, headers=headers, timeout=30) as api:
             for pid, payload in expected.items():
                 response = api.get(f"/patients/{PROVIDER}/{pid}")
                 if response.status_code != 200:

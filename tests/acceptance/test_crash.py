@@ -221,7 +221,7 @@ def wait_for(condition: object, timeout: float, what: str) -> None:
 
 def push_runs(db_path: Path) -> list[str]:
     """Outcomes of every push_patients run, oldest first."""
-    with sqlite3.connect(db_path, timeout=10) as db:
+    with sqlite3.connect(db_path, timeout=30) as db:
         return [
             r[0]
             for r in db.execute(
