@@ -96,8 +96,11 @@ class SoakSpec:
     submissions: int = 30
     sms: int = 20
     seed: int = 7
-    read_timeout: float = 0.3
+    read_timeout: float = 0.3  # the faulted run's: what ends a hung request
     hang_seconds: float = 1.0
+    # The fault-free run has no hang to end: its timeout only has to outwait a slow machine,
+    # or a busy CI box would inject read timeouts (unknown SMS) into the baseline.
+    fault_free_read_timeout: float = 30.0
     retry_after_seconds: int = 0
     settle_seconds: float = 1.0
     page_size: int = 10
@@ -166,8 +169,9 @@ def write_csv(path: Path, rows: list[dict[str, str]]) -> None:
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def write_config(directory: Path, base_url: str, spec: SoakSpec) -> Path:
-    """The daemon's TOML for one run: low read timeout, fast retries, a file sink."""
+def write_config(directory: Path, base_url: str, spec: SoakSpec, *, faulted: bool) -> Path:
+    """The daemon's TOML for one run: low read timeout (faulted), fast retries, a file sink."""
+    read_timeout = spec.read_timeout if faulted else spec.fault_free_read_timeout
     text = f"""
 [voxares]
 base_url = "{base_url}"
@@ -175,7 +179,7 @@ provider = "soak-ehr"
 requests_per_second = 500.0
 max_concurrency = 8
 connect_timeout = 2.0
-read_timeout = {spec.read_timeout}
+read_timeout = {read_timeout}
 write_timeout = 2.0
 pool_timeout = 5.0
 retry_attempts = 6
@@ -241,7 +245,7 @@ async def run_once(spec: SoakSpec, *, faulted: bool, workdir: Path) -> RunOutcom
     _prepare(workdir, spec)
     with ServedSandbox(seed=spec.seed) as served:
         settings = load_settings(
-            write_config(workdir, served.base_url, spec),
+            write_config(workdir, served.base_url, spec, faulted=faulted),
             env={"SYNCD_VOXARES__API_KEY": DEMO_API_KEY},
         )
         upgrade(settings.database.url)

@@ -202,10 +202,13 @@ class Daemon:
         self.directory = directory
         self.env = clean_env(SYNCD_VOXARES__API_KEY=key)
         self.log = (directory / "daemon.log").open("a", encoding="utf-8")
+        self._run_starts_at = 0  # where the current run's lines begin in daemon.log
 
     @contextlib.contextmanager
     def running(self) -> Iterator[subprocess.Popen[bytes]]:
         """A started daemon, killed on the way out if still running."""
+        self.log.flush()
+        self._run_starts_at = (self.directory / "daemon.log").stat().st_size
         process = subprocess.Popen(  # noqa: S603 (our own CLI, arguments we built)
             syncd_command("run", "--config", str(self.directory / "config.toml")),
             cwd=self.directory,
@@ -219,6 +222,20 @@ class Daemon:
             if process.poll() is None:
                 process.kill()
                 process.wait()
+
+    def wait_started(self, process: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
+        """Wait until the current run logged `daemon.started` (migrated, jobs scheduled), so
+        that what follows is timed from the daemon's work, not from a slow machine's
+        start-up; RuntimeError if it died or never got there."""
+        deadline = time.monotonic() + timeout
+        path = self.directory / "daemon.log"
+        while process.poll() is None and time.monotonic() < deadline:
+            with path.open("rb") as log:
+                log.seek(self._run_starts_at)
+                if b'"daemon.started"' in log.read():
+                    return
+            time.sleep(0.05)
+        raise RuntimeError(f"the daemon did not start (exit code {process.poll()})")
 
     def events(self, name: str) -> int:
         """How many log lines carry event `name`."""
@@ -262,15 +279,18 @@ def soak_seed(seed: int, args: argparse.Namespace, workdir: Path) -> Outcome:
         daemon = Daemon(workdir, key)
         activity = Activity(served.admin, practice_id, patients, seed)
         activity.start()
-        deadline = time.monotonic() + args.seconds
-        while time.monotonic() < deadline:
-            with daemon.running() as process:
-                time.sleep(rng.uniform(0.5, max(0.6, 2 * args.seconds / max(1, args.kills))))
-                if process.poll() is None:
-                    process.send_signal(signal.SIGKILL)
-                    process.wait()
-                    outcome.kills += 1
-        activity.stop()
+        try:
+            deadline = time.monotonic() + args.seconds
+            while time.monotonic() < deadline:
+                with daemon.running() as process:
+                    daemon.wait_started(process)  # the kill lands in its work, not start-up
+                    time.sleep(rng.uniform(0.5, max(0.6, 2 * args.seconds / max(1, args.kills))))
+                    if process.poll() is None:
+                        process.send_signal(signal.SIGKILL)
+                        process.wait()
+                        outcome.kills += 1
+        finally:
+            activity.stop()
         outcome.changes = activity.changes
         # The server's own writes between page requests stop too, so that a last poll can
         # pass the last write; every other freedom stays.
@@ -278,6 +298,7 @@ def soak_seed(seed: int, args: argparse.Namespace, workdir: Path) -> Outcome:
         served.admin.publish_pending(practice_id)
         published_at = parse_timestamp(served.admin.final_versions(practice_id)["now"])
         with daemon.running() as process:
+            daemon.wait_started(process)
             converge_deadline = time.monotonic() + 120
             while time.monotonic() < converge_deadline:
                 time.sleep(1.0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -218,6 +219,7 @@ def create_app(
     persist_path: str | Path | None = None,
     activity_interval: float = 0.25,
     snapshot_interval: float = 2.0,
+    fault_clock: Callable[[], float] = time.monotonic,
 ) -> Starlette:
     """The sandbox app; `app.state.sandbox` is the `Sandbox`, `app.state.faults` the injector.
 
@@ -225,9 +227,11 @@ def create_app(
     enabled) and, with `persist_path`, snapshots the state to SQLite every `snapshot_interval`
     seconds when something changed, and once more on shutdown. In-process tests through
     `httpx.ASGITransport` run no lifespan, so nothing happens behind their back.
+    `fault_clock` (monotonic seconds) drives the rate limit's token buckets: a test passes
+    a clock it moves itself, so refills never depend on the machine's speed.
     """
     sandbox = sandbox or Sandbox()
-    injector = FaultInjector(faults or FaultConfig())
+    injector = FaultInjector(faults or FaultConfig(), monotonic=fault_clock)
     admin.apply_faults(sandbox, injector.config)
     routes = contract_routes()
 

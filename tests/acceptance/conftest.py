@@ -56,7 +56,7 @@ class Practice:
         with httpx.Client(
             base_url=self.sandbox.base_url,
             headers={"Authorization": f"Bearer {self.key}"},
-            timeout=10,
+            timeout=30,
         ) as api:
             response = api.get(f"/patients/{PROVIDER}/{provider_id}")
         if response.status_code == 404:

@@ -66,7 +66,7 @@ def assert_sandbox_holds_exactly(practice: Practice, state: EndState) -> None:
     with httpx.Client(
         base_url=practice.sandbox.base_url,
         headers={"Authorization": f"Bearer {practice.key}"},
-        timeout=10,
+        timeout=30,
     ) as api:
         for provider_id, voxares_id in state.voxares_ids.items():
             response = api.get(f"/patients/{PROVIDER}/{provider_id}")
@@ -221,7 +221,7 @@ def wait_for(condition: object, timeout: float, what: str) -> None:
 
 def push_runs(db_path: Path) -> list[str]:
     """Outcomes of every push_patients run, oldest first."""
-    with sqlite3.connect(db_path, timeout=10) as db:
+    with sqlite3.connect(db_path, timeout=30) as db:
         return [
             r[0]
             for r in db.execute(
@@ -244,10 +244,10 @@ def test_daemon_killed_mid_push_then_restarted_ends_like_an_uninterrupted_run(
         command, cwd=ws.dir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
-        wait_for(lambda: practice.stats()["patients"] > 0, 30, "the push to start")
+        wait_for(lambda: practice.stats()["patients"] > 0, 120, "the push to start")
         time.sleep(delay)
         daemon.send_signal(signal.SIGKILL)
-        assert daemon.wait(10) == KILLED
+        assert daemon.wait(60) == KILLED
     finally:
         if daemon.poll() is None:
             daemon.kill()
@@ -260,9 +260,9 @@ def test_daemon_killed_mid_push_then_restarted_ends_like_an_uninterrupted_run(
         command, cwd=ws.dir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
     try:
-        wait_for(lambda: "ok" in push_runs(ws.state_db), 60, "the restarted push to finish")
+        wait_for(lambda: "ok" in push_runs(ws.state_db), 180, "the restarted push to finish")
         restarted.send_signal(signal.SIGTERM)
-        _, stderr = restarted.communicate(timeout=30)
+        _, stderr = restarted.communicate(timeout=60)
     finally:
         if restarted.poll() is None:
             restarted.kill()

@@ -14,7 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import pytest
@@ -27,6 +27,7 @@ from syncd.jobs import JobRunner
 from syncd.state.db import make_engine, upgrade
 from syncd.state.locks import acquire_job_lock
 from syncd.state.models import JobLock, JobRun
+from tests.waiting import async_wait_until
 
 
 @dataclass
@@ -41,11 +42,18 @@ class Overlap:
 
 @dataclass
 class SleepyJob:
-    """A job that takes `seconds` and records how many of its runs overlapped."""
+    """A job that takes `seconds` and records how many of its runs overlapped.
+
+    With a `gate`, a run then also waits for the gate to open (the test decides when it
+    ends); with `beside`, it counts its runs that started while that other job was running.
+    """
 
     name: str
     seconds: float
     overlap: Overlap = field(default_factory=Overlap)
+    gate: asyncio.Event | None = None
+    beside: Overlap | None = None
+    started_beside: int = 0
 
     async def run(self, run_id: int) -> dict[str, int]:
         """Sleep, keeping the overlap counters."""
@@ -53,8 +61,12 @@ class SleepyJob:
         o.running += 1
         o.started += 1
         o.most = max(o.most, o.running)
+        if self.beside is not None and self.beside.running:
+            self.started_beside += 1
         try:
             await asyncio.sleep(self.seconds)
+            if self.gate is not None:
+                await self.gate.wait()
         finally:
             o.running -= 1
         o.finished += 1
@@ -92,19 +104,22 @@ def runs(engine: Engine, job: str) -> list[JobRun]:
     return rows
 
 
-async def run_daemon_for(daemon: Daemon, seconds: float) -> None:
-    """Run `daemon`, ask it to stop after `seconds`, and wait for it to finish."""
+async def run_daemon_until(daemon: Daemon, condition: Callable[[], object], what: str) -> None:
+    """Run `daemon` until `condition()` holds (within a deadline no slow machine reaches),
+    then ask it to stop and wait for it to finish."""
     task = asyncio.create_task(daemon.run())
-    await asyncio.sleep(seconds)
-    daemon.request_stop()
-    await asyncio.wait_for(task, timeout=10)
+    try:
+        await async_wait_until(condition, what)
+    finally:
+        daemon.request_stop()
+        await asyncio.wait_for(task, timeout=60)
 
 
 async def test_runs_jobs_on_their_interval(engine: Engine) -> None:
     """A job on a short interval runs at start and again, each run recorded ok."""
     job = SleepyJob("tick", 0.01)
     daemon = Daemon(JobRunner(engine), [Schedule(job, interval_seconds=0.2)])
-    await run_daemon_for(daemon, 1.0)
+    await run_daemon_until(daemon, lambda: job.overlap.finished >= 3, "three runs")
     recorded = runs(engine, "tick")
     assert job.overlap.finished >= 3
     assert len(recorded) == job.overlap.started
@@ -114,17 +129,19 @@ async def test_runs_jobs_on_their_interval(engine: Engine) -> None:
 
 async def test_a_job_slower_than_its_interval_never_overlaps_itself(engine: Engine) -> None:
     """A job taking longer than its interval is never run twice at once (max_instances=1)."""
-    slow = SleepyJob("slow", 0.35)
-    fast = SleepyJob("fast", 0.01)
+    slow = SleepyJob("slow", 1.5)
+    fast = SleepyJob("fast", 0.01, beside=slow.overlap)
     daemon = Daemon(
         JobRunner(engine),
         [Schedule(slow, interval_seconds=0.05), Schedule(fast, interval_seconds=0.05)],
     )
-    await run_daemon_for(daemon, 1.2)
+    await run_daemon_until(daemon, lambda: slow.overlap.started >= 2, "a second slow run")
     assert slow.overlap.started >= 2
     assert slow.overlap.most == 1
     assert fast.overlap.most == 1
-    # The slow job did not hold the fast one back: jobs run side by side.
+    # The slow job did not hold the fast one back: jobs run side by side. (A fast run
+    # takes milliseconds, a few hundred on a loaded machine: 1.5 s leaves room for many.)
+    assert fast.started_beside >= 2
     assert fast.overlap.started > slow.overlap.started
 
 
@@ -132,9 +149,9 @@ async def test_stop_lets_in_flight_work_finish_within_the_grace(engine: Engine) 
     """Asked to stop mid-run, the daemon waits for a run that ends within the grace period."""
     job = SleepyJob("short", 0.4)
     daemon = Daemon(
-        JobRunner(engine), [Schedule(job, interval_seconds=60)], shutdown_grace_seconds=5
+        JobRunner(engine), [Schedule(job, interval_seconds=60)], shutdown_grace_seconds=30
     )
-    await run_daemon_for(daemon, 0.1)
+    await run_daemon_until(daemon, lambda: job.overlap.started, "the run to start")
     assert job.overlap.finished == 1
     assert [r.outcome for r in runs(engine, "short")] == ["ok"]
 
@@ -143,14 +160,14 @@ async def test_stop_cancels_work_beyond_the_grace_and_records_it_interrupted(
     engine: Engine,
 ) -> None:
     """A run still going when the grace ends is cancelled, recorded `interrupted`, lock freed."""
-    job = SleepyJob("long", 30)
+    job = SleepyJob("long", 600)
     daemon = Daemon(
         JobRunner(engine), [Schedule(job, interval_seconds=60)], shutdown_grace_seconds=0.3
     )
     loop = asyncio.get_running_loop()
     began = loop.time()
-    await run_daemon_for(daemon, 0.2)
-    assert loop.time() - began < 5
+    await run_daemon_until(daemon, lambda: job.overlap.started, "the run to start")
+    assert loop.time() - began < 60  # cancelled after the grace, not waited for (600 s)
     assert job.overlap.started == 1
     assert job.overlap.finished == 0
     [run] = runs(engine, "long")
@@ -162,17 +179,19 @@ async def test_stop_cancels_work_beyond_the_grace_and_records_it_interrupted(
 
 async def test_sigterm_stops_the_daemon_gracefully(engine: Engine) -> None:
     """SIGTERM to the process stops the daemon: short work drains, long work is interrupted."""
-    short = SleepyJob("short", 0.3)
-    long = SleepyJob("long", 30)
+    short = SleepyJob("short", 0.1)
+    long = SleepyJob("long", 600)
     daemon = Daemon(
         JobRunner(engine),
         [Schedule(short, interval_seconds=60), Schedule(long, interval_seconds=60)],
-        shutdown_grace_seconds=1.0,
+        # Far above what is left of the short run (0.1 s and its record), far below the
+        # long one; the test waits it out once, for the long run.
+        shutdown_grace_seconds=5.0,
     )
     task = asyncio.create_task(daemon.run())
-    await asyncio.sleep(0.15)
+    await async_wait_until(lambda: short.overlap.started and long.overlap.started, "both runs")
     os.kill(os.getpid(), signal.SIGTERM)
-    await asyncio.wait_for(task, timeout=10)
+    await asyncio.wait_for(task, timeout=60)
     assert [r.outcome for r in runs(engine, "short")] == ["ok"]
     assert [r.outcome for r in runs(engine, "long")] == ["interrupted"]
 
@@ -180,11 +199,16 @@ async def test_sigterm_stops_the_daemon_gracefully(engine: Engine) -> None:
 async def test_two_runners_on_one_database_never_run_a_job_twice(any_engine: Engine) -> None:
     """Two JobRunners (two daemons' worth) on one database: one runs, the other gets `locked`."""
     overlap = Overlap()
-    first = SleepyJob("shared", 0.5, overlap)
-    second = SleepyJob("shared", 0.5, overlap)
-    results = await asyncio.gather(
-        JobRunner(any_engine).run_once(first), JobRunner(any_engine).run_once(second)
-    )
+    # The run that gets the lock holds it until the other runner has given up: however
+    # slowly the second one reaches the lock, it finds it taken.
+    gate = asyncio.Event()
+    first = SleepyJob("shared", 0.01, overlap, gate=gate)
+    second = SleepyJob("shared", 0.01, overlap, gate=gate)
+    tasks = [asyncio.create_task(JobRunner(any_engine).run_once(job)) for job in (first, second)]
+    done, _ = await asyncio.wait(tasks, timeout=60, return_when=asyncio.FIRST_COMPLETED)
+    gate.set()
+    results = await asyncio.gather(*tasks)
+    assert len(done) == 1
     assert sorted(r.outcome for r in results) == ["locked", "ok"]
     assert overlap.most == 1
     assert [r.outcome for r in runs(any_engine, "shared")] == ["ok"]
@@ -207,10 +231,17 @@ async def test_two_daemons_on_one_database_never_overlap_a_job(engine: Engine) -
     ]
     with capture_logs() as logs:
         tasks = [asyncio.create_task(d.run()) for d in daemons]
-        await asyncio.sleep(1.2)
-        for d in daemons:
-            d.request_stop()
-        await asyncio.wait_for(asyncio.gather(*tasks), timeout=10)
+        try:
+            await async_wait_until(
+                lambda: (
+                    overlap.started >= 3 and any(e["event"] == "job.skipped_locked" for e in logs)
+                ),
+                "three runs and a skipped one",
+            )
+        finally:
+            for d in daemons:
+                d.request_stop()
+            await asyncio.wait_for(asyncio.gather(*tasks), timeout=60)
     assert overlap.most == 1
     assert any(e["event"] == "job.skipped_locked" for e in logs)
     assert overlap.started >= 3

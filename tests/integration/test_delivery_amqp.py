@@ -46,7 +46,7 @@ async def test_job_publishes_each_event_once_to_rabbitmq(
     await queue.bind(exchange, routing_key="#")
     engine = make_engine(f"sqlite:///{tmp_path}/state.db")
     upgrade(engine)
-    sink = AmqpSink("bus", rabbitmq_url, exchange, "syncd.events", connect_timeout=5.0)
+    sink = AmqpSink("bus", rabbitmq_url, exchange, "syncd.events", connect_timeout=30.0)
     try:
         with Session(engine) as session, session.begin():
             events = [
@@ -61,7 +61,7 @@ async def test_job_publishes_each_event_once_to_rabbitmq(
             batch_size=3,
             max_attempts=3,
             max_age=timedelta(hours=1),
-            lease_seconds=30.0,
+            lease_seconds=120.0,
             backoff=BackoffPolicy(initial_seconds=0.01, max_seconds=0.05),
         )
         counts = await job.run(None)

@@ -42,7 +42,16 @@ from tests.conftest import migrated_engine
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 PATIENT_NAME = "Ana Horvat"
 FAST = BackoffPolicy(initial_seconds=0.01, max_seconds=0.05, max_retry_after_seconds=5)
-READ_TIMEOUT = 0.25
+# Timings that never race the work on a busy 2-core CI box. An answer that is meant to
+# arrive gets READ_TIMEOUT (a loopback answer takes milliseconds); a hang that is meant to
+# time out never ends by itself, so its sink's read timeout always fires, however slow the
+# machine, and TIMEOUT_READ is only how long the test waits for that.
+READ_TIMEOUT = 10.0
+TIMEOUT_READ = 2.0
+# The job's lease (and so its deliver timeout, half of it) far above any batch's duration
+# here: a lease expiring mid-batch would send the batch again (a duplicate the test did
+# not ask for).
+LEASE_SECONDS = 120.0
 
 
 # --- databases ------------------------------------------------------------------------------
@@ -120,11 +129,11 @@ class Receiver:
     """A webhook receiver on a loopback port: verifies signatures, fails as each event's
     `plan` says (one step per attempt, the last repeated), and deduplicates on webhook-id.
 
-    Steps: ok (204), timeout (processes, then answers too late), hang (answers too late),
-    drop (closes the connection unanswered), 500, 400, 410, 429:N (Retry-After: N).
+    Steps: ok (204), timeout (processes, then never answers), hang (never answers), drop
+    (closes the connection unanswered), 500, 400, 410, 429:N (Retry-After: N). A request
+    that never gets its answer is held until the client gives up and closes the connection.
     """
 
-    hang_seconds: float = 1.0
     delay_seconds: float = 0.0
     default_plan: tuple[str, ...] = ("ok",)
     port: int = 0
@@ -135,6 +144,8 @@ class Receiver:
     arrivals: list[str] = field(default_factory=list)
     processed_order: list[str] = field(default_factory=list)
     processed_at: dict[str, float] = field(default_factory=dict)
+    arrived_at: dict[str, float] = field(default_factory=dict)  # first arrival of each id
+    gave_up_at: dict[str, float] = field(default_factory=dict)  # the client hung up, unanswered
     bad_signatures: int = 0
     verifier: Webhook = field(default_factory=lambda: Webhook(SECRET))
     handlers: set[asyncio.Task[Any]] = field(default_factory=set)
@@ -153,7 +164,7 @@ class Receiver:
                 for name, value in (line.split(":", 1) for line in head[1:] if line)
             }
             body = await reader.readexactly(int(headers.get("content-length", "0")))
-            answer = await self._answer(headers, body)
+            answer = await self._answer(headers, body, reader)
             if answer is None:
                 writer.transport.abort()  # drop: no answer at all
                 return
@@ -177,7 +188,9 @@ class Receiver:
         self.processed_order.append(event_id)
         self.processed_at[event_id] = time.monotonic()
 
-    async def _answer(self, headers: dict[str, str], body: bytes) -> tuple[int, str] | None:
+    async def _answer(
+        self, headers: dict[str, str], body: bytes, reader: asyncio.StreamReader
+    ) -> tuple[int, str] | None:
         try:
             message = self.verifier.verify(body, headers)
         except WebhookVerificationError:
@@ -185,6 +198,7 @@ class Receiver:
             return 401, ""
         event_id = headers["webhook-id"]
         self.arrivals.append(event_id)
+        self.arrived_at.setdefault(event_id, time.monotonic())
         self.bodies.setdefault(event_id, set()).add(json.dumps(message, sort_keys=True))
         plan = message["data"].get("plan", self.default_plan)
         step = plan[min(self.attempts[event_id], len(plan) - 1)]
@@ -196,8 +210,9 @@ class Receiver:
         if step in ("timeout", "hang"):
             if step == "timeout":
                 self._process(event_id)
-            await asyncio.sleep(self.hang_seconds)
-            return 204, ""
+            await reader.read()  # EOF: the client timed out and closed the connection
+            self.gave_up_at.setdefault(event_id, time.monotonic())
+            return None
         if step == "drop":
             return None
         if step.startswith("429:"):
@@ -221,8 +236,8 @@ async def serving(receiver: Receiver) -> AsyncIterator[Receiver]:
 
 @pytest.fixture
 async def receiver() -> AsyncIterator[Receiver]:
-    """A receiver whose hangs outlast the sinks' read timeout."""
-    async with serving(Receiver(hang_seconds=READ_TIMEOUT * 2)) as running:
+    """A receiver on a loopback port (its hangs last until the client gives up)."""
+    async with serving(Receiver()) as running:
         yield running
 
 
@@ -252,7 +267,7 @@ def job(
         "batch_size": 20,
         "max_attempts": 4,
         "max_age": timedelta(hours=1),
-        "lease_seconds": 5.0,
+        "lease_seconds": LEASE_SECONDS,
         "backoff": FAST,
         "time_budget_seconds": 20.0,
     }
@@ -309,7 +324,8 @@ async def test_a_receiver_failing_every_way_ends_delivered_once_or_dead(
     """Every event ends delivered exactly once per webhook-id (after dedupe) or dead with a
     reason; Retry-After is honoured, 410 disables the sink until retry re-enables it."""
     ids = dict(zip(PLANS, add_events(engine, [{"plan": p} for p in PLANS.values()]), strict=True))
-    chaos = job(engine, {"chaos": webhook(sinks, "chaos", receiver.url())})
+    sink = webhook(sinks, "chaos", receiver.url(), read_timeout=TIMEOUT_READ)
+    chaos = job(engine, {"chaos": sink})
 
     with capture_logs() as logs:
         before = datetime.now(UTC)
@@ -354,15 +370,16 @@ async def test_a_slow_sink_never_delays_a_healthy_one(
 ) -> None:
     """The healthy sink has delivered everything before the hanging sink's first timeout,
     though the hanging one sorts first and takes two batches of timeouts."""
+    hang_timeout = 3.0  # the healthy sink's whole margin: far above its 8 loopback calls
     async with (
-        serving(Receiver(default_plan=("hang",), hang_seconds=2.0)) as hanging,
+        serving(Receiver(default_plan=("hang",))) as hanging,
         serving(Receiver()) as healthy,
     ):
         ids = add_events(sqlite_engine, [{} for _ in range(8)])
         delivery = job(
             sqlite_engine,
             {
-                "hanging": webhook(sinks, "hanging", hanging.url(), read_timeout=0.5),
+                "hanging": webhook(sinks, "hanging", hanging.url(), read_timeout=hang_timeout),
                 "quick": webhook(sinks, "quick", healthy.url()),
             },
             batch_size=4,
@@ -374,9 +391,13 @@ async def test_a_slow_sink_never_delays_a_healthy_one(
         elapsed = time.monotonic() - started
 
     assert healthy.processed == set(ids)
-    quick_done = max(healthy.processed_at.values()) - started
-    assert quick_done < 0.5, quick_done  # before the hanging sink's first read timeout
-    assert elapsed >= 1.0  # the hanging sink: two batches timing out after 0.5 s each
+    # Before the hanging sink's first read timeout (the moment its client hung up):
+    assert max(healthy.processed_at.values()) < min(hanging.gave_up_at.values())
+    # The hanging sink: two batches, the second sent only after the first timed out.
+    first, second = hanging.arrivals[:4], hanging.arrivals[4:]
+    assert sorted(hanging.arrivals) == sorted(ids)
+    assert max(hanging.gave_up_at[i] for i in first) <= min(hanging.arrived_at[i] for i in second)
+    assert elapsed >= 2 * hang_timeout
     assert counts.delivered == 8
     assert counts.dead == 8
     assert {row.state for row in delivery_rows(sqlite_engine, "hanging").values()} == {"dead"}
@@ -409,18 +430,19 @@ async def test_a_wedged_sink_is_cut_off_by_its_own_timeout(
     delivery = job(
         sqlite_engine,
         {"wedged": HangingSink(), "fine": webhook(sinks, "fine", receiver.url())},
-        lease_seconds=1.0,
-        deliver_timeout_seconds=0.2,
+        deliver_timeout_seconds=1.0,
         backoff=BackoffPolicy(initial_seconds=60, max_seconds=60),
     )
     started = time.monotonic()
     counts = await delivery.run(None)
-    assert time.monotonic() - started < 1.0
+    # Cut off by its own 1 s timeout: without it the run would wait forever; 10 s is far
+    # below the lease (120 s) and the run's budget (20 s), far above the 1 s it waits.
+    assert time.monotonic() - started < 10.0
     assert receiver.processed == set(ids)
     assert counts.retried == 2
     wedged = delivery_rows(sqlite_engine, "wedged")
     assert {(r.state, r.last_error) for r in wedged.values()} == {
-        ("pending", "sink timed out after 0.2s")
+        ("pending", "sink timed out after 1s")
     }
 
 

@@ -18,7 +18,11 @@ soak = load_script("fault_soak")
 @pytest.mark.slow
 async def test_faulted_run_converges_to_the_fault_free_state(tmp_path: Path) -> None:
     """Under 5xx/429/hangs/malformed/shuffle/offset/paging updates nothing is lost or doubled."""
-    spec = soak.SoakSpec(patients=50, submissions=40, sms=30, seed=11, deadline_seconds=45)
+    # A hang 30x the read timeout ends as a timeout however the machine stalls; the deadline
+    # only bounds a run that never converges (each stops as soon as it has converged).
+    spec = soak.SoakSpec(
+        patients=50, submissions=40, sms=30, seed=11, hang_seconds=10.0, deadline_seconds=150
+    )
 
     fault_free, faulted = await soak.soak(spec, tmp_path)
 

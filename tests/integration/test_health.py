@@ -24,6 +24,7 @@ from syncd.health import (
     serve_health,
 )
 from syncd.metrics import JOB_RUNS
+from tests.waiting import async_wait_until
 
 
 class Clock:
@@ -49,7 +50,7 @@ async def served() -> AsyncIterator[Serve]:
         sock = bind_health_socket("127.0.0.1", 0)
         port = sock.getsockname()[1]
         tasks.append(asyncio.create_task(serve_health(app, "127.0.0.1", port, sock=sock)))
-        client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5)
+        client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60)
         clients.append(client)
         return client
 
@@ -100,22 +101,24 @@ async def test_heartbeat_task_keeps_healthz_fresh(
     served: Serve,
 ) -> None:
     """A running heartbeat_task keeps /healthz at 200; a stopped one lets it go stale."""
-    beat = Heartbeat()
+    clock = Clock()
+    beat = Heartbeat(clock)
     beating = asyncio.create_task(heartbeat_task(beat, interval=0.01))
-    app = create_health_app(heartbeat=beat, readiness_checks={}, stale_after=0.2)
+    app = create_health_app(heartbeat=beat, readiness_checks={}, stale_after=30, clock=clock)
     client = await served(app)
 
-    await asyncio.sleep(0.3)
+    clock.now += 100  # long past stale, unless the task beats again
+    await async_wait_until(lambda: beat() == clock.now, "a beat after the clock moved")
     alive = await client.get("/healthz")
     beating.cancel()
     with pytest.raises(asyncio.CancelledError):
         await beating
-    await asyncio.sleep(0.3)
+    clock.now += 31
     dead = await client.get("/healthz")
 
     assert alive.status_code == 200
     assert dead.status_code == 503
-    assert beat.is_fresh(0.2) is False
+    assert beat.is_fresh(30) is False
 
 
 async def test_readyz_all_pass(served: Serve) -> None:
@@ -186,18 +189,20 @@ async def test_hung_check_times_out(served: Serve) -> None:
     release = threading.Event()
 
     def hung() -> str | None:
-        release.wait(5)
+        release.wait(120)  # until the test is over: the check never returns in time
         return None
 
-    client = await served(app_with({"database": hung}, check_timeout=0.2))
+    client = await served(app_with({"database": hung}, check_timeout=0.5))
     started = time.monotonic()
-    answer = await client.get("/readyz")
+    try:
+        answer = await client.get("/readyz")
+    finally:
+        release.set()
     elapsed = time.monotonic() - started
-    release.set()
 
     assert answer.status_code == 503
-    assert answer.json()["failed"] == {"database": "timed out after 0.2s"}
-    assert elapsed < 2
+    assert answer.json()["failed"] == {"database": "timed out after 0.5s"}
+    assert elapsed < 30  # answered after the check's timeout, not after the hung check
 
 
 async def test_metrics_exposes_registry(served: Serve) -> None:
@@ -235,7 +240,7 @@ async def test_cancel_closes_the_port() -> None:
 
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
-        await asyncio.wait_for(task, timeout=5)
+        await asyncio.wait_for(task, timeout=60)
 
     with pytest.raises(OSError, match="refused"):
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
@@ -249,11 +254,13 @@ async def test_serve_binds_host_and_port_itself() -> None:
     task = asyncio.create_task(serve_health(app_with(), "127.0.0.1", port))
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
-            for _ in range(50):  # the task binds on its first step; give it a few
+            deadline = time.monotonic() + 60
+            while True:
                 try:
                     answer = await client.get("/healthz")
                     break
-                except httpx.ConnectError:
+                except httpx.ConnectError:  # the task binds on its first steps
+                    assert time.monotonic() < deadline, "the server never bound its port"
                     await asyncio.sleep(0.02)
         assert answer.status_code == 200
     finally:

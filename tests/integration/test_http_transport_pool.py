@@ -10,16 +10,20 @@ import httpx
 import pytest
 
 from syncd.http_transport import ExclusivePool, pooled_transport
+from tests.waiting import async_wait_until
 
 
 @dataclass
 class Server:
-    """A keep-alive HTTP/1.1 server: `/slow` answers after 50 ms, `/bye` closes after answering."""
+    """A keep-alive HTTP/1.1 server: `/slow` answers after 50 ms, `/held` once the test
+    sets `release`, `/bye` closes after answering."""
 
     url: str = ""
     accepted: int = 0
     open_now: int = 0
     most_open: int = 0
+    holding: int = 0
+    release: asyncio.Event = field(default_factory=asyncio.Event)
     writers: list[asyncio.StreamWriter] = field(default_factory=list)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -33,6 +37,10 @@ class Server:
                 path = head.split(b" ", 2)[1]
                 if path == b"/slow":
                     await asyncio.sleep(0.05)
+                if path == b"/held":
+                    self.holding += 1
+                    await self.release.wait()
+                    self.holding -= 1
                 body = b"x" * 100_000 if path == b"/big" else b"ok"
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
                 await writer.drain()
@@ -52,6 +60,7 @@ async def server() -> AsyncIterator[Server]:
     port = listener.sockets[0].getsockname()[1]
     state.url = f"http://127.0.0.1:{port}"
     yield state
+    state.release.set()
     for writer in state.writers:
         writer.close()
     listener.close()
@@ -63,7 +72,7 @@ def client_for(server: Server, connections: int, pool_timeout: float = 5.0) -> h
     return httpx.AsyncClient(
         base_url=server.url,
         transport=pooled_transport(limits),
-        timeout=httpx.Timeout(5.0, pool=pool_timeout),
+        timeout=httpx.Timeout(30.0, pool=pool_timeout),
     )
 
 
@@ -80,11 +89,12 @@ async def test_concurrent_requests_reuse_at_most_max_connections(server: Server)
 async def test_pool_timeout_when_every_slot_is_busy(server: Server) -> None:
     """A request that gets no slot within the pool timeout fails with httpx.PoolTimeout."""
     async with client_for(server, 1, pool_timeout=0.01) as client:
-        slow = asyncio.create_task(client.get("/slow"))
-        await asyncio.sleep(0.01)
+        held = asyncio.create_task(client.get("/held"))
+        await async_wait_until(lambda: server.holding, "the first request to hold the slot")
         with pytest.raises(httpx.PoolTimeout):
             await client.get("/")
-        assert (await slow).text == "ok"
+        server.release.set()
+        assert (await held).text == "ok"
         assert (await client.get("/")).text == "ok"  # the slot came back
 
 
@@ -92,14 +102,15 @@ async def test_connection_closed_by_the_server_is_not_reused(server: Server) -> 
     """After the server closes an idle keep-alive connection, the next request opens a new one."""
     async with client_for(server, 1) as client:
         assert (await client.get("/bye")).text == "ok"
-        await asyncio.sleep(0.05)  # the FIN arrives
+        await async_wait_until(lambda: not server.open_now, "the server to close")
+        await asyncio.sleep(0.05)  # a loop turn: the socket closes and its FIN arrives
         assert (await client.get("/")).text == "ok"
     assert server.accepted == 2
 
 
 async def test_unread_response_frees_its_slot(server: Server) -> None:
     """A streamed response closed before its body is read gives the slot back."""
-    async with client_for(server, 1, pool_timeout=1.0) as client:
+    async with client_for(server, 1, pool_timeout=30.0) as client:
         async with client.stream("GET", "/big") as response:
             assert response.status_code == 200
         assert (await client.get("/")).text == "ok"
@@ -112,10 +123,10 @@ async def test_unread_response_frees_its_slot(server: Server) -> None:
 
 async def test_cancelled_request_frees_its_slot(server: Server) -> None:
     """Cancelling a request in flight gives its slot back (the next one is not starved)."""
-    async with client_for(server, 1, pool_timeout=1.0) as client:
-        slow = asyncio.create_task(client.get("/slow"))
-        await asyncio.sleep(0.01)
-        slow.cancel()
+    async with client_for(server, 1, pool_timeout=30.0) as client:
+        held = asyncio.create_task(client.get("/held"))
+        await async_wait_until(lambda: server.holding, "the request to be in flight")
+        held.cancel()
         with pytest.raises(asyncio.CancelledError):
-            await slow
+            await held
         assert (await client.get("/")).text == "ok"

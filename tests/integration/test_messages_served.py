@@ -35,6 +35,7 @@ from tests.integration.test_messages_support import (
     migrated_sqlite,
     request,
 )
+from tests.waiting import wait_until
 
 TEXT = "Your appointment is tomorrow at 9"
 KEY_ENV = "SYNCD_TEST_SANDBOX_KEY"
@@ -145,9 +146,11 @@ async def test_read_timeout_after_the_server_accepted_is_unknown(
     served: ServedSandbox, practice: Practice, engine: Engine
 ) -> None:
     """The sandbox sends the SMS, then stalls: a read timeout is `unknown`, never resent."""
-    served.admin.set_faults(on_send(hang_rate=1.0, hang_phase="after", hang_seconds=3))
+    served.admin.set_faults(on_send(hang_rate=1.0, hang_phase="after", hang_seconds=60))
     counts = await send_run(engine, practice.client(timeouts=Timeouts(read=0.3, attempt=5)))
     assert counts.unknown == 1
+    # The client may give up before a starved sandbox process has even processed the send.
+    wait_until(lambda: practice.sends("P-1"), "the send")
     assert practice.sends("P-1") == 1
     served.admin.set_faults(None)
     again = await send_run(engine, practice.client())

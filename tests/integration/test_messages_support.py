@@ -131,7 +131,7 @@ class World:
     def practice(self) -> str:
         return self.sandbox.demo_practice_id
 
-    def client(self, *, attempts: int = 5, attempt_timeout: float = 5.0) -> VoxaresClient:
+    def client(self, *, attempts: int = 5, attempt_timeout: float = 30.0) -> VoxaresClient:
         """A client of the in-process sandbox (closed by `close`)."""
         client = VoxaresClient(
             base_url="http://sandbox" + API_PREFIX,

@@ -34,6 +34,7 @@ from syncd.voxares.contract import API_PREFIX, format_timestamp, parse_timestamp
 from syncd.voxares.limits import ClientLimits
 from syncd.voxares.retry import RetryPolicy
 from syncd.voxares.testing import SERVER_DATE
+from tests.waiting import async_wait_until
 
 SETTLE = timedelta(seconds=2)
 STREAM = "form_submissions"
@@ -428,8 +429,9 @@ async def test_detail_newer_than_listed_is_emitted_as_read(world: World) -> None
 class InFlight(httpx.AsyncBaseTransport):
     """Wraps the sandbox transport to measure how many detail reads run at once."""
 
-    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+    def __init__(self, inner: httpx.AsyncBaseTransport, expected: int) -> None:
         self.inner = inner
+        self.expected = expected
         self.now = 0
         self.peak = 0
 
@@ -439,6 +441,9 @@ class InFlight(httpx.AsyncBaseTransport):
         self.now += 1
         self.peak = max(self.peak, self.now)
         try:
+            # The first reads wait until `expected` run at once, however slowly they come;
+            # then each lingers, so one more at once would show.
+            await async_wait_until(lambda: self.peak >= self.expected, "concurrent reads")
             await asyncio.sleep(0.002)
             return await self.inner.handle_async_request(request)
         finally:
@@ -448,7 +453,7 @@ class InFlight(httpx.AsyncBaseTransport):
 async def test_detail_reads_are_concurrent_but_bounded(world: World) -> None:
     """Details are fetched in parallel, never more than detail_concurrency at once."""
     world.activity(20)
-    meter = InFlight(httpx.ASGITransport(app=world.app))
+    meter = InFlight(httpx.ASGITransport(app=world.app), expected=3)
     world.client = VoxaresClient(
         base_url="http://sandbox" + API_PREFIX,
         api_key=DEMO_API_KEY,

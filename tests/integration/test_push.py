@@ -41,6 +41,7 @@ from syncd.voxares.client import VoxaresClient
 from syncd.voxares.contract import API_PREFIX
 from syncd.voxares.limits import ClientLimits
 from syncd.voxares.retry import RetryPolicy
+from tests.waiting import async_wait_until
 
 PROVIDER = "ehr"
 HEADER = "id,first,last,mobile,email,dob"
@@ -713,6 +714,10 @@ class PeakCountingClient:
         self.running += 1
         self.peak = max(self.peak, self.running)
         try:
+            # The first pushes wait for each other, however slowly the others start, so the
+            # bound is reached; then each lingers, so one more starting at once would show.
+            bound = 2 * self.max_concurrency
+            await async_wait_until(lambda: self.peak >= bound, f"{bound} pushes at once")
             await asyncio.sleep(0.01)  # long enough for every waiting push to try to start
             return await self.inner.upsert_patient(body)
         finally:

@@ -16,6 +16,7 @@ from syncd.sandbox.faults import FaultConfig, FaultRule, RateLimit
 from syncd.sandbox.middleware import DroppedConnection
 from syncd.sandbox.state import DEMO_API_KEY, Sandbox
 from syncd.voxares.contract import API_PREFIX
+from tests.waiting import async_wait_until
 
 MOBILE = "+385991234567"
 PATIENT = {"providerId": "E-1", "firstName": "Ana", "lastName": "Horvat", "mobileNumber": MOBILE}
@@ -30,8 +31,9 @@ def sandbox() -> Sandbox:
 
 @pytest.fixture
 def app(sandbox: Sandbox) -> Starlette:
-    """The sandbox app; each test sets its faults through the admin endpoint."""
-    return create_app(sandbox)
+    """The sandbox app; each test sets its faults through the admin endpoint. Its rate
+    limit's clock stands still: a bucket refills only when a test says so."""
+    return create_app(sandbox, fault_clock=lambda: 1000.0)
 
 
 @pytest.fixture
@@ -131,7 +133,7 @@ async def test_hang_before_processing_times_out_the_client_and_does_nothing(
     client: httpx.AsyncClient, sandbox: Sandbox
 ) -> None:
     """A hang before processing: a client that gives up leaves no patient behind."""
-    await set_faults(client, FaultConfig(hang_rate=1.0, hang_seconds=5))
+    await set_faults(client, FaultConfig(hang_rate=1.0, hang_seconds=600))
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(post(client, "/patients", PATIENT), 0.1)
     assert patients(sandbox) == 0
@@ -148,9 +150,12 @@ async def test_hang_after_processing_loses_the_answer_but_keeps_the_work(
     client: httpx.AsyncClient, sandbox: Sandbox
 ) -> None:
     """A hang after processing: the client times out, yet the SMS was accepted."""
-    await set_faults(client, FaultConfig(hang_rate=1.0, hang_seconds=5, hang_phase="after"))
+    await set_faults(client, FaultConfig(hang_rate=1.0, hang_seconds=600, hang_phase="after"))
+    sending = asyncio.create_task(post(client, "/messages/send", {**SEND, **PATIENT}))
+    # However long the processing takes here, the answer does not come after it.
+    await async_wait_until(lambda: sends(sandbox) == 1, "the SMS to be accepted")
     with pytest.raises(TimeoutError):
-        await asyncio.wait_for(post(client, "/messages/send", {**SEND, **PATIENT}), 0.1)
+        await asyncio.wait_for(sending, 0.1)
     assert sends(sandbox) == 1
 
 

@@ -65,8 +65,9 @@ class Broker:
             url or self.url,
             self.exchange if exchange is None else exchange,
             ROUTING_KEY,
-            connect_timeout=5.0,
-            publish_timeout=5.0,
+            # Nothing here waits for them to fire: a cut or refused connection fails at once.
+            connect_timeout=30.0,
+            publish_timeout=30.0,
         )
         self.sinks.append(sink)
         return sink

@@ -28,10 +28,12 @@ from structlog.testing import capture_logs
 
 from syncd.sinks.base import DeadLetter, Delivered, DisableSink, EventEnvelope, Retry
 from syncd.sinks.webhook import WebhookSink
+from tests.waiting import async_wait_until
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 PATIENT_NAME = "Ana Horvat"
-SLOW_SECONDS = 1.0
+# The slow endpoint answers long after any read timeout a test sets (and only then).
+SLOW_SECONDS = 60.0
 
 
 @dataclass
@@ -44,6 +46,7 @@ class Receiver:
     seen_ids: list[str] = field(default_factory=list)
     in_flight: int = 0
     max_in_flight: int = 0
+    arrived: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def reset(self) -> None:
@@ -51,7 +54,7 @@ class Receiver:
             self.verified.clear()
             self.seen_ids.clear()
             self.rejected = 0
-            self.in_flight = self.max_in_flight = 0
+            self.in_flight = self.max_in_flight = self.arrived = 0
 
 
 def _app(receiver: Receiver) -> Starlette:
@@ -84,19 +87,35 @@ def _app(receiver: Receiver) -> Starlette:
         return Response(status_code=int(request.path_params["code"]), headers=headers)
 
     async def slow(request: Request) -> Response:
+        """Answers after SLOW_SECONDS, unless the client hung up before (then never)."""
         await verified_body(request)
-        await asyncio.sleep(SLOW_SECONDS)
+        for _ in range(int(SLOW_SECONDS / 0.05)):
+            if await request.is_disconnected():
+                break
+            await asyncio.sleep(0.05)
         return Response(status_code=200)
 
     async def per_event(request: Request) -> Response:
-        """Answers the status the event asks for, later for earlier events (out of order)."""
+        """Answers the status the event asks for, later for earlier events (out of order).
+
+        An event with `gather: [n, of]` is first held until `n` requests are in flight (or
+        all `of` have arrived), so a concurrency test sees its peak however slowly the
+        requests come in; its `delay` then gives any request beyond the bound time to show.
+        """
         data = await verified_body(request)
         if data is None:
             return Response(status_code=401)
         with receiver.lock:
             receiver.in_flight += 1
+            receiver.arrived += 1
             receiver.max_in_flight = max(receiver.max_in_flight, receiver.in_flight)
         try:
+            if "gather" in data["data"]:
+                wanted, of = data["data"]["gather"]
+                await async_wait_until(
+                    lambda: receiver.in_flight >= wanted or receiver.arrived >= of,
+                    f"{wanted} requests in flight",
+                )
             await asyncio.sleep(data["data"].get("delay", 0))
         finally:
             with receiver.lock:
@@ -151,8 +170,8 @@ async def make_sink() -> AsyncIterator[Any]:
     sinks: list[WebhookSink] = []
 
     def make(url: str, **options: Any) -> WebhookSink:
-        options.setdefault("connect_timeout", 2.0)
-        options.setdefault("read_timeout", 2.0)
+        options.setdefault("connect_timeout", 10.0)
+        options.setdefault("read_timeout", 10.0)
         sink = WebhookSink("crm", url, SECRET, **options)
         sinks.append(sink)
         return sink
@@ -228,7 +247,7 @@ async def test_each_answer_maps_to_its_outcome(
 
 async def test_timeout_is_a_retry(receiver: Receiver, make_sink: Any) -> None:
     """A receiver slower than read_timeout yields Retry(ReadTimeout), in about that time."""
-    sink = make_sink(f"{receiver.base_url}/slow", read_timeout=0.2)
+    sink = make_sink(f"{receiver.base_url}/slow", read_timeout=0.5)
     started = time.monotonic()
     assert await sink.deliver([_event(1)]) == [Retry("ReadTimeout")]
     assert time.monotonic() - started < SLOW_SECONDS
@@ -307,12 +326,14 @@ async def test_batch_is_concurrent_up_to_max_concurrency(
 ) -> None:
     """Eight slow events with max_concurrency=3 overlap, never more than three at once."""
     sink = make_sink(f"{receiver.base_url}/per-event", max_concurrency=3)
-    events = [_event(n, respond=200, delay=0.15) for n in range(8)]
+    delay = 0.5
+    events = [_event(n, respond=200, delay=delay, gather=[3, 8]) for n in range(8)]
     started = time.monotonic()
     assert await sink.deliver(events) == [Delivered()] * 8
     elapsed = time.monotonic() - started
     assert receiver.max_in_flight == 3
-    assert elapsed < 8 * 0.15  # faster than one at a time
+    # Faster than one at a time (8 x 0.5 s); three at a time takes about 1.5 s.
+    assert elapsed < 8 * delay
 
 
 async def test_logs_carry_counts_and_ids_but_no_patient_data(

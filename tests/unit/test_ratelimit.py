@@ -196,7 +196,7 @@ async def test_cancelled_waiter_does_not_use_up_a_turn() -> None:
     with pytest.raises(asyncio.CancelledError):
         await waiter
     fake.now += 0.11  # past the moment the cancelled request would have gone
-    assert await asyncio.wait_for(limiter.acquire(), timeout=1.0) == 0.0
+    assert await asyncio.wait_for(limiter.acquire(), timeout=30) == 0.0
 
 
 async def test_concurrency_is_bounded_and_reached() -> None:

@@ -13,6 +13,7 @@ import pytest
 import structlog
 
 from syncd import sdnotify
+from tests.waiting import async_wait_until
 
 
 class Listener:
@@ -126,13 +127,24 @@ def test_watchdog_interval(
 async def test_watchdog_pings_only_while_alive(listener: Listener) -> None:
     """watchdog_task pings while is_alive() is True and goes silent once it turns False."""
     alive = True
-    task = asyncio.create_task(sdnotify.watchdog_task(lambda: alive, interval=0.02))
-    await asyncio.sleep(0.15)
-    pinged = listener.received()
+    checks = 0
+    pinged: list[str] = []
+
+    def is_alive() -> bool:
+        nonlocal checks
+        checks += 1
+        return alive
+
+    def collect() -> int:
+        pinged.extend(listener.received())
+        return len(pinged)
+
+    task = asyncio.create_task(sdnotify.watchdog_task(is_alive, interval=0.02))
+    await async_wait_until(lambda: collect() >= 3, "three pings")
     alive = False
-    await asyncio.sleep(0.05)  # let a ping already in flight land
-    listener.received()
-    await asyncio.sleep(0.15)
+    collect()  # a datagram is queued when sent: every ping so far is in
+    stale_from = checks
+    await async_wait_until(lambda: checks >= stale_from + 5, "five more checks")
     silent = listener.received()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -151,7 +163,7 @@ async def test_watchdog_pings_once_per_alive_check(listener: Listener) -> None:
         return answers[-1]
 
     task = asyncio.create_task(sdnotify.watchdog_task(is_alive, interval=0.01))
-    await asyncio.sleep(0.1)
+    await async_wait_until(lambda: len(answers) >= 7, "seven checks")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -161,7 +173,7 @@ async def test_watchdog_pings_once_per_alive_check(listener: Listener) -> None:
 
 async def test_watchdog_without_systemd_returns() -> None:
     """With no WATCHDOG_USEC the watchdog task ends at once instead of looping."""
-    await asyncio.wait_for(sdnotify.watchdog_task(lambda: True), timeout=1)
+    await asyncio.wait_for(sdnotify.watchdog_task(lambda: True), timeout=30)
 
 
 async def test_watchdog_uses_environment_interval(
@@ -169,9 +181,17 @@ async def test_watchdog_uses_environment_interval(
 ) -> None:
     """Without an explicit interval the task follows WATCHDOG_USEC from systemd."""
     monkeypatch.setenv("WATCHDOG_USEC", "40000")  # 40 ms: a ping every 20 ms
+    pinged: list[str] = []
+
+    def collect() -> int:
+        pinged.extend(listener.received())
+        return len(pinged)
+
     task = asyncio.create_task(sdnotify.watchdog_task(lambda: True))
-    await asyncio.sleep(0.15)
+    # Three pings take 40 ms; 10 s leaves any loaded machine room, yet any other reading
+    # of WATCHDOG_USEC (as milliseconds: a ping every 20 s) would not get there.
+    await async_wait_until(lambda: collect() >= 3, "three pings", within=10)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert len(listener.received()) >= 3
+    assert set(pinged) == {"WATCHDOG=1"}
