@@ -135,7 +135,7 @@ def last_successes(engine: Engine) -> dict[str, datetime]:
         .where(JobRun.outcome.in_(SUCCEEDED))
         .group_by(JobRun.job)
     )
-    with engine.connect() as conn:
+    with reader(engine).connect() as conn:
         rows = conn.execute(query).all()
     return {str(job): moment for job, moment in rows if moment is not None}
 
