@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -221,12 +222,24 @@ def _print_summary(console: Console, summary: DemoSummary, directory: Path) -> N
         events.add_row(event_type, str(n))
     console.print(events)
     config = directory / "config.toml"
+    syncd = _command_path()
     console.print(
         "\n[bold]What to try next[/bold]\n"
-        f"  syncd status --config {config}\n"
-        f"  syncd quarantine list --config {config}\n"
-        f"  syncd outbox list --config {config}\n"
-        f"  syncd sync patients --dry-run --config {config}\n"
+        f"  {syncd} status --config {config}\n"
+        f"  {syncd} quarantine list --config {config}\n"
+        f"  {syncd} outbox list --config {config}\n"
+        f"  {syncd} sync patients --dry-run --config {config}\n"
         f"  the delivered events: {directory / 'outbox'}\n"
-        "  for real use: syncd init config.toml, then syncd doctor --config config.toml\n"
+        f"  for real use: {syncd} init config.toml, then {syncd} doctor --config config.toml\n",
+        soft_wrap=True,
     )
+
+
+def _command_path() -> str:
+    """How to call `syncd` as the demo was called: `syncd` when it is on PATH, else the
+    script beside this interpreter (`make demo` runs `.venv/bin/syncd`, not on PATH)."""
+    beside = Path(sys.executable).parent / "syncd"
+    on_path = shutil.which("syncd")
+    if on_path is not None and Path(on_path).resolve() == beside.resolve():
+        return "syncd"
+    return str(beside) if beside.exists() else "syncd"
