@@ -465,8 +465,15 @@ async def test_a_batch_timeout_retries_only_the_unanswered_events(
             batches_in_flight=1,
         )
         with capture_logs() as logs:
-            counts = await delivery.run(None)  # the two come back due at once (FAST backoff)
-    assert (counts.claimed, counts.delivered, counts.retried) == (7, 5, 2)
+            # The two come back due at once (FAST backoff): this run or a later one (its
+            # budget decides, and a loaded machine is slow) delivers them.
+            runs = [await delivery.run(None)]
+            while sum(c.delivered for c in runs) < 5 and len(runs) < 5:
+                runs.append(await delivery.run(None))
+    claimed, delivered, retried = (
+        sum(getattr(c, k) for c in runs) for k in ("claimed", "delivered", "retried")
+    )
+    assert (claimed, delivered, retried) == (7, 5, 2)
     timed_out = [e for e in logs if e["event"] == "outbox.sink_timed_out"]
     assert [(e["answered"], e["unanswered"]) for e in timed_out] == [(3, 2)]
     assert {event_id: receiver.attempts[event_id] for event_id in answered} == dict.fromkeys(
