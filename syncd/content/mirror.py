@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import structlog
 from pydantic import BaseModel
@@ -65,6 +65,22 @@ class MirrorCounts:
     removed: int = 0
     unchanged: int = 0
     incomplete_listings: int = 0
+
+    @property
+    def outcome(self) -> Literal["ok", "partial"]:
+        """`partial` when a kind's listing never came back whole: what it listed is
+        mirrored, but nothing of that kind is taken as removed until a whole listing."""
+        return "partial" if self.incomplete_listings else "ok"
+
+    @property
+    def problem(self) -> str | None:
+        """Id-only text for the run record when a listing was incomplete."""
+        if not self.incomplete_listings:
+            return None
+        return (
+            f"{self.incomplete_listings} listing(s) incomplete after every attempt "
+            "(removals of those kinds wait for a whole listing)"
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import structlog
 from sqlalchemy import Engine, or_, select, update
@@ -52,6 +52,21 @@ class StatusCounts:
     changed: int = 0
     not_found: int = 0
     errors: int = 0
+
+    @property
+    def outcome(self) -> Literal["ok", "partial", "failed"]:
+        """`failed` when every read failed, `partial` when some did (both retried next run)."""
+        if not self.errors:
+            return "ok"
+        return "partial" if self.checked + self.not_found else "failed"
+
+    @property
+    def problem(self) -> str | None:
+        """Id-only text for the run record when some reads failed."""
+        if not self.errors:
+            return None
+        tried = self.checked + self.not_found + self.errors
+        return f"{self.errors} of {tried} status reads failed (read again next run)"
 
 
 @dataclass(frozen=True, slots=True)

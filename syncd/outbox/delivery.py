@@ -55,6 +55,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
+from typing import Literal
 
 import structlog
 from sqlalchemy import Engine
@@ -98,6 +99,34 @@ class DeliveryCounts:
     sinks_disabled: int = 0
     sinks_skipped: int = 0  # disabled before the run
     pruned: int = 0  # events deleted by retention
+
+    @property
+    def outcome(self) -> Literal["ok", "partial", "failed"]:
+        """`failed` when deliveries were tried and none succeeded; `partial` when some were
+        retried or dead-lettered, a lease was lost or a sink was disabled in this run."""
+        troubled = self.retried + self.dead + self.lease_lost + self.sinks_disabled
+        if not troubled:
+            return "ok"
+        if self.claimed and not self.delivered and self.retried + self.dead:
+            return "failed"
+        return "partial"
+
+    @property
+    def problem(self) -> str | None:
+        """Id-only text for the run record when the run was not ok."""
+        parts = [
+            f"{count} {what}"
+            for count, what in (
+                (self.retried, "to retry"),
+                (self.dead, "dead-lettered (`syncd outbox list --state dead`)"),
+                (self.lease_lost, "claims lost to another worker"),
+                (self.sinks_disabled, "sink(s) disabled (`syncd outbox retry --sink NAME`)"),
+            )
+            if count
+        ]
+        if not parts:
+            return None
+        return f"of {self.claimed} claimed, {self.delivered} delivered; " + ", ".join(parts)
 
     def add(self, other: DeliveryCounts) -> None:
         """Add `other`'s counters to these."""

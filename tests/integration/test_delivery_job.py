@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, text, update
+from sqlalchemy import Engine, select, text, update
 from sqlalchemy.orm import Session
 from standardwebhooks import Webhook, WebhookVerificationError
 from structlog.testing import capture_logs
 
 from syncd import metrics, testing_hooks
+from syncd.jobs import JobRunner
 from syncd.outbox import actions, queries
 from syncd.outbox.backoff import BackoffPolicy
 from syncd.outbox.delivery import DeliveryCounts, OutboxDeliveryJob
@@ -36,7 +37,7 @@ from syncd.sinks.base import Answered, Delivered, DeliveryOutcome, DisableSink, 
 from syncd.sinks.ndjson import NdjsonFileSink
 from syncd.sinks.webhook import WebhookSink
 from syncd.state.db import make_engine, upgrade
-from syncd.state.models import OutboxEvent
+from syncd.state.models import JobRun, OutboxEvent
 from tests.conftest import migrated_engine
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -885,3 +886,32 @@ async def test_per_patient_order_holds_across_lanes(engine: Engine, sinks: list[
             taken = len(arrivals) - 1 - arrivals[::-1].index(earlier)
             assert arrivals.index(later) > taken
     assert len(lanes_that_delivered(logs)) > 1
+
+
+async def test_a_run_records_failed_when_nothing_was_delivered_and_partial_when_some_was(
+    engine: Engine, receiver: Receiver, sinks: list[Sink]
+) -> None:
+    """The run record tells an operator how delivery went, not only that the job returned:
+    a receiver that refuses everything makes a `failed` run, one that refuses some makes a
+    `partial` run, and each says what happened in ids and counts only."""
+    sink = webhook(sinks, "hook", receiver.url())
+    runner = JobRunner(engine)
+
+    def last_run() -> JobRun:
+        with Session(engine) as session:
+            return session.scalars(select(JobRun).order_by(JobRun.id.desc()).limit(1)).one()
+
+    add_events(engine, [{"plan": ["500"]}, {"plan": ["500"]}])
+    hold = BackoffPolicy(initial_seconds=600, max_seconds=600)  # no retry within a run
+    refused = await runner.run_once(job(engine, {"hook": sink}, backoff=hold))
+    assert refused.outcome == "failed"
+    record = last_run()
+    assert record.outcome == "failed"
+    assert record.error == "of 2 claimed, 0 delivered; 2 to retry"
+
+    add_events(engine, [{"plan": ["ok"]}, {"plan": ["500"]}])
+    mixed = await runner.run_once(job(engine, {"hook": sink}, backoff=hold))
+    assert mixed.outcome == "partial", mixed.counts
+    assert (mixed.counts["delivered"], mixed.counts["retried"]) == (1, 1)
+    assert last_run().error == "of 2 claimed, 1 delivered; 1 to retry"
+    assert PATIENT_NAME not in (last_run().error or "")
