@@ -9,6 +9,8 @@ from __future__ import annotations
 import codecs
 import importlib.util
 import ipaddress
+import os
+import stat
 from pathlib import Path
 from typing import Annotated, Any, Final
 from urllib.parse import urlsplit
@@ -118,8 +120,19 @@ def needs_module(module: str, extra: str, key: str) -> None:
 
 
 def read_secret_file(path: Path, key: str) -> str:
+    """Read a secret (a signing secret, a token) from a file only its owner and group may
+    read: a file open to every user is refused, as the API key file is (and as ssh refuses a
+    private key), naming the key and the chmod that fixes it, never the contents."""
     try:
-        text = path.read_text(encoding="utf-8").strip()
+        with path.open("rb") as handle:
+            mode = stat.S_IMODE(os.fstat(handle.fileno()).st_mode)
+            if mode & (stat.S_IROTH | stat.S_IWOTH):
+                raise problem(
+                    key,
+                    f"{path} is open to every user of this machine (mode {mode:04o}); "
+                    f"syncd refuses a secret anyone can read: chmod 0600 {path}",
+                )
+            text = handle.read().decode("utf-8").strip()
     except OSError as exc:
         raise problem(key, f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
     except UnicodeDecodeError:

@@ -572,11 +572,29 @@ def test_webhook_secret_from_file(tmp_path: Path) -> None:
     """secret_file is read into the sink's secret."""
     secret_file = tmp_path / "secret"
     secret_file.write_text(WEBHOOK_SECRET + "\n")
+    secret_file.chmod(0o640)
     toml = f"[outbox.sinks.crm]\ntype='webhook'\nurl='https://x'\nsecret_file='{secret_file}'\n"
     sink = load(tmp_path, toml).outbox.sinks["crm"]
     assert isinstance(sink, WebhookSink)
     assert sink.secret is not None
     assert sink.secret.get_secret_value() == WEBHOOK_SECRET
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o602])
+def test_a_webhook_secret_file_open_to_every_user_is_refused(tmp_path: Path, mode: int) -> None:
+    """Like the API key file: a signing secret anyone on the machine can read (or replace)
+    stops start-up with one line naming the key and the fix, never the secret."""
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(WEBHOOK_SECRET + "\n")
+    secret_file.chmod(mode)
+    toml = f"[outbox.sinks.crm]\ntype='webhook'\nurl='https://x'\nsecret_file='{secret_file}'\n"
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, toml)
+    assert caught.value.problems == [
+        f"outbox.sinks.crm.secret_file: {secret_file} is open to every user of this machine "
+        f"(mode {mode:04o}); syncd refuses a secret anyone can read: chmod 0600 {secret_file}"
+    ]
+    assert WEBHOOK_SECRET not in str(caught.value)
 
 
 def test_http_allowed_for_loopback_base_url(tmp_path: Path) -> None:
