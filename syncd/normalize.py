@@ -219,6 +219,13 @@ def _provider_id_rule(text: str) -> str | None:
     return None
 
 
+def provider_id_problem(raw: str | None) -> str | None:
+    """The rule the providerId `raw` breaks once trimmed (as `normalize_row` trims it), or
+    None. Sources other than patient rows (SMS requests) check their ids with it, so a
+    patient and a request for it agree on the id."""
+    return _provider_id_rule(trim(raw))
+
+
 def provider_id_key(raw: str | None) -> str | None:
     """The providerId a row is keyed by (trimmed as `normalize_row` trims it), or None when
     `normalize_row` would refuse it. Equal keys are the same patient."""

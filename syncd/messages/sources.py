@@ -42,6 +42,7 @@ from syncd.messages.requests import (
     template_problem,
 )
 from syncd.messages.states import refresh_metrics
+from syncd.normalize import provider_id_key, provider_id_problem, trim
 from syncd.sources.sql import _READ_ONLY, as_text
 from syncd.state.db import session_factory
 from syncd.state.models import MessageRequest
@@ -156,9 +157,12 @@ def plan_row(
         return problem(source.key_column, "is empty")
     if len(row.key) > key_room:
         return problem(source.key_column, f"is longer than {key_room} characters")
-    if row.provider_id is None:
+    # Keyed exactly as the patient source keys its rows (normalize.provider_id_key): an id
+    # exported with an invisible character at its end still names the same patient.
+    provider_id = provider_id_key(row.provider_id)
+    if row.provider_id is None or not trim(row.provider_id):
         return problem(source.provider_id_column, "is empty")
-    if len(row.provider_id) > PROVIDER_ID_MAX:
+    if len(trim(row.provider_id)) > PROVIDER_ID_MAX:
         return problem(source.provider_id_column, f"is longer than {PROVIDER_ID_MAX} characters")
     for column, value in (
         (source.key_column, row.key),
@@ -166,6 +170,8 @@ def plan_row(
     ):
         if _UNDECODABLE.search(value):
             return problem(column, "holds bytes that are not valid text in the file's encoding")
+    if provider_id is None:
+        return problem(source.provider_id_column, str(provider_id_problem(row.provider_id)))
     if source.send_at_column is not None and row.send_at is not None:
         try:
             send_at = parse_send_at(row.send_at)
@@ -173,7 +179,7 @@ def plan_row(
             return problem(source.send_at_column, "is not an ISO 8601 date and time")
         if send_at > now:
             return Deferred(row.line)
-    return Accepted(row.line, request_key(source.name, row.key), row.provider_id)
+    return Accepted(row.line, request_key(source.name, row.key), provider_id)
 
 
 # --- reading ------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from syncd.messages.sources import (
     read_csv,
     request_key,
 )
+from syncd.normalize import provider_id_key
 
 NOW = datetime(2025, 5, 20, 9, 0, tzinfo=UTC)
 
@@ -58,6 +59,9 @@ def test_a_row_makes_the_key_source_colon_value() -> None:
         (MessageRow(3, "A1", "P-1", "soon"), "at", "is not an ISO 8601 date and time"),
         (MessageRow(3, "A\udcff", "P-1"), "appt", "holds bytes that are not valid text"),
         (MessageRow(3, None, None, None, "row has 2 columns"), None, "row has 2 columns"),
+        (MessageRow(3, "A1", " \u200b "), "patient", "is empty"),
+        (MessageRow(3, "A1", "P\x00-1"), "patient", "contains control characters"),
+        (MessageRow(3, "A1", "P\u200e-1"), "patient", "contains invisible formatting"),
     ],
 )
 def test_bad_rows_name_the_column(row: MessageRow, column: str | None, reason: str) -> None:
@@ -119,3 +123,12 @@ def test_a_missing_file_is_a_source_error() -> None:
     """The path is named; nothing else."""
     with pytest.raises(SourceError, match=r"cannot open /nonexistent\.csv"):
         list(read_csv(source("/nonexistent.csv")))
+
+
+@pytest.mark.parametrize("raw", ["P-1", " P-1 ", "\ufeffP-1", "P-1\u200b", "\u2060P-1\u00a0"])
+def test_a_request_names_the_patient_by_the_id_the_patient_source_keys_it_by(raw: str) -> None:
+    """An export that pads the id, or ends it with an invisible character (a BOM, a zero
+    width space from a spreadsheet), still names the patient the mirror knows as P-1."""
+    planned = plan_row(MessageRow(2, "A1", raw), source(), NOW)
+    assert isinstance(planned, Accepted)
+    assert planned.provider_id == provider_id_key(raw) == "P-1"
