@@ -39,6 +39,7 @@ from tests.integration.test_messages_support import (
     crash_at,
     make_world,
     migrated_sqlite,
+    queue_requests,
     request,
 )
 
@@ -255,16 +256,7 @@ async def test_send_carries_the_mirror_patient_so_voxares_can_create_it(world: W
 async def test_concurrent_sends_with_a_crash_mid_run(world: World) -> None:
     """12 requests, 4 at a time, a crash at the 5th mark: no SMS twice, every request ends
     sent or unknown, and only requests that were in flight become unknown."""
-    for n in range(12):
-        add_patient(world.engine, f"P-{n}")
-        submit_request(
-            world.engine,
-            key=f"k-{n:02d}",
-            provider=PROVIDER,
-            provider_id=f"P-{n}",
-            content="Reminder",
-            origin="api",
-        )
+    queue_requests(world.engine, 12, content="Reminder", key_format="k-{n:02d}")
     world.set_faults(on_send(latency_ms=5))
     with crash_at(STEP_AFTER_MARK, nth=5), pytest.raises(Crash):
         await world.sender(concurrency=4).run(None)
@@ -306,16 +298,7 @@ async def test_sends_are_concurrent_but_bounded(world: World) -> None:
                 in_flight -= 1
 
     world.app = counting  # type: ignore[assignment]
-    for n in range(9):
-        submit_request(
-            world.engine,
-            key=f"k-{n}",
-            provider=PROVIDER,
-            provider_id=f"P-{n}",
-            content="Hi",
-            origin="api",
-        )
-        add_patient(world.engine, f"P-{n}")
+    queue_requests(world.engine, 9)
     counts = await world.sender(concurrency=3, batch_size=4).run(None)
     assert counts.sent == 9
     assert peak == 3
@@ -323,16 +306,7 @@ async def test_sends_are_concurrent_but_bounded(world: World) -> None:
 
 async def test_bad_key_fails_one_request_and_stops_the_run(world: World) -> None:
     """401: that request is `failed` (nothing sent), the run stops, the rest stay pending."""
-    for n in range(3):
-        add_patient(world.engine, f"P-{n}")
-        submit_request(
-            world.engine,
-            key=f"k-{n}",
-            provider=PROVIDER,
-            provider_id=f"P-{n}",
-            content="Hi",
-            origin="api",
-        )
+    queue_requests(world.engine, 3)
     bad = VoxaresClient(
         base_url="http://sandbox" + API_PREFIX,
         api_key="vox-nope-wrongsecret",

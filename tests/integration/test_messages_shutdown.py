@@ -23,15 +23,14 @@ from syncd.compose import shutdown_grace_seconds
 from syncd.config import Settings
 from syncd.daemon import Daemon, Schedule
 from syncd.jobs import JobRunner
-from syncd.messages import counts_by_state, submit_request
+from syncd.messages import counts_by_state
 from syncd.messages.sender import STEP_AFTER_MARK
 from syncd.sandbox.faults import FaultConfig, FaultRule
 from tests.integration.test_messages_support import (
-    PROVIDER,
     World,
-    add_patient,
     make_world,
     migrated_sqlite,
+    queue_requests,
 )
 
 REQUESTS = 80
@@ -80,16 +79,7 @@ async def test_sigterm_during_a_send_run_leaves_no_unknown_request(
     """SIGTERM mid-run: the sender claims no new request, the sends in flight finish within
     the grace period, no request is left `sending` (0 new `unknown`), every request is
     `sent` or still `pending`, none was sent twice, and the next start sends the rest."""
-    for n in range(REQUESTS):
-        add_patient(world.engine, f"P-{n}")
-        submit_request(
-            world.engine,
-            key=f"k-{n:02d}",
-            provider=PROVIDER,
-            provider_id=f"P-{n}",
-            content="Reminder",
-            origin="api",
-        )
+    queue_requests(world.engine, REQUESTS, content="Reminder", key_format="k-{n:02d}")
     world.set_faults(slow_sends())
     daemon = Daemon(
         JobRunner(world.engine),
@@ -120,16 +110,7 @@ async def test_sigterm_during_a_send_run_leaves_no_unknown_request(
 
 async def test_a_stopped_sender_claims_nothing_and_says_so(world: World) -> None:
     """After `request_stop`, a run claims no request: all stay `pending`, `stopped` set."""
-    for n in range(3):
-        add_patient(world.engine, f"P-{n}")
-        submit_request(
-            world.engine,
-            key=f"k-{n}",
-            provider=PROVIDER,
-            provider_id=f"P-{n}",
-            content="Hi",
-            origin="api",
-        )
+    queue_requests(world.engine, 3)
     sender = world.sender()
     sender.request_stop()
     counts = await sender.run(None)

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from starlette.applications import Starlette
 
 from syncd import testing_hooks
+from syncd.messages import submit_request
 from syncd.messages.sender import MessageSender
 from syncd.sandbox.app import create_app
 from syncd.sandbox.clock import ManualClock
@@ -73,6 +74,23 @@ def add_patient(engine: Engine, provider_id: str, *, mobile: str | None = MOBILE
                 last_pushed_at=now,
                 last_seen_at=now,
             )
+        )
+
+
+def queue_requests(
+    engine: Engine, count: int, *, content: str = "Hi", key_format: str = "k-{n}"
+) -> None:
+    """`count` pending API requests (keys from `key_format`) to patients P-0, P-1, ...,
+    each patient in the mirror."""
+    for n in range(count):
+        add_patient(engine, f"P-{n}")
+        submit_request(
+            engine,
+            key=key_format.format(n=n),
+            provider=PROVIDER,
+            provider_id=f"P-{n}",
+            content=content,
+            origin="api",
         )
 
 
