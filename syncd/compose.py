@@ -261,6 +261,9 @@ def specs_for(settings: Settings) -> dict[str, JobSpec]:
             0.0,
             max(600.0, 10 * o.deliver_interval_seconds),
         )
+    elif s.submissions.enabled or s.content.enabled or s.messages.enabled:
+        # No sink, so no delivery job to prune as it runs; the event writers still write.
+        specs["prune_outbox"] = (build_outbox_retention, True, 3600.0, None, 60.0, 4 * 3600.0)
     if s.content.enabled:
         c = s.content
         specs["mirror_content"] = (
@@ -398,6 +401,13 @@ def build_outbox_delivery(rt: Runtime) -> Job:
         # never less often than the runs start, so a slow sink delays no one.
         pause_seconds=min(1.0, o.deliver_interval_seconds),
     )
+
+
+def build_outbox_retention(rt: Runtime) -> Job:
+    """Outbox retention on its own (no sink configured)."""
+    from syncd.outbox.retention import OutboxRetentionJob
+
+    return OutboxRetentionJob(rt.engine, rt.settings.outbox.retention_days)
 
 
 def _delivery_lease_seconds(settings: Settings) -> float:

@@ -533,3 +533,21 @@ def test_backlog_per_sink(engine: Engine) -> None:
         "crm": queries.SinkBacklog(pending=1, oldest_age_seconds=630.0, dead=0),
         "idle": queries.SinkBacklog(pending=0, oldest_age_seconds=0.0, dead=0),
     }
+
+
+async def test_with_no_sink_the_retention_job_prunes_what_the_event_writers_leave(
+    engine: Engine,
+) -> None:
+    """A daemon with no sink still writes events (poller, SMS, content): `prune_outbox`
+    deletes those past retention, keeps recent ones, the newest, and any a removed sink
+    has yet to deliver."""
+    old = add_events(engine, ["form_submission.updated"] * 4)
+    fanout.fan_out(engine, Route("gone", start="beginning"), now=T0)  # a sink since removed
+    for seq, _ in old[:3]:
+        set_state(engine, seq, "gone", "delivered", delivered_at=T0)
+    recent = add_events(engine, ["form_submission.updated"], created_at=datetime.now(UTC))
+    counts = await retention.OutboxRetentionJob(engine, 14).run(None)
+    assert counts.pruned == 3
+    with Session(engine) as session:
+        left = set(session.scalars(select(OutboxEvent.seq)))
+    assert left == {old[3][0], recent[0][0]}  # the removed sink's pending one, the recent one

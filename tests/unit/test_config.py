@@ -626,3 +626,19 @@ def test_settings_are_frozen(tmp_path: Path) -> None:
     settings = load(tmp_path)
     with pytest.raises(Exception, match="frozen"):
         settings.health.port = 1  # type: ignore[misc]
+
+
+def test_retention_runs_on_its_own_only_when_no_sink_prunes_as_it_delivers(
+    tmp_path: Path,
+) -> None:
+    """Events are written whenever submissions, SMS or content are on; with no sink there
+    is no delivery job to prune them, so `prune_outbox` is scheduled instead."""
+    from syncd.compose import specs_for
+
+    polling = "[voxares]\nbase_url = 'https://x'\n[submissions]\nenabled = true\n"
+    assert "prune_outbox" in specs_for(load(tmp_path, polling))
+    assert "deliver_outbox" not in specs_for(load(tmp_path, polling))
+    with_sink = polling + "[outbox.sinks.file]\ntype = 'file'\ndirectory = 'events'\n"
+    assert "prune_outbox" not in specs_for(load(tmp_path, with_sink))
+    quiet = "[submissions]\nenabled = false\n[content]\nenabled = false\n"
+    assert "prune_outbox" not in specs_for(load(tmp_path, quiet))  # nothing writes events
