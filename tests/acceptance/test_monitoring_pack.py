@@ -245,6 +245,38 @@ def test_dashboard_imports_through_the_ui() -> None:
             assert variable["datasource"] == wanted
 
 
+def test_dashboard_requires_its_panel_types() -> None:
+    """`__requires` names every panel type used, so an import warns about a missing plugin."""
+    board = dashboard()
+    used = {p["type"] for p in all_panels(board["panels"]) if p["type"] != "row"}
+    required = {r["id"] for r in board["__requires"] if r["type"] == "panel"}
+    assert used <= required
+
+
+def test_dashboard_queries_are_valid_promql(promtool: str, tmp_path: Path) -> None:
+    """Every dashboard expression parses: promtool checks them as recording rules, with
+    Grafana's variables replaced by what Grafana would put there."""
+    rules = [
+        {
+            "record": f"dashboard:query_{n}",
+            "expr": expr.replace("$__rate_interval", "5m").replace("$instance", ".*"),
+        }
+        for n, expr in enumerate(dashboard_expressions())
+        if not expr.startswith("label_values(")
+    ]
+    path = tmp_path / "dashboard-queries.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    checked = subprocess.run(
+        [promtool, "check", "rules", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert f"SUCCESS: {len(rules)} rules found" in checked.stdout
+
+
 def test_dashboard_covers_what_the_issue_lists() -> None:
     """Job outcomes and durations, poll lag, backlog per sink, delivery rates, dead letters,
     SMS states and quarantine each have a panel."""
