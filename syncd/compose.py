@@ -340,16 +340,17 @@ def build_health(rt: Runtime, started_at: datetime) -> HealthServer | None:
         return None
     from syncd.health import database_check, job_freshness_check, migrations_check
     from syncd.state.db import head_revisions
+    from syncd.state_metrics import StateCollector
 
     checks: dict[str, Callable[[], str | None]] = {
         "database": database_check(rt.engine),
         "migrations": migrations_check(rt.engine, head_revisions()),
     }
-    for name, spec in job_specs(rt).items():
-        checks[f"job:{name}"] = job_freshness_check(
-            rt.engine, name, timedelta(seconds=spec[5]), started_at=started_at
-        )
-    return HealthServer(h.host, h.port, checks)
+    freshness = job_freshness(rt.settings)
+    for name, limit in freshness.items():
+        checks[f"job:{name}"] = job_freshness_check(rt.engine, name, limit, started_at=started_at)
+    state = StateCollector(rt.engine, freshness, rt.settings.outbox.sinks)
+    return HealthServer(h.host, h.port, checks, collectors=[state])
 
 
 def build_sinks(settings: Settings) -> dict[str, Any]:

@@ -14,8 +14,9 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -24,6 +25,9 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from syncd import sdnotify
 from syncd.jobs import Job, JobRunner, Stoppable
+
+if TYPE_CHECKING:
+    from prometheus_client.registry import Collector
 
 log = structlog.get_logger(__name__)
 
@@ -48,6 +52,8 @@ class HealthServer:
     host: str
     port: int
     readiness_checks: Mapping[str, Callable[[], str | None]]
+    # Scrape-time collectors served on /metrics beside syncd.metrics.REGISTRY.
+    collectors: Sequence[Collector] = ()
 
 
 class Daemon:
@@ -118,7 +124,9 @@ class Daemon:
             from syncd.health import create_health_app, serve_health
 
             app = create_health_app(
-                heartbeat=lambda: self.heartbeat, readiness_checks=self.health.readiness_checks
+                heartbeat=lambda: self.heartbeat,
+                readiness_checks=self.health.readiness_checks,
+                collectors=self.health.collectors,
             )
             background.append(
                 asyncio.create_task(

@@ -2,7 +2,9 @@
 
     GET /healthz   200 while the main loop's heartbeat is fresh, 503 once it is stale
     GET /readyz    200 when every readiness check passes, 503 naming the ones that failed
-    GET /metrics   the Prometheus exposition of `syncd.metrics.REGISTRY`
+    GET /metrics   the Prometheus exposition of `syncd.metrics.REGISTRY`, the extra
+                   collectors the app is given (the state database's, `syncd.state_metrics`),
+                   and `syncd_readiness_check{check}`: 1 per passing readiness check, 0 failing
 
 The app knows nothing of the rest of the daemon: it is handed a heartbeat (a callable that
 returns the monotonic time of the last beat) and named readiness checks (callables that
@@ -24,7 +26,7 @@ import asyncio
 import contextlib
 import socket
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
@@ -32,6 +34,8 @@ import structlog
 import uvicorn
 from alembic.runtime.migration import MigrationContext
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
@@ -98,6 +102,7 @@ def create_health_app(
     check_timeout: float = 5.0,
     clock: Callable[[], float] = time.monotonic,
     registry: CollectorRegistry = REGISTRY,
+    collectors: Sequence[Collector] = (),
 ) -> Starlette:
     """The health, readiness and metrics app.
 
@@ -106,6 +111,9 @@ def create_health_app(
     dedicated thread pool (they may block on the database) and fails if it takes longer
     than `check_timeout` seconds, so a hung database cannot hang the probe or starve the
     event loop's default executor that the jobs use.
+
+    /metrics runs the readiness checks too (as `syncd_readiness_check`), then collects
+    `registry` and `collectors` in that pool: collectors may read the database.
     """
     checks = dict(readiness_checks)
     executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="syncd-health")
@@ -118,12 +126,16 @@ def create_health_app(
             log.warning("health.heartbeat_stale", age_seconds=round(age, 1))
         return JSONResponse(body, status_code=200 if fresh else 503)
 
-    async def readyz(request: Request) -> Response:
+    async def failures() -> dict[str, str]:
         failed: dict[str, str] = {}
         for name, check in checks.items():
             reason = await _run_check(name, check, executor, check_timeout)
             if reason is not None:
                 failed[name] = reason
+        return failed
+
+    async def readyz(request: Request) -> Response:
+        failed = await failures()
         passed = [name for name in checks if name not in failed]
         if failed:
             log.warning("health.not_ready", failed=sorted(failed))
@@ -131,7 +143,11 @@ def create_health_app(
         return JSONResponse(body, status_code=503 if failed else 200)
 
     async def metrics(request: Request) -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        readiness = _ReadinessCollector(list(checks), await failures())
+        sources = [_Passthrough(registry), *collectors, readiness]
+        loop = asyncio.get_running_loop()
+        body = await loop.run_in_executor(executor, _exposition, sources)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     return Starlette(
         routes=[
@@ -140,6 +156,49 @@ def create_health_app(
             Route("/metrics", metrics, methods=["GET"]),
         ]
     )
+
+
+def _exposition(sources: Sequence[Collector]) -> bytes:
+    """One scrape of every source (a registry per scrape: the state collector's families
+    exist only while it reads them)."""
+    scrape = CollectorRegistry(auto_describe=False)
+    for source in sources:
+        scrape.register(source)
+    return generate_latest(scrape)
+
+
+class _Passthrough(Collector):
+    """A registry seen as one collector of a scrape's registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+    def collect(self) -> Iterable[Metric]:
+        return self._registry.collect()
+
+
+class _ReadinessCollector(Collector):
+    """`syncd_readiness_check{check}`: what /readyz answered, as a gauge per check."""
+
+    def __init__(self, names: list[str], failed: Mapping[str, str]) -> None:
+        self._names = names
+        self._failed = failed
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "syncd_readiness_check",
+            "1 while the readiness check passes, 0 while it fails (/readyz names why)",
+            labels=["check"],
+        )
+        for name in self._names:
+            family.add_metric([name], 0.0 if name in self._failed else 1.0)
+        yield family
 
 
 async def _run_check(

@@ -310,10 +310,8 @@ class JobRunner:
         if outcome == "failed":
             log.error("job.failed", seconds=seconds, error=error, **counts)
         elif outcome == "partial":
-            metrics.JOB_LAST_SUCCESS.labels(job.name).set_to_current_time()
             log.warning("job.finished", outcome=outcome, seconds=seconds, error=error, **counts)
         else:
-            metrics.JOB_LAST_SUCCESS.labels(job.name).set_to_current_time()
             emit = log.info if worked else log.debug
             emit("job.finished", outcome=outcome, seconds=seconds, **counts)
         return RunResult(job.name, run_id, outcome, counts, error)

@@ -1,6 +1,8 @@
 """Prometheus metrics, defined once; every module increments these and nothing else.
 
 Labels never carry patient data: endpoints are path templates, not concrete paths.
+What the state database knows (a job's last success and latest outcome, quarantined rows,
+disabled sinks) is read at scrape time instead: `syncd.state_metrics`.
 """
 
 from __future__ import annotations
@@ -17,12 +19,6 @@ JOB_RUNS = Counter(
 )
 JOB_DURATION = Histogram(
     "syncd_job_duration_seconds", "Job run duration", ["job"], registry=REGISTRY
-)
-JOB_LAST_SUCCESS = Gauge(
-    "syncd_job_last_success_timestamp_seconds",
-    "Unix time the job last finished ok or partial (alert on time() minus this)",
-    ["job"],
-    registry=REGISTRY,
 )
 API_CALLS = Counter(
     "syncd_api_calls",

@@ -7,11 +7,12 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 
 import httpx
 import pytest
 import structlog
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from starlette.applications import Starlette
 
 from syncd.exceptions import ConfigError
@@ -215,6 +216,39 @@ async def test_metrics_exposes_registry(served: Serve) -> None:
     assert answer.status_code == 200
     assert answer.headers["content-type"].startswith("text/plain")
     assert 'syncd_job_runs_total{job="health-test",outcome="ok"}' in answer.text
+
+
+class OneGauge:
+    """A scrape-time collector with one gauge (stands for the state database's)."""
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily("syncd_test_collected", "collected per scrape", labels=["x"])
+        family.add_metric(["y"], 7.0)
+        yield family
+
+
+async def test_metrics_exposes_readiness_and_extra_collectors(served: Serve) -> None:
+    """/metrics shows each readiness check as 1 (passing) or 0 (failing), and what the
+    app's extra collectors yield, beside the registry."""
+    failing = "migrations"
+    app = create_health_app(
+        heartbeat=Clock(),
+        readiness_checks={"database": lambda: None, failing: lambda: "not migrated"},
+        clock=Clock(),
+        collectors=[OneGauge()],
+    )
+    client = await served(app)
+
+    answer = await client.get("/metrics")
+
+    assert answer.status_code == 200
+    assert 'syncd_readiness_check{check="database"} 1.0' in answer.text
+    assert 'syncd_readiness_check{check="migrations"} 0.0' in answer.text
+    assert 'syncd_test_collected{x="y"} 7.0' in answer.text
+    assert "syncd_job_runs_total" in answer.text
 
 
 async def test_serving_leaves_signal_handlers_alone(

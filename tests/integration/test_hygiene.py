@@ -29,7 +29,7 @@ from typing import Any
 
 import httpx
 import pytest
-from prometheus_client import generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from sqlalchemy import Engine, select
 
 from syncd import metrics
@@ -50,6 +50,7 @@ from syncd.sinks.webhook import WebhookSink
 from syncd.sources.csv import CsvSource
 from syncd.state.db import make_engine, upgrade
 from syncd.state.models import JobRun, MessageRequest, QuarantinedRow
+from syncd.state_metrics import StateCollector
 from syncd.submissions.poller import SubmissionPoller
 from syncd.voxares.client import VoxaresClient
 from syncd.voxares.contract import API_PREFIX
@@ -321,6 +322,11 @@ async def test_canary_leaves_no_trace_in_logs_errors_or_metrics(
     assert_clean("the logs", logs, key)
     assert_clean("exception texts", "\n".join(raised), key)
     assert_clean("/metrics", generate_latest(metrics.REGISTRY).decode(), key)
+    scrape = CollectorRegistry(auto_describe=False)
+    scrape.register(StateCollector(make_engine(url), {"push_patients": timedelta(hours=1)}, []))
+    from_state = generate_latest(scrape).decode()
+    assert 'syncd_quarantined_rows{source="ehr-export"} 2.0' in from_state
+    assert_clean("/metrics read from the state database", from_state, key)
     assert_clean("error and reason columns", text_columns(make_engine(url)), key)
 
     # File modes: the state database and its WAL files, the NDJSON files and directories.

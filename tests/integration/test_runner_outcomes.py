@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine, select, text, update
 from sqlalchemy.orm import Session
 from structlog.testing import capture_logs
@@ -25,6 +26,7 @@ from syncd.jobs import JobRunner
 from syncd.state.db import make_engine, upgrade
 from syncd.state.locks import JobLockHandle, advisory_key
 from syncd.state.models import JobLock, JobRun
+from syncd.state_metrics import StateCollector
 
 
 @pytest.fixture
@@ -133,13 +135,14 @@ async def test_a_run_is_recorded_with_the_outcome_its_result_reports(
 
 
 async def test_last_success_gauge_counts_ok_and_partial_but_not_failed(engine: Engine) -> None:
-    """`syncd_job_last_success_timestamp_seconds` moves on ok and partial runs only."""
+    """`syncd_job_last_success_timestamp_seconds` (read from the runs at scrape time) moves
+    on ok and partial runs only."""
     name = "gauged"
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StateCollector(engine, {name: timedelta(minutes=10)}, []))
 
     def gauge() -> float | None:
-        return metrics.REGISTRY.get_sample_value(
-            "syncd_job_last_success_timestamp_seconds", {"job": name}
-        )
+        return registry.get_sample_value("syncd_job_last_success_timestamp_seconds", {"job": name})
 
     await JobRunner(engine).run_once(ReportingJob(name, Report(failed=1, outcome="failed")))
     assert gauge() is None
