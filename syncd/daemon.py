@@ -13,9 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import socket
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -48,6 +50,11 @@ class HealthServer:
     host: str
     port: int
     readiness_checks: Mapping[str, Callable[[], str | None]]
+    # More routes on the same server (the status page at `/`).
+    routes: Sequence[Any] = ()
+    # A socket already bound to host:port (`health.bind_health_socket`), e.g. by a caller
+    # that asked for port 0 and must print the port before the daemon starts.
+    listener: socket.socket | None = field(default=None, compare=False)
 
 
 class Daemon:
@@ -60,10 +67,13 @@ class Daemon:
         *,
         health: HealthServer | None = None,
         shutdown_grace_seconds: float = 20.0,
+        background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
     ) -> None:
         self.runner = runner
         self.schedules = schedules
         self.health = health
+        # Loops beside the jobs (the status page's sampler), cancelled at shutdown.
+        self.background = background
         self.shutdown_grace_seconds = shutdown_grace_seconds
         self.heartbeat = time.monotonic()
         self._stop = asyncio.Event()
@@ -107,7 +117,9 @@ class Daemon:
 
             # Bound here, before anything starts: a busy port is a ConfigError (exit 78)
             # that stops start-up, not a failure hidden in a background task.
-            listener = bind_health_socket(self.health.host, self.health.port)
+            listener = self.health.listener or bind_health_socket(
+                self.health.host, self.health.port
+            )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -118,7 +130,9 @@ class Daemon:
             from syncd.health import create_health_app, serve_health
 
             app = create_health_app(
-                heartbeat=lambda: self.heartbeat, readiness_checks=self.health.readiness_checks
+                heartbeat=lambda: self.heartbeat,
+                readiness_checks=self.health.readiness_checks,
+                extra_routes=self.health.routes,
             )
             background.append(
                 asyncio.create_task(
@@ -126,6 +140,7 @@ class Daemon:
                 )
             )
         background.append(asyncio.create_task(sdnotify.watchdog_task(self.alive)))
+        background.extend(asyncio.create_task(loop_()) for loop_ in self.background)
 
         scheduler = AsyncIOScheduler(timezone="UTC")
         for schedule in self.schedules:

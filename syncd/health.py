@@ -3,6 +3,7 @@
     GET /healthz   200 while the main loop's heartbeat is fresh, 503 once it is stale
     GET /readyz    200 when every readiness check passes, 503 naming the ones that failed
     GET /metrics   the Prometheus exposition of `syncd.metrics.REGISTRY`
+    GET /          the clinic admin's status page, when installed (`syncd.status_page`)
 
 The app knows nothing of the rest of the daemon: it is handed a heartbeat (a callable that
 returns the monotonic time of the last beat) and named readiness checks (callables that
@@ -24,7 +25,7 @@ import asyncio
 import contextlib
 import socket
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
@@ -37,7 +38,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from syncd.exceptions import ConfigError
 from syncd.metrics import REGISTRY
@@ -98,6 +99,7 @@ def create_health_app(
     check_timeout: float = 5.0,
     clock: Callable[[], float] = time.monotonic,
     registry: CollectorRegistry = REGISTRY,
+    extra_routes: Sequence[BaseRoute] = (),
 ) -> Starlette:
     """The health, readiness and metrics app.
 
@@ -105,7 +107,7 @@ def create_health_app(
     once it is more than `stale_after` seconds old. Each readiness check runs in a small
     dedicated thread pool (they may block on the database) and fails if it takes longer
     than `check_timeout` seconds, so a hung database cannot hang the probe or starve the
-    event loop's default executor that the jobs use.
+    event loop's default executor that the jobs use. `extra_routes`: the status page's.
     """
     checks = dict(readiness_checks)
     executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="syncd-health")
@@ -138,6 +140,7 @@ def create_health_app(
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
+            *extra_routes,
         ]
     )
 
