@@ -13,10 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import pygal
-from pygal.etree import etree
-from pygal.style import Style
-
+from syncd.status_page.pygal_shim import DateTimeLine, Style, etree
 from syncd.status_page.queries import ChartData
 
 _STYLE = Style(
@@ -36,7 +33,7 @@ _STYLE = Style(
 
 def render_chart(chart: ChartData) -> str:
     """The chart as an `<svg>` element's markup (no XML declaration, no script)."""
-    line = pygal.DateTimeLine(
+    line = DateTimeLine(
         js=[],
         disable_xml_declaration=True,
         style=_STYLE,
