@@ -48,9 +48,11 @@ def render_chart(chart: ChartData) -> str:
         show_legend=True,
         legend_at_bottom=True,
         min_scale=3,
+        max_scale=6,
         no_data_text="no samples yet",
         range=(0, None),
         include_x_axis=True,
+        xrange=(chart.start.timestamp(), chart.end.timestamp()),
     )
     for series in chart.series:
         line.add(series.subject, [(moment, value) for moment, value in series.points])

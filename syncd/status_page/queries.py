@@ -102,6 +102,8 @@ class ChartData:
     title: str
     window: Window
     series: list[Series]
+    start: datetime  # the x axis spans start..end, so "now" is always at the right edge
+    end: datetime
 
     @property
     def point_count(self) -> int:
@@ -215,6 +217,8 @@ def charts(engine: Engine, now: datetime) -> list[ChartData]:
                     f"{title}, last {window.name}",
                     window,
                     series,
+                    start,
+                    now,
                 )
             )
     return found

@@ -86,7 +86,7 @@ def test_bad_credential_file_names_the_key_not_the_content(
 
 def test_missing_credential_file(tmp_path: Path) -> None:
     page = StatusPageSettings(auth="bearer", credential_file=tmp_path / "absent")
-    with pytest.raises(ConfigError, match="status_page.credential_file: cannot read it"):
+    with pytest.raises(ConfigError, match=r"status_page\.credential_file: cannot read it"):
         read_credential(page)
 
 
@@ -95,6 +95,7 @@ def test_exposure_warning() -> None:
     assert page.exposure_warning("127.0.0.1", health_enabled=True) is None
     assert page.exposure_warning("0.0.0.0", health_enabled=False) is None
     warning = page.exposure_warning("0.0.0.0", health_enabled=True)
-    assert warning is not None and "without authentication" in warning
+    assert warning is not None
+    assert "without authentication" in warning
     guarded = StatusPageSettings(auth="bearer", credential_file=Path("/x"))
     assert guarded.exposure_warning("0.0.0.0", health_enabled=True) is None
