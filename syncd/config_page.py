@@ -48,8 +48,8 @@ class StatusPageSettings(BaseModel):
         if not (health_enabled and self.enabled) or is_loopback(host) or self.auth != "none":
             return None
         return (
-            f"status_page: served at / on {host!r} without authentication; set "
-            'status_page.auth = "basic" or "bearer" with a credential_file, or keep '
+            f"status_page.auth = 'none' serves the status page at / on {host!r} without "
+            'authentication; set auth = "basic" or "bearer" with a credential_file, or keep '
             "health.host = 127.0.0.1"
         )
 
