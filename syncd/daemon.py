@@ -117,9 +117,9 @@ class Daemon:
 
             # Bound here, before anything starts: a busy port is a ConfigError (exit 78)
             # that stops start-up, not a failure hidden in a background task.
-            listener = self.health.listener or bind_health_socket(
-                self.health.host, self.health.port
-            )
+            listener = self.health.listener
+            if listener is None:
+                listener = bind_health_socket(self.health.host, self.health.port)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
