@@ -15,6 +15,7 @@ outage, or could not start), 75 (EX_TEMPFAIL) another process is running the job
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -93,7 +94,8 @@ def run(config: ConfigOption = None) -> None:
     from syncd.service import serve
 
     settings = _settings(config, need_api_key=True)
-    _run(serve(settings))
+    path = config or (Path(os.environ["SYNCD_CONFIG"]) if os.environ.get("SYNCD_CONFIG") else None)
+    _run(serve(settings, config_path=path.absolute() if path is not None else None))
 
 
 @app.command()
@@ -123,12 +125,22 @@ def demo(
         Path, typer.Option("--dir", help="Where the demo keeps its files.")
     ] = Path("syncd-demo"),
     patients: Annotated[int, typer.Option(help="Patients in the sample export.")] = 300,
+    serve: Annotated[
+        bool,
+        typer.Option(
+            "--serve",
+            help="Then keep the daemon and its status page running until Ctrl-C.",
+        ),
+    ] = False,
+    port: Annotated[
+        int, typer.Option(help="With --serve: the status page's port on 127.0.0.1 (0: any).")
+    ] = 8787,
 ) -> None:
     """Run the daemon against the embedded sandbox with a generated EHR export."""
     from syncd.demo import run_demo
 
     configure_logging("WARNING", "console" if sys.stderr.isatty() else "json")
-    _run(run_demo(directory, patients=patients, console=out))
+    _run(run_demo(directory, patients=patients, console=out, serve=serve, port=port))
 
 
 # --- db -----------------------------------------------------------------------------------

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Final
 
 import httpx
@@ -333,8 +334,17 @@ def shutdown_grace_seconds(settings: Settings) -> float:
     return max(MIN_SHUTDOWN_GRACE, v.connect_timeout + v.read_timeout + 5.0)
 
 
-def build_health(rt: Runtime, started_at: datetime) -> HealthServer | None:
-    """The health endpoint and its readiness checks, when enabled."""
+def build_health(
+    rt: Runtime,
+    started_at: datetime,
+    *,
+    config_path: Path | None = None,
+    syncd: str = "syncd",
+) -> HealthServer | None:
+    """The health endpoint and its readiness checks, when enabled, with the status page at
+    `/` when that is enabled too (`config_path` and `syncd`: for the commands it shows).
+
+    Raises `ConfigError` when the page's credential file cannot be read."""
     h = rt.settings.health
     if not h.enabled:
         return None
@@ -350,7 +360,50 @@ def build_health(rt: Runtime, started_at: datetime) -> HealthServer | None:
     for name, limit in freshness.items():
         checks[f"job:{name}"] = job_freshness_check(rt.engine, name, limit, started_at=started_at)
     state = StateCollector(rt.engine, freshness, rt.settings.outbox.sinks)
-    return HealthServer(h.host, h.port, checks, collectors=[state])
+    return HealthServer(
+        h.host,
+        h.port,
+        checks,
+        collectors=[state],
+        routes=build_status_page(rt, config_path=config_path, syncd=syncd),
+    )
+
+
+def build_status_page(
+    rt: Runtime, *, config_path: Path | None = None, syncd: str = "syncd"
+) -> list[Any]:
+    """The status page's routes (none when `status_page.enabled` is false)."""
+    page = rt.settings.status_page
+    if not page.enabled:
+        return []
+    from syncd.config_page import read_credential
+    from syncd.status_page.page import PageAccess, PageConfig, status_page_routes
+
+    access = PageAccess(page.auth, read_credential(page))
+    config = PageConfig(
+        freshness=job_freshness(rt.settings),
+        configured_sinks=tuple(rt.settings.outbox.sinks),
+        refresh_seconds=page.refresh_seconds,
+        syncd=syncd,
+        config_path=config_path,
+        access=access,
+    )
+    return list(status_page_routes(rt.engine, config))
+
+
+def build_sampler(rt: Runtime) -> list[Callable[[], Coroutine[Any, Any, None]]]:
+    """The status page's sampler loop, when the page is served (nothing reads it else)."""
+    page = rt.settings.status_page
+    if not (page.enabled and rt.settings.health.enabled):
+        return []
+    from syncd.status_page.samples import sampler_task
+
+    retention = timedelta(days=page.retention_days)
+
+    def loop() -> Coroutine[Any, Any, None]:
+        return sampler_task(rt.engine, interval=page.sample_interval_seconds, retention=retention)
+
+    return [loop]
 
 
 def build_sinks(settings: Settings) -> dict[str, Any]:

@@ -66,6 +66,7 @@ from syncd.config_fields import (
     problem,
     read_secret_file,
 )
+from syncd.config_page import StatusPageSettings
 from syncd.exceptions import ConfigError
 from syncd.patients.outage import DEFAULT_OUTAGE_AFTER
 from syncd.sources import REQUIRED_SOURCE_FIELDS, SOURCE_FIELDS
@@ -594,6 +595,7 @@ class Settings(BaseSettings):
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     health: HealthSettings = Field(default_factory=HealthSettings)
+    status_page: StatusPageSettings = Field(default_factory=StatusPageSettings)
     patients: PatientsSettings = Field(default_factory=PatientsSettings)
     submissions: SubmissionsSettings = Field(default_factory=SubmissionsSettings)
     outbox: OutboxSettings = Field(default_factory=OutboxSettings)

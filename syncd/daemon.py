@@ -13,10 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import socket
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -54,6 +55,11 @@ class HealthServer:
     readiness_checks: Mapping[str, Callable[[], str | None]]
     # Scrape-time collectors served on /metrics beside syncd.metrics.REGISTRY.
     collectors: Sequence[Collector] = ()
+    # More routes on the same server (the status page at `/`).
+    routes: Sequence[Any] = ()
+    # A socket already bound to host:port (`health.bind_health_socket`), e.g. by a caller
+    # that asked for port 0 and must print the port before the daemon starts.
+    listener: socket.socket | None = field(default=None, compare=False)
 
 
 class Daemon:
@@ -66,10 +72,13 @@ class Daemon:
         *,
         health: HealthServer | None = None,
         shutdown_grace_seconds: float = 20.0,
+        background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
     ) -> None:
         self.runner = runner
         self.schedules = schedules
         self.health = health
+        # Loops beside the jobs (the status page's sampler), cancelled at shutdown.
+        self.background = background
         self.shutdown_grace_seconds = shutdown_grace_seconds
         self.heartbeat = time.monotonic()
         self._stop = asyncio.Event()
@@ -113,7 +122,9 @@ class Daemon:
 
             # Bound here, before anything starts: a busy port is a ConfigError (exit 78)
             # that stops start-up, not a failure hidden in a background task.
-            listener = bind_health_socket(self.health.host, self.health.port)
+            listener = self.health.listener
+            if listener is None:
+                listener = bind_health_socket(self.health.host, self.health.port)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -127,6 +138,7 @@ class Daemon:
                 heartbeat=lambda: self.heartbeat,
                 readiness_checks=self.health.readiness_checks,
                 collectors=self.health.collectors,
+                extra_routes=self.health.routes,
             )
             background.append(
                 asyncio.create_task(
@@ -134,6 +146,7 @@ class Daemon:
                 )
             )
         background.append(asyncio.create_task(sdnotify.watchdog_task(self.alive)))
+        background.extend(asyncio.create_task(loop_()) for loop_ in self.background)
 
         scheduler = AsyncIOScheduler(timezone="UTC")
         for schedule in self.schedules:

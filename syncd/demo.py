@@ -12,6 +12,7 @@ import asyncio
 import shutil
 import sys
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,9 @@ from syncd.demo_data import change_some_rows, write_sample_export
 from syncd.jobs import JobRunner, RunResult
 from syncd.state.db import upgrade
 from syncd.state.models import ContentItem, OutboxEvent, QuarantinedRow
+
+DEMO_HOST = "127.0.0.1"
+DEFAULT_PORT = 8787
 
 CONFIG = """\
 # Written by `syncd demo`: the embedded sandbox, a SQLite state file, a CSV export.
@@ -42,7 +46,14 @@ url = "sqlite:///{dir}/state.db"
 level = "WARNING"
 
 [health]
-enabled = false
+# Serves the status page at http://127.0.0.1:8787/ (`syncd demo --serve`, `syncd run`).
+enabled = true
+host = "127.0.0.1"
+port = {port}
+
+[status_page]
+# Often, so that a demo's charts fill within minutes.
+sample_interval_seconds = 10
 
 [patients]
 enabled = true
@@ -87,13 +98,23 @@ class DemoSummary:
     outbox_files: list[str] = field(default_factory=list)
 
 
-async def run_demo(directory: Path, *, patients: int, console: Console) -> DemoSummary:
-    """Run the demo in `directory` (its previous state is replaced)."""
+async def run_demo(
+    directory: Path,
+    *,
+    patients: int,
+    console: Console,
+    serve: bool = False,
+    port: int = DEFAULT_PORT,
+) -> DemoSummary:
+    """Run the demo in `directory` (its previous state is replaced); with `serve`, then keep
+    the daemon and its status page on 127.0.0.1:`port` running until SIGINT/SIGTERM."""
     directory = await asyncio.to_thread(directory.resolve)
     _fresh(directory)
     export = write_sample_export(directory / "ehr-export.csv", patients)
     config_path = directory / "config.toml"
-    config_path.write_text(CONFIG.format(dir=directory.as_posix()), encoding="utf-8")
+    config_path.write_text(
+        CONFIG.format(dir=directory.as_posix(), port=port or DEFAULT_PORT), encoding="utf-8"
+    )
     settings = load_settings(config_path, env={})
     console.print(
         f"[bold]voxares-syncd demo[/bold] in {directory}\n"
@@ -146,9 +167,42 @@ async def run_demo(directory: Path, *, patients: int, console: Console) -> DemoS
         await cycle("status + forms", "message_status", "poll_submissions", "deliver_outbox")
 
         await asyncio.to_thread(_collect, rt.engine, summary)
-    summary.outbox_files = sorted(p.name for p in (directory / "outbox").glob("*.ndjson"))
-    _print_summary(console, summary, directory)
+        summary.outbox_files = sorted(p.name for p in (directory / "outbox").glob("*.ndjson"))
+        _print_summary(console, summary, directory, served=serve)
+        if serve:
+            await _serve(rt, config_path, port, console)
     return summary
+
+
+async def _serve(rt: Any, config_path: Path, port: int, console: Console) -> None:
+    """The demo's daemon: every job on its schedule, patients filling in forms, and the
+    status page, until Ctrl-C."""
+    from dataclasses import replace
+
+    from syncd.compose import build_health, build_sampler, build_schedules
+    from syncd.daemon import Daemon
+    from syncd.health import bind_health_socket
+
+    listener = bind_health_socket(DEMO_HOST, port)
+    bound = int(listener.getsockname()[1])
+    health = build_health(rt, datetime.now(UTC), config_path=config_path, syncd=_command_path())
+    assert health is not None, "the demo's config enables the health server"
+    rt.sandbox.activity_rate = 6.0
+    rt.sandbox.activity_enabled = True
+    daemon = Daemon(
+        JobRunner(rt.engine),
+        build_schedules(rt, build_jobs(rt)),
+        health=replace(health, port=bound, listener=listener),
+        background=build_sampler(rt),
+    )
+    console.print(
+        f"[bold]Status page[/bold]: http://{DEMO_HOST}:{bound}/\n"
+        "The daemon keeps running against the sandbox (patients keep filling in forms). "
+        "Press Ctrl-C to stop.",
+        soft_wrap=True,
+    )
+    await daemon.run()
+    console.print("stopped")
 
 
 def _fresh(directory: Path) -> None:
@@ -192,7 +246,9 @@ def _collect(engine: Any, summary: DemoSummary) -> None:
         }
 
 
-def _print_summary(console: Console, summary: DemoSummary, directory: Path) -> None:
+def _print_summary(
+    console: Console, summary: DemoSummary, directory: Path, *, served: bool = False
+) -> None:
     push_runs = [r for _, name, r in summary.cycles if name == "push_patients"]
     table = Table("", "created", "updated", "unchanged", "quarantined", title="patients")
     for label, r in zip(("first sync", "re-sync"), push_runs, strict=False):
@@ -230,9 +286,16 @@ def _print_summary(console: Console, summary: DemoSummary, directory: Path) -> N
         f"  {syncd} outbox list --config {config}\n"
         f"  {syncd} sync patients --dry-run --config {config}\n"
         f"  the delivered events: {directory / 'outbox'}\n"
-        f"  for real use: {syncd} init config.toml, then {syncd} doctor --config config.toml\n",
+        f"  for real use: {syncd} init config.toml, then {syncd} doctor --config config.toml",
         soft_wrap=True,
     )
+    if not served:
+        # The last line: the quickstart exits by itself; this is how to keep it running.
+        console.print(
+            f"  the status page in a browser: {syncd} demo --serve --dir {directory} "
+            "(runs the demo, then keeps the daemon and http://127.0.0.1:8787/ up until Ctrl-C)\n",
+            soft_wrap=True,
+        )
 
 
 def _command_path() -> str:

@@ -48,6 +48,10 @@ async def diagnose(rt: Runtime) -> list[Finding]:
     exposed = rt.settings.health.exposure_warning()
     if exposed:
         findings.append(Finding("health", True, exposed, warning=True))
+    s = rt.settings
+    page_exposed = s.status_page.exposure_warning(s.health.host, health_enabled=s.health.enabled)
+    if page_exposed:
+        findings.append(Finding("status_page", True, page_exposed, warning=True))
     findings.append(await asyncio.to_thread(_database, rt))
     findings.extend(await _api(rt))
     findings.extend(await _sinks(rt))

@@ -5,6 +5,7 @@
     GET /metrics   the Prometheus exposition of `syncd.metrics.REGISTRY`, the extra
                    collectors the app is given (the state database's, `syncd.state_metrics`),
                    and `syncd_readiness_check{check}`: 1 per passing readiness check, 0 failing
+    GET /          the clinic admin's status page, when installed (`syncd.status_page`)
 
 The app knows nothing of the rest of the daemon: it is handed a heartbeat (a callable that
 returns the monotonic time of the last beat) and named readiness checks (callables that
@@ -41,7 +42,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from syncd.exceptions import ConfigError
 from syncd.metrics import REGISTRY
@@ -103,6 +104,7 @@ def create_health_app(
     clock: Callable[[], float] = time.monotonic,
     registry: CollectorRegistry = REGISTRY,
     collectors: Sequence[Collector] = (),
+    extra_routes: Sequence[BaseRoute] = (),
 ) -> Starlette:
     """The health, readiness and metrics app.
 
@@ -114,6 +116,7 @@ def create_health_app(
 
     /metrics runs the readiness checks too (as `syncd_readiness_check`), then collects
     `registry` and `collectors` in that pool: collectors may read the database.
+    `extra_routes`: the status page's.
     """
     checks = dict(readiness_checks)
     executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="syncd-health")
@@ -154,6 +157,7 @@ def create_health_app(
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
+            *extra_routes,
         ]
     )
 

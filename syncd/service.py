@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -16,6 +17,7 @@ import structlog
 from syncd.compose import (
     build_health,
     build_jobs,
+    build_sampler,
     build_schedules,
     runtime,
     shutdown_grace_seconds,
@@ -51,12 +53,18 @@ def _prepare_database(settings: Settings, engine: Any) -> None:
     check_migrated(engine)
 
 
-async def serve(settings: Settings) -> None:
-    """Run the daemon until SIGTERM/SIGINT."""
+async def serve(settings: Settings, *, config_path: Path | None = None) -> None:
+    """Run the daemon until SIGTERM/SIGINT (`config_path`: named in the status page's
+    commands)."""
     started_at = datetime.now(UTC)
     exposed = settings.health.exposure_warning()
     if exposed:
         log.warning("health.exposed", host=settings.health.host, reason=exposed)
+    page_exposed = settings.status_page.exposure_warning(
+        settings.health.host, health_enabled=settings.health.enabled
+    )
+    if page_exposed:
+        log.warning("status_page.exposed", host=settings.health.host, reason=page_exposed)
     async with runtime(settings, create_database=migrates_on_start(settings)) as rt:
         await asyncio.to_thread(_prepare_database, settings, rt.engine)
         # Runs a crashed process left `running` are marked per job by JobRunner once it
@@ -65,8 +73,9 @@ async def serve(settings: Settings) -> None:
         daemon = Daemon(
             JobRunner(rt.engine),
             build_schedules(rt, jobs),
-            health=build_health(rt, started_at),
+            health=build_health(rt, started_at, config_path=config_path),
             shutdown_grace_seconds=shutdown_grace_seconds(settings),
+            background=build_sampler(rt),
         )
         await daemon.run()
 

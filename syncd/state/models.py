@@ -15,6 +15,7 @@ from sqlalchemy import (
     BigInteger,
     DateTime,
     FetchedValue,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -305,3 +306,18 @@ class AuditEntry(Base):
     object_type: Mapped[str] = mapped_column(String(32))
     object_id: Mapped[str] = mapped_column(String(256))
     detail: Mapped[str | None] = mapped_column(String(256))  # ids and counts only
+
+
+class StatusSample(Base):
+    """One minute's reading of a gauge the status page charts over days: the form polling
+    lag, or one sink's outbox backlog. Written by the daemon's sampler, pruned by age."""
+
+    __tablename__ = "status_samples"
+    __table_args__ = (Index("ix_status_samples_taken", "taken_at"),)
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    taken_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # form_lag_seconds | outbox_pending | outbox_oldest_seconds
+    metric: Mapped[str] = mapped_column(String(32))
+    subject: Mapped[str] = mapped_column(String(64))  # the stream or the sink name
+    value: Mapped[float] = mapped_column(Float)

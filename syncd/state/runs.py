@@ -119,6 +119,25 @@ def last_runs(engine: Engine) -> list[RunSummary]:
         return [_summary(run) for run in session.scalars(query)]
 
 
+def recent_runs(engine: Engine, per_job: int = 5) -> dict[str, list[RunSummary]]:
+    """The latest `per_job` runs of every job that ever ran, newest first, by job name
+    (one indexed read per job: `ix_job_runs_job_started`)."""
+    with Session(reader(engine)) as session:
+        jobs = sorted(session.scalars(select(JobRun.job).distinct()))
+        return {
+            job: [
+                _summary(run)
+                for run in session.scalars(
+                    select(JobRun)
+                    .where(JobRun.job == job)
+                    .order_by(JobRun.started_at.desc(), JobRun.id.desc())
+                    .limit(per_job)
+                )
+            ]
+            for job in jobs
+        }
+
+
 def last_success(engine: Engine, job: str) -> datetime | None:
     """When `job` last finished `ok` or `partial`, or None if it never did."""
     query = select(func.max(JobRun.finished_at)).where(

@@ -143,3 +143,14 @@ def test_demo_never_prints_patient_data(
         compact = re.sub(r"[\s-]", "", text)
         leaked = sorted(s for s in secrets if s in text or s in compact)
         assert not leaked, f"patient data in {where}: {len(leaked)} values"
+
+
+def test_demo_exits_by_itself_and_ends_naming_demo_serve(
+    demo: tuple[subprocess.CompletedProcess[str], Path],
+) -> None:
+    """The quickstart exits by itself; its last line says how to keep it running."""
+    result, directory = demo
+    assert result.returncode == 0
+    last = result.stdout.rstrip().splitlines()[-1]
+    assert f"demo --serve --dir {directory}" in re.sub(r"\s+", " ", last)
+    assert "Ctrl-C" in last

@@ -11,6 +11,7 @@ import stat
 import subprocess
 from pathlib import Path
 
+import httpx
 import pytest
 
 from syncd.demo_data import write_sample_export
@@ -254,8 +255,11 @@ def test_health_on_every_interface_warns_in_doctor_and_in_the_log(workspace: Wor
 
     doctor = workspace.run("doctor", env=workspace.env(COLUMNS=WIDE))
     assert doctor.returncode == 0, doctor.stdout + doctor.stderr
-    [warn] = [line for line in doctor.stdout.splitlines() if line.startswith("WARN")]
+    warn, page_warn = [line for line in doctor.stdout.splitlines() if line.startswith("WARN")]
     assert warn.startswith("WARN health: health.host = '0.0.0.0' serves /healthz")
+    assert page_warn.startswith(
+        "WARN status_page: status_page.auth = 'none' serves the status page at / on '0.0.0.0'"
+    )
 
     with running(
         syncd_command("run", "--config", str(workspace.config)),
@@ -269,6 +273,66 @@ def test_health_on_every_interface_warns_in_doctor_and_in_the_log(workspace: Wor
     [exposed] = [e for e in events if e.get("event") == "health.exposed"]
     assert exposed["level"] == "warning"
     assert exposed["host"] == "0.0.0.0"
+    [page] = [e for e in events if e.get("event") == "status_page.exposed"]
+    assert page["level"] == "warning"
+
+
+def test_status_page_beyond_loopback_with_a_bearer_token(workspace: Workspace) -> None:
+    """With `status_page.auth`, the page on 0.0.0.0 answers 401 without the token and 200
+    with it, the probes stay open, and doctor no longer warns about the page."""
+    port = free_port("0.0.0.0")
+    write_sample_export(workspace.export, 5)
+    token = workspace.dir / "page-token"
+    token.write_text("tok-a1b2c3d4e5\n", encoding="utf-8")
+    text = workspace.config.read_text(encoding="utf-8")
+    workspace.config.write_text(
+        text.replace(
+            "[health]\nenabled = false\n",
+            f'[health]\nenabled = true\nhost = "0.0.0.0"\nport = {port}\n',
+        )
+        + f'\n[status_page]\nauth = "bearer"\ncredential_file = "{token.as_posix()}"\n',
+        encoding="utf-8",
+    )
+    assert workspace.run("db", "upgrade").returncode == 0
+    doctor = workspace.run("doctor", env=workspace.env(COLUMNS=WIDE))
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+    assert [line[:12] for line in doctor.stdout.splitlines() if line.startswith("WARN")] == [
+        "WARN health:"
+    ]
+    with running(
+        syncd_command("run", "--config", str(workspace.config)),
+        env=workspace.env(),
+        cwd=workspace.dir,
+        notify_dir=workspace.dir,
+    ) as daemon:
+        daemon.wait_ready()
+        daemon.wait_healthz(port)
+        base = f"http://127.0.0.1:{port}"
+        refused = httpx.get(f"{base}/", timeout=30)
+        assert refused.status_code == 401
+        assert refused.headers["www-authenticate"] == "Bearer"
+        wrong = httpx.get(f"{base}/", headers={"Authorization": "Bearer nope"}, timeout=30)
+        assert wrong.status_code == 401
+        ok = httpx.get(f"{base}/", headers={"Authorization": "Bearer tok-a1b2c3d4e5"}, timeout=30)
+        assert ok.status_code == 200
+        assert "voxares-syncd" in ok.text
+        assert httpx.get(f"{base}/readyz", timeout=30).status_code in (200, 503)
+    assert "tok-a1b2c3d4e5" not in daemon.drain()
+
+
+def test_unreadable_page_credential_file_stops_start_up(workspace: Workspace) -> None:
+    """A credential file that cannot be read is a configuration error naming the key."""
+    text = workspace.config.read_text(encoding="utf-8")
+    workspace.config.write_text(
+        text.replace("[health]\nenabled = false\n", f"[health]\nport = {free_port()}\n")
+        + '\n[status_page]\nauth = "basic"\ncredential_file = "/nonexistent/page.cred"\n',
+        encoding="utf-8",
+    )
+    write_sample_export(workspace.export, 5)
+    assert workspace.run("db", "upgrade").returncode == 0
+    result = workspace.run("run", timeout=120)
+    assert result.returncode == 78, result.stderr[-2000:]
+    assert "status_page.credential_file: cannot read it" in result.stderr
 
 
 def test_loopback_health_gives_no_warning(workspace: Workspace) -> None:
