@@ -119,19 +119,27 @@ def needs_module(module: str, extra: str, key: str) -> None:
         raise problem(key, f"needs the optional dependency: pip install 'voxares-syncd[{extra}]'")
 
 
+def open_to_everyone(fd: int, path: Path) -> str | None:
+    """Why the open secret file `fd` (at `path`) is refused, or None: every user of the
+    machine may read or replace it. Checked on the open file, not the path (no race)."""
+    mode = stat.S_IMODE(os.fstat(fd).st_mode)
+    if not mode & (stat.S_IROTH | stat.S_IWOTH):
+        return None
+    return (
+        f"{path} is open to every user of this machine (mode {mode:04o}); "
+        f"syncd refuses a secret anyone can read: chmod 0600 {path}"
+    )
+
+
 def read_secret_file(path: Path, key: str) -> str:
     """Read a secret (a signing secret, a token) from a file only its owner and group may
     read: a file open to every user is refused, as the API key file is (and as ssh refuses a
     private key), naming the key and the chmod that fixes it, never the contents."""
     try:
         with path.open("rb") as handle:
-            mode = stat.S_IMODE(os.fstat(handle.fileno()).st_mode)
-            if mode & (stat.S_IROTH | stat.S_IWOTH):
-                raise problem(
-                    key,
-                    f"{path} is open to every user of this machine (mode {mode:04o}); "
-                    f"syncd refuses a secret anyone can read: chmod 0600 {path}",
-                )
+            exposed = open_to_everyone(handle.fileno(), path)
+            if exposed is not None:
+                raise problem(key, exposed)
             text = handle.read().decode("utf-8").strip()
     except OSError as exc:
         raise problem(key, f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None

@@ -65,14 +65,21 @@ def read_credential(settings: StatusPageSettings) -> str | None:
     if settings.auth == "none" or settings.credential_file is None:
         return None
     key = "status_page.credential_file"
+    from syncd.config_fields import open_to_everyone
+
+    path = Path(settings.credential_file)
     try:
-        text = Path(settings.credential_file).read_text(encoding="utf-8").strip()
+        with path.open("rb") as handle:
+            exposed = open_to_everyone(handle.fileno(), path)
+            text = handle.read().decode("utf-8").strip()
     except OSError as exc:
         raise ConfigError(
             [f"{key}: cannot read it ({exc.strerror or type(exc).__name__})"]
         ) from None
     except UnicodeDecodeError:
         raise ConfigError([f"{key}: not UTF-8 text"]) from None
+    if exposed is not None:
+        raise ConfigError([f"{key}: {exposed}"])
     if not text or len(text.splitlines()) != 1:
         raise ConfigError([f"{key}: must hold exactly one line"])
     user, _, password = text.partition(":")

@@ -284,6 +284,7 @@ def test_status_page_beyond_loopback_with_a_bearer_token(workspace: Workspace) -
     write_sample_export(workspace.export, 5)
     token = workspace.dir / "page-token"
     token.write_text("tok-a1b2c3d4e5\n", encoding="utf-8")
+    token.chmod(0o600)
     text = workspace.config.read_text(encoding="utf-8")
     workspace.config.write_text(
         text.replace(

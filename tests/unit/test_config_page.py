@@ -57,6 +57,7 @@ def test_sampling_more_often_than_5_s_is_refused(tmp_path: Path) -> None:
 def test_credential_is_read(tmp_path: Path, auth: str, content: str, expected: str) -> None:
     path = tmp_path / "cred"
     path.write_text(content, encoding="utf-8")
+    path.chmod(0o600)
     page = StatusPageSettings(auth=auth, credential_file=path)  # type: ignore[arg-type]
     assert read_credential(page) == expected
 
@@ -75,6 +76,7 @@ def test_bad_credential_file_names_the_key_not_the_content(
 ) -> None:
     path = tmp_path / "cred"
     path.write_text(content, encoding="utf-8")
+    path.chmod(0o600)
     page = StatusPageSettings(auth=auth, credential_file=path)  # type: ignore[arg-type]
     with pytest.raises(ConfigError) as raised:
         read_credential(page)
@@ -99,3 +101,19 @@ def test_exposure_warning() -> None:
     assert "without authentication" in warning
     guarded = StatusPageSettings(auth="bearer", credential_file=Path("/x"))
     assert guarded.exposure_warning("0.0.0.0", health_enabled=True) is None
+
+
+def test_a_credential_file_open_to_every_user_is_refused(tmp_path: Path) -> None:
+    """As with the API key and the webhook secret: the page's password or token in a file
+    anyone on the machine can read stops start-up, naming the key and the chmod."""
+    path = tmp_path / "cred"
+    path.write_text("admin:hunter2-value\n", encoding="utf-8")
+    path.chmod(0o644)
+    page = StatusPageSettings(auth="basic", credential_file=path)
+    with pytest.raises(ConfigError) as raised:
+        read_credential(page)
+    (line,) = raised.value.problems
+    assert line == (
+        f"status_page.credential_file: {path} is open to every user of this machine "
+        f"(mode 0644); syncd refuses a secret anyone can read: chmod 0600 {path}"
+    )
