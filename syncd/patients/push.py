@@ -310,8 +310,10 @@ class _Run:
             if not self.dry_run and not self.counts.stopped_early:
                 if getattr(self.read, "complete", False) is True:
                     self.counts.inactivated = await self.in_worker(self.finish_complete)
-                else:
+                elif getattr(self.read, "incremental", False) is not True:
                     log.warning("patients.read_incomplete", source=self.job._source.name)
+                if self.counts.failed == 0 and self.counts.not_pushed == 0:
+                    await self.in_worker(self.read_pushed)
             return self.counts
         finally:
             await self.shutdown(in_flight, deciding)
@@ -349,6 +351,8 @@ class _Run:
                 repeats.append((key, row, state.first_line))
                 continue
             decision = plan_row(row, state.mirror, state.quarantined, self.job._normalise)
+            if not row.active and not isinstance(decision, Quarantine):
+                batch.writes.inactive.append(key)
             if isinstance(decision, Unchanged):
                 batch.unchanged += 1
                 if decision.refresh_row_hash:
@@ -419,6 +423,12 @@ class _Run:
         return self.store.finish_complete_run(
             mark_inactive=self.job._missing_rows == "mark_inactive"
         )
+
+    def read_pushed(self) -> None:
+        """Tell the read that every row it gave was pushed or recorded (its cursor moves)."""
+        on_pushed = getattr(self.read, "on_pushed", None)
+        if on_pushed is not None:
+            on_pushed()
 
     def close(self) -> None:
         if self.read is not None:
