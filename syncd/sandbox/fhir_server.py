@@ -27,11 +27,13 @@ from __future__ import annotations
 import base64
 import secrets
 import threading
-from collections.abc import Callable, Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, unquote, urlencode
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -144,7 +146,7 @@ class FhirFixture:
         return _fhir(body)
 
     async def _search(self, request: Request) -> Response:
-        self.requests.append(f"GET {request.url.path}?{request.url.query}")
+        self.requests.append(f"GET {request.url.path}?{unquote(request.url.query)}")
         refused = self._refused(request)
         if refused is not None:
             return refused
@@ -233,7 +235,9 @@ class FhirFixture:
         import jwt
 
         self.requests.append(f"POST {request.url.path}")
-        form = await request.form()
+        # application/x-www-form-urlencoded, parsed by the standard library (starlette's
+        # form parser needs python-multipart, which nothing else here does).
+        form = {k: v[0] for k, v in parse_qs((await request.body()).decode("utf-8")).items()}
         if form.get("grant_type") != "client_credentials":
             return _oauth_error("unsupported_grant_type")
         if form.get("client_assertion_type") != (
@@ -312,3 +316,33 @@ def _fhir(body: Mapping[str, Any], status: int = 200) -> Response:
 
 def _oauth_error(error: str, status: int = 400) -> Response:
     return JSONResponse({"error": error}, status_code=status)
+
+
+@contextmanager
+def serve_in_thread(fixture: FhirFixture, host: str = "127.0.0.1") -> Iterator[str]:
+    """Serve the fixture with uvicorn on a free port in a daemon thread; yields the server's
+    root URL (`http://127.0.0.1:PORT`; the FHIR base is that + `/fhir`)."""
+    import uvicorn
+
+    from syncd.sandbox.server import bind_socket
+
+    sock = bind_socket(host, 0)
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(fixture.app(), log_level="warning", lifespan="off", access_log=False)
+    )
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="fhir-fixture"
+    )
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the FHIR fixture server did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=60)
+        sock.close()

@@ -143,16 +143,19 @@ class FhirPatientSource:
         validator = patient_validator() if self._validate else None
         stats = ReadStats()
         self.last_stats = stats
-        params: dict[str, str] = {"_count": str(self._page_size)}
+        first: dict[str, str] = {"_count": str(self._page_size)}
         if plan.since is not None:
-            params["_lastUpdated"] = f"ge{format_instant(plan.since)}"
+            first["_lastUpdated"] = f"ge{format_instant(plan.since)}"
+        params: dict[str, str] | None = first
         url: str | None = f"{self._base_url}/Patient"
         began: datetime | None = None
         client = self.client()
         try:
             while url is not None:
                 response = self.get(client, url, params)
-                params = {}  # a next link is followed as given
+                # A next link is followed as given: httpx would replace its query with even
+                # an empty `params`.
+                params = None
                 try:
                     page = parse_page(_json(response))
                 except NotABundle as exc:

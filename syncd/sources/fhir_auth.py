@@ -104,7 +104,7 @@ class SmartBackendAuth(httpx.Auth):
         key_id: str,
         scope: str,
         algorithm: str = "RS384",
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if algorithm not in ("RS384", "ES384"):
             raise ConfigError(["auth.algorithm: must be RS384 or ES384 (SMART Backend Services)"])
@@ -130,7 +130,7 @@ class SmartBackendAuth(httpx.Auth):
             raise SourceError(
                 "SMART Backend Services needs PyJWT: pip install 'voxares-syncd[fhir]'"
             ) from None
-        now = int(self._clock())
+        now = int(time.time())  # the claims are on the wall clock (the token's life is not)
         claims = {
             "iss": self._client_id,
             "sub": self._client_id,
