@@ -3,8 +3,8 @@
 Mapping (the same for a FHIR search and a Bulk Data export):
 
 * `providerId`: the `value` of the first `identifier` whose `system` is the configured one
-  (an identifier with `use = old` or an ended `period` is skipped). None when there is none:
-  the normaliser then quarantines the row for its missing providerId.
+  (an identifier with `use = old` or an ended `period` is skipped). A Patient without one
+  is a problem row ("no identifier with system ..."), quarantined.
 * `firstName`/`lastName`: the first `given` and the `family` of one `name`, chosen by `use`:
   official, then usual, then one without a use, then any other but `old`/`maiden`; a name
   whose `period` has ended is skipped.
@@ -93,11 +93,16 @@ def map_patient(
         if found is not None:
             element, kind = found
             return _problem(line, origin, element, f"not valid FHIR R4 ({kind})")
+    provider_id = _identifier(resource.get("identifier"), identifier_system)
+    if provider_id is None:
+        return _problem(
+            line, origin, "providerId", f"no identifier with system {identifier_system[:200]}"
+        )
     first, last = _name(resource.get("name"))
     birth = _text(resource.get("birthDate"))
     partial = birth is not None and len(birth) < _FULL_DATE_LENGTH
     fields: dict[str, str | None] = {
-        "providerId": _identifier(resource.get("identifier"), identifier_system),
+        "providerId": provider_id,
         "firstName": first,
         "lastName": last,
         "mobileNumber": _mobile(resource.get("telecom")),

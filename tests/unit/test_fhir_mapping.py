@@ -58,8 +58,9 @@ def test_inactive_patient_is_an_inactive_row_with_another_hash() -> None:
 
 
 def test_identifier_of_another_system_gives_no_provider_id() -> None:
-    """xcda's only identifier is of another system: no providerId (quarantined later)."""
-    assert _map(example("xcda")).row.fields["providerId"] is None
+    """xcda's only identifier is of another system: a problem naming providerId."""
+    row = _map(example("xcda")).row
+    assert (row.problem_field, row.problem) == ("providerId", f"no identifier with system {SYSTEM}")
 
 
 def test_name_use_order_and_skipped_names() -> None:
