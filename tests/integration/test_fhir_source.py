@@ -309,7 +309,7 @@ def test_read_logs_counts_only(fixture: FhirFixture, http: Client) -> None:
             "full": True,
             "pages": 3,
             "patients": 6,
-            "problems": 0,
+            "problems": 1,  # xcda: no identifier of the system
             "partial_birth_dates": 1,
             "outcome_warnings": 0,
         }
