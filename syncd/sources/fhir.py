@@ -11,7 +11,9 @@ Guarantees, as for the CSV source: a resource that cannot be used becomes a quar
 (row, element, reason, never a value); rows are hash-diffed by the push job; the cursor is
 saved by `SourceRead.on_pushed`, i.e. only after every row the read gave was pushed or
 recorded, so a crash or a failed push re-reads rather than skips. Only a full read that
-reached its last page is `complete`.
+reached its last page is `complete`. A read that ends (no `next` link) with fewer resources
+than the first page's `Bundle.total` is neither complete nor moves the cursor
+(`fhir.read_short`): some servers do not page at all.
 
 Errors become `SourceError`: the HTTP status with the server's `OperationOutcome` in one
 line, a transport error's class, a page that is not a Bundle. A 5xx, 429 or connection error
@@ -149,6 +151,7 @@ class FhirPatientSource:
         params: dict[str, str] | None = first
         url: str | None = f"{self._base_url}/Patient"
         began: datetime | None = None
+        total: int | None = None
         client = self.client()
         try:
             while url is not None:
@@ -167,8 +170,9 @@ class FhirPatientSource:
                     raise SourceError(f"source {self._name}: the FHIR search failed: {page.error}")
                 stats.pages += 1
                 stats.warnings += page.warnings
-                if began is None:
+                if stats.pages == 1:
                     began = page.server_time or parse_http_date(response.headers.get("date"))
+                    total = page.total
                 for resource in page.resources:
                     stats.patients += 1
                     yield self._row(resource, stats, validator)
@@ -181,6 +185,12 @@ class FhirPatientSource:
         finally:
             if client is not self._http:
                 client.close()
+        if total is not None and stats.patients < total:
+            # Fewer resources than the first page's `total`, and no next link left: a
+            # server that does not page (or lost a page). Nothing may be concluded from
+            # this read: it is not complete and the cursor stays where it was.
+            log.warning("fhir.read_short", source=self._name, read=stats.patients, total=total)
+            return
         if began is None:
             log.warning("fhir.no_server_clock", source=self._name)
         if plan.full:

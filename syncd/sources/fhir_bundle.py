@@ -34,6 +34,8 @@ class Page:
     resources: list[Mapping[str, Any]] = field(default_factory=list)
     next_url: str | None = None
     server_time: datetime | None = None
+    # `Bundle.total`, when the server gives it: how many resources match the whole search.
+    total: int | None = None
     # An OperationOutcome entry with severity error/fatal (the search failed), summarised.
     error: str | None = None
     warnings: int = 0
@@ -98,6 +100,9 @@ def parse_page(body: Any) -> Page:
     if body.get("type") != "searchset":
         raise NotABundle("a Bundle that is not a searchset")
     page = Page()
+    total = body.get("total")
+    if isinstance(total, int) and not isinstance(total, bool) and total >= 0:
+        page.total = total
     meta = body.get("meta")
     if isinstance(meta, Mapping):
         page.server_time = parse_instant(meta.get("lastUpdated"))

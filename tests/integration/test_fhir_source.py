@@ -6,6 +6,7 @@ database (SQLite, then PostgreSQL).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from pydantic import SecretStr
 from sqlalchemy import Engine
+from starlette.responses import JSONResponse
 from structlog.testing import capture_logs
 
 from syncd.exceptions import SourceError
@@ -323,3 +325,32 @@ def test_unreachable_server(tmp_path: Path) -> None:
     )
     with pytest.raises(SourceError, match=r"cannot reach the FHIR server \(ConnectError\)"):
         list(source.rows())
+
+
+def test_a_read_shorter_than_the_bundle_total_is_not_complete_and_keeps_the_cursor(
+    fixture: FhirFixture, http: Client, state_engine: Engine
+) -> None:
+    """A server that says total=6 but gives no next link after two (it does not page):
+    the read is not complete and does not move the cursor."""
+    original = fixture._bundle
+
+    def without_next(*args: Any, **kwargs: Any) -> Any:
+        response = original(*args, **kwargs)
+        body = json.loads(bytes(response.body))
+        body["link"] = [link for link in body["link"] if link["relation"] != "next"]
+        return JSONResponse(body, media_type="application/fhir+json")
+
+    fixture._bundle = without_next  # type: ignore[method-assign]
+    cursors = CursorStore(state_engine, "fhir", http.base)
+    with capture_logs() as logs:
+        rows, read = _read_all(_source(http, cursors=cursors))
+    assert len(rows) == 2
+    assert read.complete is False
+    assert read.on_pushed is None
+    assert {
+        "event": "fhir.read_short",
+        "log_level": "warning",
+        "source": "fhir",
+        "read": 2,
+        "total": 6,
+    } in logs
