@@ -135,3 +135,15 @@ def test_fhir_bulk_source(tmp_path: Path) -> None:
     assert isinstance(source, FhirBulkPatientSource)
     assert source.since_export is False
     assert isinstance(build_source(settings), BulkNdjsonSource)  # type: ignore[arg-type]
+
+
+def test_the_readme_fhir_example_is_a_valid_configuration(tmp_path: Path) -> None:
+    """README's "FHIR sources" TOML block loads as written."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## FHIR sources", 1)[1]
+    block = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    settings = _load(tmp_path, block)
+    source = settings.patients.source  # type: ignore[attr-defined]
+    assert isinstance(source, FhirPatientSource)
+    assert source.auth.type == "smart"
+    assert source.auth.private_key_file == "/etc/voxares-syncd/fhir-key.pem"
