@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import create_engine, select
 
 from syncd.sandbox.fhir_server import FhirFixture, serve_in_thread
+from syncd.state.models import SourceCursor
 from tests.acceptance.conftest import Workspace
 from tests.fhir_examples import SYSTEM, examples
 
@@ -98,3 +101,35 @@ def test_sync_patients_from_fhir_then_an_incremental_rerun(
     assert [(q["row"], q["field"]) for q in json.loads(quarantine.stdout)] == [
         ("line:6@xcda", "providerId")
     ]
+
+
+@pytest.mark.parametrize("crash_at", ["push.after_http:3", "push.after_batch_commit:1"])
+def test_killed_mid_push_keeps_the_cursor_and_the_rerun_completes(
+    workspace: Workspace, fhir: tuple[FhirFixture, str], crash_at: str
+) -> None:
+    """kill -9 in the middle of the first FHIR push: the cursor is not saved (the rows it
+    covers are not all pushed), the rerun reads everything again, and Voxares ends with each
+    patient once."""
+    server, base_url = fhir
+    use_fhir(workspace, base_url)
+    small_batches = {"SYNCD_PATIENTS__BATCH_SIZE": "2"}
+    killed = workspace.run(
+        "sync", "patients", env=workspace.env(SYNCD_CRASH_AT=crash_at, **small_batches)
+    )
+    assert killed.returncode == -signal.SIGKILL
+    assert _cursor(workspace) is None
+    rerun = workspace.run("sync", "patients", env=workspace.env(**small_batches))
+    assert rerun.returncode == 0, rerun.stderr
+    searches = [r for r in server.requests if r.startswith("GET /fhir/Patient?_count")]
+    assert all("_lastUpdated" not in s for s in searches)  # both reads were full reads
+    assert _cursor(workspace) is not None
+    assert workspace.practice.stats()["patients"] == 5
+
+
+def _cursor(ws: Workspace) -> object:
+    engine = create_engine(f"sqlite:///{ws.dir / 'state.db'}")
+    try:
+        with engine.connect() as conn:
+            return conn.execute(select(SourceCursor.position)).scalar_one_or_none()
+    finally:
+        engine.dispose()
