@@ -20,6 +20,12 @@ Outcome (`PushCounts.outcome`): `ok` when no push failed (quarantined rows are t
 problem, reported on their own); `partial` when some pushes failed but others got through;
 `failed` when it stopped early or no push got through.
 
+Cursors: a source that reads incrementally (FHIR `_lastUpdated`) hands its read an
+`on_pushed` callback; the run calls it only after every batch was recorded with no failed or
+cancelled push (not in a dry run, not after an outage stop), so a cursor never gets ahead
+of the rows it covers. Rows the source says are inactive (`SourceRow.active`) are marked
+inactive in the mirror in their batch's transaction.
+
 Crash safety: a patient is recorded in the mirror only after Voxares accepted it, in the
 batch's transaction. A crash between the two loses only the record: the next run finds no
 (or an older) mirror row and pushes the row again, which is harmless because
