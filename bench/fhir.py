@@ -57,6 +57,8 @@ def served(count: int) -> Iterator[str]:
     finally:
         child.terminate()
         child.wait(timeout=30)
+        if child.stdout is not None:
+            child.stdout.close()
 
 
 def _baseline(base: str, page_size: int) -> tuple[int, int, float]:
