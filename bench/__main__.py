@@ -39,10 +39,16 @@ class Sizes:
     memory_small: int
     memory_large: int
     sweep_rows: int
+    fhir_patients: int = 2_000
+    fhir_page_size: int = 100
+    bulk_small: int = 2_000
+    bulk_large: int = 20_000
 
 
 QUICK = Sizes(2_000, 200, 1_000, 1_000, 1_000, 2_000, 20_000, 600)
-FULL = Sizes(100_000, 2_000, 10_000, 20_000, 20_000, 100_000, 1_000_000, 3_000)
+FULL = Sizes(
+    100_000, 2_000, 10_000, 20_000, 20_000, 100_000, 1_000_000, 3_000, 20_000, 100, 50_000, 500_000
+)
 
 
 def _both(*checks: Callable[[Mapping[str, float]], bool]) -> Callable[[Mapping[str, float]], bool]:
@@ -113,6 +119,14 @@ BENCHES = {
             lambda f: f["ratio"] >= 0.85,
         ),
         Bench("B8", "outbox -> RabbitMQ, confirms", "events_per_s", "report", None),
+        Bench("F1", "FHIR Patient search, validated", "pages_per_s", "report", None),
+        Bench(
+            "F2",
+            "FHIR Bulk NDJSON 10x rows: peak RSS",
+            "ratio",
+            "<= 1.3",
+            lambda f: f["ratio"] <= 1.3,
+        ),
         Bench("PLOT", "B1 throughput vs concurrency", "c16_per_s", "plot", None),
     )
 }
@@ -165,6 +179,15 @@ def _group_amqp(sizes: Sizes, folder: Path) -> dict[str, Figures]:
     return {"B8": outbox.run_amqp(sizes.events, folder)}
 
 
+def _group_fhir(sizes: Sizes, folder: Path) -> dict[str, Figures]:
+    from bench import fhir
+
+    return {
+        "F1": fhir.run_pages(sizes.fhir_patients, sizes.fhir_page_size),
+        "F2": fhir.run_bulk_memory(sizes.bulk_small, sizes.bulk_large, folder),
+    }
+
+
 def _group_plot(sizes: Sizes, folder: Path) -> dict[str, Figures]:
     from bench import plot
 
@@ -184,6 +207,7 @@ GROUPS: dict[str, tuple[tuple[str, ...], Callable[[Sizes, Path], dict[str, Figur
     "memory": (("B6",), _group_memory),
     "webhook": (("B7",), _group_webhook),
     "amqp": (("B8",), _group_amqp),
+    "fhir": (("F1", "F2"), _group_fhir),
     "plot": (("PLOT",), _group_plot),
 }
 

@@ -127,13 +127,30 @@ async def runtime(settings: Settings, *, create_database: bool = True) -> AsyncI
         await rt.aclose()
 
 
-def build_source(settings: Settings) -> Source:
-    """The configured patient source (CSV or SQL)."""
+def build_source(settings: Settings, engine: Engine | None = None) -> Source:
+    """The configured patient source (CSV, SQL, a FHIR server or a FHIR Bulk export).
+
+    `engine` keeps a FHIR search's `_lastUpdated` cursor; without it (`syncd doctor`)
+    every read of a FHIR server is a full read.
+    """
     src = settings.patients.source
     if src is None:
         from syncd.exceptions import ConfigError
 
         raise ConfigError(["patients.source: not configured (a [patients.source] table)"])
+    if src.type == "fhir":
+        from syncd.sources.fhir_build import build_fhir_source
+
+        return build_fhir_source(src, engine)
+    if src.type == "fhir-bulk":
+        from syncd.sources.fhir_bulk import BulkNdjsonSource
+
+        return BulkNdjsonSource(
+            src.name,
+            src.path,
+            identifier_system=src.identifier_system,
+            since_export=src.since_export,
+        )
     columns = src.columns.model_dump(exclude_none=True) if src.columns is not None else None
     if src.type == "csv":
         from syncd.sources.csv import CsvSource
@@ -161,7 +178,7 @@ def build_patient_push(rt: Runtime) -> Job:
     return PatientPush(
         rt.engine,
         rt.client,
-        build_source(rt.settings),
+        build_source(rt.settings, rt.engine),
         policy,
         provider=rt.provider,
         batch_size=p.batch_size,

@@ -49,6 +49,7 @@ from pydantic_settings import (
 
 from syncd.api_key import NOT_SET
 from syncd.config_errors import ENV_PREFIX
+from syncd.config_fhir import FhirBulkPatientSource, FhirPatientSource
 from syncd.config_fields import (
     NonEmptyStr,
     NonNegativeFloat,
@@ -254,7 +255,10 @@ class SqlPatientSource(_Section):
         return self.columns.mapping()
 
 
-PatientSource = Annotated[CsvPatientSource | SqlPatientSource, Field(discriminator="type")]
+PatientSource = Annotated[
+    CsvPatientSource | SqlPatientSource | FhirPatientSource | FhirBulkPatientSource,
+    Field(discriminator="type"),
+]
 
 
 def _enabled_by_default_if(data: Any, key: str) -> Any:

@@ -125,6 +125,9 @@ async def _api(rt: Runtime) -> list[Finding]:
 
 def _source(rt: Runtime) -> Finding:
     """Open the patient source and read its first row (header and mapping checked)."""
+    config = rt.settings.patients.source
+    if config is not None and config.type == "fhir":
+        return _fhir_server(rt)
     try:
         source = build_source(rt.settings)
         rows = source.rows()
@@ -134,7 +137,6 @@ def _source(rt: Runtime) -> Finding:
             close()
     except (SourceError, SyncdError) as exc:
         return Finding("source", False, str(exc))
-    config = rt.settings.patients.source
     files = getattr(source, "files", None)
     if config is not None and config.type == "csv" and files is not None:
         for path in files():
@@ -142,11 +144,28 @@ def _source(rt: Runtime) -> Finding:
             if problem is not None:
                 return Finding("source", False, problem)
     detail = "readable; the mapped columns are present"
+    if config is not None and config.type == "fhir-bulk":
+        detail = "readable NDJSON; the first resource mapped"
     if config is not None and config.type == "csv":
         detail += f"; every file decodes as {config.encoding}"
     if first is None:
         detail = "readable, but it has no rows"
     return Finding("source", True, detail)
+
+
+def _fhir_server(rt: Runtime) -> Finding:
+    """A FHIR server source: reachable, its CapabilityStatement lists Patient search, and
+    a one-patient search passes with the credentials (no full read is started)."""
+    from syncd.sources.fhir import FhirPatientSource
+    from syncd.sources.fhir_doctor import check_fhir_server
+
+    try:
+        source = build_source(rt.settings)
+    except SyncdError as exc:
+        return Finding("source", False, str(exc))
+    assert isinstance(source, FhirPatientSource)
+    ok, detail = check_fhir_server(source)
+    return Finding("source", ok, detail)
 
 
 def decode_problem(path: Path, encoding: str) -> str | None:

@@ -20,6 +20,12 @@ Outcome (`PushCounts.outcome`): `ok` when no push failed (quarantined rows are t
 problem, reported on their own); `partial` when some pushes failed but others got through;
 `failed` when it stopped early or no push got through.
 
+Cursors: a source that reads incrementally (FHIR `_lastUpdated`) hands its read an
+`on_pushed` callback; the run calls it only after every batch was recorded with no failed or
+cancelled push (not in a dry run, not after an outage stop), so a cursor never gets ahead
+of the rows it covers. Rows the source says are inactive (`SourceRow.active`) are marked
+inactive in the mirror in their batch's transaction.
+
 Crash safety: a patient is recorded in the mirror only after Voxares accepted it, in the
 batch's transaction. A crash between the two loses only the record: the next run finds no
 (or an older) mirror row and pushes the row again, which is harmless because
@@ -310,8 +316,10 @@ class _Run:
             if not self.dry_run and not self.counts.stopped_early:
                 if getattr(self.read, "complete", False) is True:
                     self.counts.inactivated = await self.in_worker(self.finish_complete)
-                else:
+                elif getattr(self.read, "incremental", False) is not True:
                     log.warning("patients.read_incomplete", source=self.job._source.name)
+                if self.counts.failed == 0 and self.counts.not_pushed == 0:
+                    await self.in_worker(self.read_pushed)
             return self.counts
         finally:
             await self.shutdown(in_flight, deciding)
@@ -349,6 +357,8 @@ class _Run:
                 repeats.append((key, row, state.first_line))
                 continue
             decision = plan_row(row, state.mirror, state.quarantined, self.job._normalise)
+            if not row.active and not isinstance(decision, Quarantine):
+                batch.writes.inactive.append(key)
             if isinstance(decision, Unchanged):
                 batch.unchanged += 1
                 if decision.refresh_row_hash:
@@ -419,6 +429,12 @@ class _Run:
         return self.store.finish_complete_run(
             mark_inactive=self.job._missing_rows == "mark_inactive"
         )
+
+    def read_pushed(self) -> None:
+        """Tell the read that every row it gave was pushed or recorded (its cursor moves)."""
+        on_pushed = getattr(self.read, "on_pushed", None)
+        if on_pushed is not None:
+            on_pushed()
 
     def close(self) -> None:
         if self.read is not None:

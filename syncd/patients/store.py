@@ -115,9 +115,14 @@ class BatchWrites:
     # Quarantine keys whose entry no longer applies (pushed or found unchanged).
     cleared: list[str] = field(default_factory=list)
     quarantined: list[QuarantineWrite] = field(default_factory=list)
+    # Keys the source says are inactive (FHIR `active = false`): inactive in the mirror,
+    # written after `pushed` and `refreshed`, which make a row active.
+    inactive: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.pushed or self.refreshed or self.cleared or self.quarantined)
+        return bool(
+            self.pushed or self.refreshed or self.cleared or self.quarantined or self.inactive
+        )
 
 
 def _lookup_statements(postgres: bool, provider: str, source: str) -> tuple[Any, Any]:
@@ -347,6 +352,7 @@ class PushStore:
             with self._conn.begin():
                 self._write_pushed(writes.pushed, now)
                 self._write_refreshed(writes.refreshed)
+                self._write_inactive(writes.inactive)
                 self._write_cleared(writes.cleared)
                 self._write_quarantined(writes.quarantined, now)
         except SQLAlchemyError as exc:
@@ -412,9 +418,23 @@ class PushStore:
         stmt = (
             update(_MIRROR)
             .where(m.provider == bindparam("p"), m.provider_id == bindparam("k"))
-            .values(source_row_hash=bindparam("h"))
+            # A row read again is active, unless the source says otherwise (`_write_inactive`).
+            .values(source_row_hash=bindparam("h"), state="active")
         )
         self._conn.execute(stmt, [{"p": self.provider, "k": k, "h": h} for k, h in refreshed])
+
+    def _write_inactive(self, keys: Sequence[str]) -> None:
+        """Mark rows the source says are inactive, stamped with this run so that a complete
+        run's reactivation of the rows it read (`finish_complete_run`) leaves them alone."""
+        if not keys:
+            return
+        m = _MIRROR.c
+        stmt = (
+            update(_MIRROR)
+            .where(m.provider == bindparam("p"), m.provider_id == bindparam("k"))
+            .values(state="inactive", last_seen_run_id=self.run_id)
+        )
+        self._conn.execute(stmt, [{"p": self.provider, "k": k} for k in keys])
 
     def _write_cleared(self, cleared: Sequence[str]) -> None:
         if not cleared:
@@ -481,7 +501,13 @@ class PushStore:
                     self._conn.execute(_ANALYZE_RUN_KEYS)
                 self._conn.execute(
                     update(_MIRROR)
-                    .where(m.provider == self.provider, m.state == "inactive", read)
+                    .where(
+                        m.provider == self.provider,
+                        m.state == "inactive",
+                        read,
+                        # Made inactive by the source itself in this run (`_write_inactive`).
+                        m.last_seen_run_id.is_distinct_from(self.run_id),
+                    )
                     .values(state="active", last_seen_run_id=self.run_id, last_seen_at=now)
                 )
                 inactivated = 0

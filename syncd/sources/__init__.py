@@ -1,7 +1,9 @@
-"""Patient sources: the port (`base.py`) and its adapters (`csv.py`, `sql.py`).
+"""Patient sources: the port (`base.py`) and its adapters (`csv.py`, `sql.py`, `fhir.py`,
+`fhir_bulk.py`).
 
 Adapters are imported from their own modules (`syncd.sources.csv.CsvSource`,
-`syncd.sources.sql.SqlSource`) so that importing the port pulls in no database driver.
+`syncd.sources.sql.SqlSource`, `syncd.sources.fhir.FhirPatientSource`) so that importing the
+port pulls in no database driver and no FHIR library.
 """
 
 from __future__ import annotations

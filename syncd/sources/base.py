@@ -10,7 +10,7 @@ the push job treat a patient it did not read as gone (`missing_rows = "mark_inac
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -34,6 +34,9 @@ class SourceRow:
     # Which part of the source the row came from when there are several (the CSV file
     # name of a glob); `line` counts within it.
     origin: str | None = None
+    # Whether the source says the patient is active (FHIR `Patient.active`); a source
+    # without such a flag leaves True. An inactive row is inactive in the mirror.
+    active: bool = True
 
 
 class SourceRead(Iterator[SourceRow]):
@@ -48,10 +51,18 @@ class SourceRead(Iterator[SourceRow]):
     the generator alone.
     """
 
-    __slots__ = ("_rows", "complete")
+    __slots__ = ("_rows", "complete", "incremental", "on_pushed")
 
     def __init__(self) -> None:
         self.complete = False
+        # True for a read that asks only for what changed since the last one (a FHIR
+        # `_lastUpdated` search): it is never complete, and that is not a warning.
+        self.incremental = False
+        # Called by the push job (in its worker thread) once every row of the read was
+        # pushed or recorded: the run read to the end (`complete`, or an incremental read
+        # exhausted), no push failed and it was not a dry run. A source that keeps a cursor
+        # saves it here, so that a cursor never gets ahead of the rows it covers.
+        self.on_pushed: Callable[[], None] | None = None
         self._rows: Iterator[SourceRow] = iter(())
 
     def of(self, rows: Iterator[SourceRow]) -> SourceRead:

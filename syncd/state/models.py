@@ -253,6 +253,26 @@ class SinkCursor(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
+class SourceCursor(Base):
+    """Where an incremental patient source (a FHIR `_lastUpdated` search) stands.
+
+    Saved only after every row of the read it covers was pushed or recorded, so a crash or
+    a failed push leaves it where it was and the next read asks again (hash-diffed, so the
+    repeat costs no push).
+    """
+
+    __tablename__ = "source_cursors"
+
+    source: Mapped[str] = mapped_column(String(128), primary_key=True)
+    # What the cursor is a position in (the FHIR base URL): another endpoint starts afresh.
+    endpoint: Mapped[str] = mapped_column(String(512))
+    # The server's clock when the last fully pushed read began.
+    position: Mapped[datetime] = mapped_column(UTCDateTime())
+    # When the last full (non-incremental) read that was fully pushed began (server clock).
+    full_read_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
 class MessageRequest(Base):
     """One SMS request, keyed by its caller-chosen unique key; sent at most once."""
 

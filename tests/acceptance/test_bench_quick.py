@@ -40,7 +40,7 @@ def quick_report(
 @pytest.mark.rabbitmq
 def test_every_benchmark_completes(quick_report: dict) -> None:
     """Every benchmark of the quick suite ran to the end and the runner exited 0."""
-    expected = {"B1", "B1b", "B2", "B3", "B4", "B5", "B6", "B7", "B8"}
+    expected = {"B1", "B1b", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "F1", "F2"}
     assert set(quick_report["completed"]) == expected
     failed = [bid for bid, done in quick_report["completed"].items() if not done]
     assert not failed, quick_report["_stderr"]
@@ -69,3 +69,20 @@ def test_resync_with_one_percent_changed_makes_exactly_that_many_calls(
     assert figures["sqlite_calls"] == rows // 100
     assert figures["pg_calls"] == rows // 100
     assert figures["sqlite_updated"] == figures["pg_updated"] == rows // 100
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.rabbitmq
+def test_fhir_benchmarks_read_every_patient(quick_report: dict) -> None:
+    """F1 read every served patient in the expected number of pages; F2 read every line of
+    both exports (the memory ratio is reported, not asserted)."""
+    sizes = quick_report["sizes"]
+    f1 = quick_report["benchmarks"]["F1"]["median"]
+    assert f1["rows_read"] == sizes["fhir_patients"]
+    assert f1["pages"] == -(-sizes["fhir_patients"] // sizes["fhir_page_size"])
+    f2 = quick_report["benchmarks"]["F2"]["median"]
+    assert (f2["rows_read_small"], f2["rows_read_large"]) == (
+        sizes["bulk_small"],
+        sizes["bulk_large"],
+    )
