@@ -27,6 +27,7 @@ from typing import Any, Final
 import httpx
 from pydantic import SecretStr
 
+from syncd.config_fields import open_to_everyone
 from syncd.exceptions import ConfigError, SourceError
 
 CLIENT_ASSERTION_TYPE: Final = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -57,11 +58,17 @@ def read_secret(
 
 def _read(path: Path, key: str) -> SecretStr:
     try:
-        data = path.read_bytes()[:_MAX_SECRET_BYTES]
+        with path.open("rb") as handle:
+            # A password, token or private key every user of the machine can read is
+            # refused, as the API key file is (syncd.config_fields.open_to_everyone).
+            exposed = open_to_everyone(handle.fileno(), path)
+            data = b"" if exposed else handle.read(_MAX_SECRET_BYTES)
     except OSError as exc:
         raise ConfigError(
             [f"{key}: cannot read {path}: {exc.strerror or type(exc).__name__}"]
         ) from None
+    if exposed is not None:
+        raise ConfigError([f"{key}: {exposed}"])
     try:
         text = data.decode("utf-8").strip()
     except UnicodeDecodeError:

@@ -89,6 +89,7 @@ def test_bearer_token_from_a_file_or_a_credential_never_echoed(tmp_path: Path) -
     file is refused naming the key, without its content."""
     token_file = tmp_path / "token"
     token_file.write_text("file-token-abc\n", encoding="utf-8")
+    token_file.chmod(0o600)
     toml = FHIR + f'\n[patients.source.auth]\ntype = "bearer"\ntoken_file = "{token_file}"\n'
     source = build_source(_load(tmp_path, toml))  # type: ignore[arg-type]
     assert isinstance(source, Source)
@@ -103,6 +104,7 @@ def test_smart_auth_builds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     credentials = tmp_path / "creds"
     credentials.mkdir()
     (credentials / "fhir-key").write_text("-----BEGIN PRIVATE KEY-----\nx\n", encoding="utf-8")
+    (credentials / "fhir-key").chmod(0o400)  # as systemd hands a credential over
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
     toml = FHIR + textwrap.dedent(
         """
@@ -147,3 +149,19 @@ def test_the_readme_fhir_example_is_a_valid_configuration(tmp_path: Path) -> Non
     assert isinstance(source, FhirPatientSource)
     assert source.auth.type == "smart"
     assert source.auth.private_key_file == "/etc/voxares-syncd/fhir-key.pem"
+
+
+def test_a_secret_file_every_user_can_read_is_refused(tmp_path: Path) -> None:
+    """A FHIR password, token or private key in a file open to every user stops start-up
+    naming the key and the chmod, as the API key file does, and never quotes the secret."""
+    token_file = tmp_path / "token"
+    token_file.write_text("file-token-abc\n", encoding="utf-8")
+    token_file.chmod(0o644)
+    toml = FHIR + f'\n[patients.source.auth]\ntype = "bearer"\ntoken_file = "{token_file}"\n'
+    with pytest.raises(ConfigError) as raised:
+        build_source(_load(tmp_path, toml))  # type: ignore[arg-type]
+    (line,) = raised.value.problems
+    assert line == (
+        f"patients.source.auth.token_file: {token_file} is open to every user of this "
+        f"machine (mode 0644); syncd refuses a secret anyone can read: chmod 0600 {token_file}"
+    )
