@@ -39,10 +39,14 @@ class Sizes:
     memory_small: int
     memory_large: int
     sweep_rows: int
+    # B9/B10: submissions recorded first, then poll cycles of new versions each.
+    steady_initial: int
+    steady_cycles: int
+    steady_per_cycle: int
 
 
-QUICK = Sizes(2_000, 200, 1_000, 1_000, 1_000, 2_000, 20_000, 600)
-FULL = Sizes(100_000, 2_000, 10_000, 20_000, 20_000, 100_000, 1_000_000, 3_000)
+QUICK = Sizes(2_000, 200, 1_000, 1_000, 1_000, 2_000, 20_000, 600, 500, 5, 20)
+FULL = Sizes(100_000, 2_000, 10_000, 20_000, 20_000, 100_000, 1_000_000, 3_000, 10_000, 20, 50)
 
 
 def _both(*checks: Callable[[Mapping[str, float]], bool]) -> Callable[[Mapping[str, float]], bool]:
@@ -113,6 +117,20 @@ BENCHES = {
             lambda f: f["ratio"] >= 0.85,
         ),
         Bench("B8", "outbox -> RabbitMQ, confirms", "events_per_s", "report", None),
+        Bench(
+            "B9",
+            "steady polling: detail GETs per new version",
+            "details_per_new_version",
+            "<= 1.05",
+            lambda f: f["details_per_new_version"] <= 1.05,
+        ),
+        Bench(
+            "B10",
+            "reconciliation sweep: list calls only",
+            "list_calls_per_100_submissions",
+            "0 detail calls",
+            lambda f: f["detail_calls"] == 0,
+        ),
         Bench("PLOT", "B1 throughput vs concurrency", "c16_per_s", "plot", None),
     )
 }
@@ -145,6 +163,12 @@ def _group_submissions(sizes: Sizes, folder: Path) -> dict[str, Figures]:
     from bench import submissions
 
     return {"B5": submissions.run(sizes.submissions, folder)}
+
+
+def _group_polling(sizes: Sizes, folder: Path) -> dict[str, Figures]:
+    from bench import polling
+
+    return polling.run(sizes.steady_initial, sizes.steady_cycles, sizes.steady_per_cycle, folder)
 
 
 def _group_memory(sizes: Sizes, folder: Path) -> dict[str, Figures]:
@@ -181,6 +205,7 @@ GROUPS: dict[str, tuple[tuple[str, ...], Callable[[Sizes, Path], dict[str, Figur
     "patients_pg": (("B3", "B4"), _group_patients_pg),
     "rate": (("B2",), _group_rate),
     "submissions": (("B5",), _group_submissions),
+    "polling": (("B9", "B10"), _group_polling),
     "memory": (("B6",), _group_memory),
     "webhook": (("B7",), _group_webhook),
     "amqp": (("B8",), _group_amqp),
