@@ -190,11 +190,14 @@ def _group_amqp(sizes: Sizes, folder: Path) -> dict[str, Figures]:
 
 
 def _group_plot(sizes: Sizes, folder: Path) -> dict[str, Figures]:
-    from bench import plot
+    from bench import plot, submissions
 
     rates = plot.sweep(sizes.sweep_rows, folder)
-    plot.draw(rates, PLOT_PATH, rows=sizes.sweep_rows)
+    # B5 at a tenth of its size: the polling point beside the push curve.
+    polling = submissions.run(max(100, sizes.submissions // 10), folder)["calls_per_s"]
+    plot.draw(rates, PLOT_PATH, rows=sizes.sweep_rows, polling=polling)
     figures = {f"c{c}_per_s": rate for c, rate in rates.items()}
+    figures["b5_calls_per_s"] = polling
     figures.update({f"c{c}_ratio": rate / (c / 0.020) for c, rate in rates.items()})
     return {"PLOT": figures}
 
