@@ -3,6 +3,7 @@ audit entry, in one transaction, seqs paired with the right rows, duplicates ski
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -250,3 +251,53 @@ def test_a_batch_larger_than_the_page_cache_is_written_once_and_checkpointed_onc
     assert payload_bytes < written < 2.5 * payload_bytes
     with state_engine.connect() as connection:
         assert connection.exec_driver_sql("PRAGMA cache_spill").scalar_one() == default_spill
+
+
+def _hash_as_earlier_releases_stored_it(submission: SubmissionDetail) -> str:
+    """sha256 of the standard encoder's canonical JSON, as every release before orjson."""
+    return hashlib.sha256(
+        json.dumps(
+            {
+                "status": submission.submission_status,
+                "data": submission.data,
+                "formId": submission.form.id if submission.form else None,
+                "patientId": submission.patient.id if submission.patient else None,
+            },
+            sort_keys=True,
+            separators=(",", ":"),
+            ensure_ascii=False,
+            allow_nan=False,
+        ).encode("utf-8", "backslashreplace")
+    ).hexdigest()
+
+
+@pytest.mark.parametrize(
+    "answers",
+    [
+        # What the fast encoder writes itself: text (a data URL, non-ASCII), ints, booleans.
+        {"sig": "data:image/png;base64," + "iVBORw0KGgo" * 6000, "name": "Željka", "n": 3},
+        # What it hands to the standard encoder: floats, beyond-64-bit integers, surrogates.
+        {"temp": 37.5, "tiny": 1e-05, "big": 2**70, "odd": "\udc80", "ok": [True, None]},
+    ],
+)
+def test_versions_recorded_by_earlier_releases_are_still_known_after_the_upgrade(
+    state_engine: Engine, answers: dict[str, Any]
+) -> None:
+    """A version row written with the old hash makes the same detail a duplicate: no re-emit."""
+    submission = detail(1, data=answers)
+    old_hash = _hash_as_earlier_releases_stored_it(submission)
+    assert content_hash(submission) == old_hash
+    with Session(state_engine) as session, session.begin():
+        session.add(
+            SubmissionVersion(
+                submission_id=submission.id,
+                updated_at="2025-05-20T09:00:01.120Z",
+                content_hash=old_hash,
+                status="Completed",
+                event_seq=None,
+                recorded_at=datetime.now(UTC),
+            )
+        )
+    recorded = PollerStore(state_engine, STREAM).record([submission], run_id=None)
+    assert (recorded.emitted, recorded.duplicates) == (0, 1)
+    assert count(state_engine, OutboxEvent) == 0
