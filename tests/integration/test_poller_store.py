@@ -276,8 +276,11 @@ def _hash_as_earlier_releases_stored_it(submission: SubmissionDetail) -> str:
     [
         # What the fast encoder writes itself: text (a data URL, non-ASCII), ints, booleans.
         {"sig": "data:image/png;base64," + "iVBORw0KGgo" * 6000, "name": "Željka", "n": 3},
-        # What it hands to the standard encoder: floats, beyond-64-bit integers, surrogates.
-        {"temp": 37.5, "tiny": 1e-05, "big": 2**70, "odd": "\udc80", "ok": [True, None]},
+        # What it hands to the standard encoder, one kind at a time: floats (orjson would
+        # write 0.00001 and 1e16), an integer beyond 64 bits, a lone surrogate.
+        {"temp": 37.5, "tiny": 1e-05, "huge": 1e16, "ok": [True, None]},
+        {"big": 2**70},
+        {"odd": "\udc80"},
     ],
 )
 def test_versions_recorded_by_earlier_releases_are_still_known_after_the_upgrade(
