@@ -56,7 +56,7 @@ def draw(rates: dict[int, float], path: Path, *, rows: int, polling: float | Non
     axes.set_yscale("log")
     axes.set_xticks(levels, [str(c) for c in levels])
     axes.set_xlabel("max_concurrency C")
-    axes.set_ylabel("patients pushed per second")
+    axes.set_ylabel("patients pushed (B5: API calls) per second")
     axes.set_title(f"B1: first push of {rows:,} patients, served sandbox, 2 cores")
     axes.grid(True, which="both", alpha=0.3)
     axes.legend()

@@ -172,6 +172,9 @@ async def _measure(
         "detail_calls": sweep_details,
         "list_calls_per_100_submissions": 100 * sweep_lists / submissions,
         "seconds_per_sweep": sweep_seconds,
+        # Extra passes over a window whose listing did not add up, and windows halved.
+        "relists": swept.relists,
+        "splits": swept.splits,
     }
     return {"B9": b9, "B10": b10}
 

@@ -60,6 +60,8 @@ def run(submissions: int, folder: Path) -> Figures:
         "list_calls": calls - details,
         "detail_calls": details,
         "emitted": result.counts["emitted"],
+        "relists": result.counts["relists"],
+        "splits": result.counts["splits"],
         "seconds": elapsed,
         "sandbox_cpu_ms_per_call": 1000 * sandbox_cpu / calls,
         "daemon_cpu_ms_per_call": 1000 * own_cpu / calls,
