@@ -39,15 +39,33 @@ class Sizes:
     memory_small: int
     memory_large: int
     sweep_rows: int
+    # B9/B10: submissions recorded first, then poll cycles of new versions each.
+    steady_initial: int
+    steady_cycles: int
+    steady_per_cycle: int
     fhir_patients: int = 2_000
     fhir_page_size: int = 100
     bulk_small: int = 2_000
     bulk_large: int = 20_000
 
 
-QUICK = Sizes(2_000, 200, 1_000, 1_000, 1_000, 2_000, 20_000, 600)
+QUICK = Sizes(2_000, 200, 1_000, 1_000, 1_000, 2_000, 20_000, 600, 500, 5, 20)
 FULL = Sizes(
-    100_000, 2_000, 10_000, 20_000, 20_000, 100_000, 1_000_000, 3_000, 20_000, 100, 50_000, 500_000
+    100_000,
+    2_000,
+    10_000,
+    20_000,
+    20_000,
+    100_000,
+    1_000_000,
+    3_000,
+    10_000,
+    20,
+    50,
+    20_000,
+    100,
+    50_000,
+    500_000,
 )
 
 
@@ -119,6 +137,20 @@ BENCHES = {
             lambda f: f["ratio"] >= 0.85,
         ),
         Bench("B8", "outbox -> RabbitMQ, confirms", "events_per_s", "report", None),
+        Bench(
+            "B9",
+            "steady polling: detail GETs per new version",
+            "details_per_new_version",
+            "<= 1.05",
+            lambda f: f["details_per_new_version"] <= 1.05,
+        ),
+        Bench(
+            "B10",
+            "reconciliation sweep: list calls only",
+            "list_calls_per_100_submissions",
+            "0 detail calls",
+            lambda f: f["detail_calls"] == 0,
+        ),
         Bench("F1", "FHIR Patient search, validated", "pages_per_s", "report", None),
         Bench(
             "F2",
@@ -161,6 +193,12 @@ def _group_submissions(sizes: Sizes, folder: Path) -> dict[str, Figures]:
     return {"B5": submissions.run(sizes.submissions, folder)}
 
 
+def _group_polling(sizes: Sizes, folder: Path) -> dict[str, Figures]:
+    from bench import polling
+
+    return polling.run(sizes.steady_initial, sizes.steady_cycles, sizes.steady_per_cycle, folder)
+
+
 def _group_memory(sizes: Sizes, folder: Path) -> dict[str, Figures]:
     from bench import memory
 
@@ -189,11 +227,14 @@ def _group_fhir(sizes: Sizes, folder: Path) -> dict[str, Figures]:
 
 
 def _group_plot(sizes: Sizes, folder: Path) -> dict[str, Figures]:
-    from bench import plot
+    from bench import plot, submissions
 
     rates = plot.sweep(sizes.sweep_rows, folder)
-    plot.draw(rates, PLOT_PATH, rows=sizes.sweep_rows)
+    # B5 at a tenth of its size: the polling point beside the push curve.
+    polling = submissions.run(max(100, sizes.submissions // 10), folder)["calls_per_s"]
+    plot.draw(rates, PLOT_PATH, rows=sizes.sweep_rows, polling=polling)
     figures = {f"c{c}_per_s": rate for c, rate in rates.items()}
+    figures["b5_calls_per_s"] = polling
     figures.update({f"c{c}_ratio": rate / (c / 0.020) for c, rate in rates.items()})
     return {"PLOT": figures}
 
@@ -204,6 +245,7 @@ GROUPS: dict[str, tuple[tuple[str, ...], Callable[[Sizes, Path], dict[str, Figur
     "patients_pg": (("B3", "B4"), _group_patients_pg),
     "rate": (("B2",), _group_rate),
     "submissions": (("B5",), _group_submissions),
+    "polling": (("B9", "B10"), _group_polling),
     "memory": (("B6",), _group_memory),
     "webhook": (("B7",), _group_webhook),
     "amqp": (("B8",), _group_amqp),

@@ -32,8 +32,12 @@ def sweep(
     return rates
 
 
-def draw(rates: dict[int, float], path: Path, *, rows: int) -> Path:
-    """Plot measured patients/s and the ideal C/L against C (log-log); save a PNG."""
+def draw(rates: dict[int, float], path: Path, *, rows: int, polling: float | None = None) -> Path:
+    """Plot measured patients/s and the ideal C/L against C (log-log); save a PNG.
+
+    `polling` is B5's calls/s (list and 74 KB detail GETs) at C = 16, drawn as one point:
+    the same client and sandbox, with the poller's per-detail work on top.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -44,11 +48,15 @@ def draw(rates: dict[int, float], path: Path, *, rows: int) -> Path:
     figure, axes = plt.subplots(figsize=(7, 4.5), dpi=110)
     axes.plot(levels, ideal, "--", color="grey", label=f"ideal C/L (L = {LATENCY_MS:g} ms)")
     axes.plot(levels, [rates[c] for c in levels], "o-", color="tab:blue", label="measured")
+    if polling is not None:
+        axes.plot(
+            [16], [polling], "s", color="tab:orange", label="B5 polling, calls/s (74 KB details)"
+        )
     axes.set_xscale("log", base=2)
     axes.set_yscale("log")
     axes.set_xticks(levels, [str(c) for c in levels])
     axes.set_xlabel("max_concurrency C")
-    axes.set_ylabel("patients pushed per second")
+    axes.set_ylabel("patients pushed (B5: API calls) per second")
     axes.set_title(f"B1: first push of {rows:,} patients, served sandbox, 2 cores")
     axes.grid(True, which="both", alpha=0.3)
     axes.legend()

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from json.encoder import encode_basestring
 from typing import Any
 
+import orjson
+
 # One encoder built once: `json.dumps(...)` would build a new one on every call.
 _ENCODER = json.JSONEncoder(
     sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
@@ -28,6 +30,47 @@ def canonical_json(obj: Any) -> bytes:
     NaN and infinities are refused (ValueError): they are not JSON.
     """
     return _ENCODER.encode(obj).encode("utf-8", "backslashreplace")
+
+
+# The types `canonical_json_of_decoded` hands to orjson. Floats are not among them: orjson
+# writes them in its own shortest form (`0.00001` where `repr` gives `1e-05`), which would
+# change the bytes and so the meaning of a stored content hash.
+_ORJSON_SAME_AS_CANONICAL: frozenset[type] = frozenset({str, int, bool, type(None)})
+
+
+def canonical_json_of_decoded(value: Any) -> bytes:
+    """`canonical_json(value)`, byte for byte, for a value decoded from JSON; much faster.
+
+    A form submission's answers are tens of KB of text (data URLs): the standard encoder
+    spends ~150 µs writing them, orjson ~3 µs. orjson's output equals `canonical_json`'s for
+    strings (same escapes, UTF-8 unescaped), 64-bit integers, booleans, null, lists and
+    objects with text keys (`OPT_SORT_KEYS` orders UTF-8 bytes, which is code point order).
+    Anything else (a float, a lone surrogate, an integer beyond 64 bits, another type) goes
+    to `canonical_json`, so the result never differs: content hashes keep their meaning.
+    """
+    if not _plain(value):
+        return canonical_json(value)
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:  # a lone surrogate or an integer beyond 64 bits
+        return canonical_json(value)
+
+
+def _plain(value: Any) -> bool:
+    """Whether `value` holds only the types orjson writes exactly as `canonical_json` does."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind is dict:
+            if any(type(key) is not str for key in item):
+                return False
+            stack.extend(item.values())
+        elif kind is list:
+            stack.extend(item)
+        elif kind not in _ORJSON_SAME_AS_CANONICAL:
+            return False
+    return True
 
 
 def sha256_hex(data: bytes | str) -> str:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final, cast
 
-from sqlalchemy import Engine, Table, insert, select, tuple_
+from sqlalchemy import Engine, Table, insert, select, text, tuple_
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -175,9 +175,11 @@ class PollerStore:
         audit entries are each written with one executemany (Core, not the ORM's unit of
         work: a batch is hundreds of rows).
         """
-        with self._guard(), self._sessions.begin() as session:
+        # Encoded and hashed before the transaction: the write lock is held for writing only.
+        versions = [Version.of(detail) for detail in details]
+        with self._guard(), self._sessions.begin() as session, _unspilled(session):
             # A repeat within the batch keeps the first one's place and the last one's body.
-            keyed = {version.key: version for version in map(Version.of, details)}
+            keyed = {version.key: version for version in versions}
             known = self._known(session, keyed)
             candidates = [version for key, version in keyed.items() if key not in known]
             # Checked in the transaction that writes: never an older state after a newer one.
@@ -344,6 +346,32 @@ class PollerStore:
 
     def _guard(self) -> AbstractContextManager[None]:
         return _translated(self.stream)
+
+
+# Pages: far more than any batch writes (a batch of 100 details is ~1,900 pages of 4 KiB).
+_NEVER_SPILL: Final = 1_000_000
+
+
+@contextmanager
+def _unspilled(session: Session) -> Iterator[None]:
+    """On SQLite, keep this transaction's pages in memory until its commit writes them.
+
+    A batch of 100 details is ~7.5 MB of pages, more than SQLite's default 2 MB page cache:
+    the excess was written to the WAL mid-transaction and again at the commit, 235 KiB of
+    writes per 74 KB detail instead of 153 (the commit's frames plus their checkpoint into
+    the database file). Spilling is switched back on before the commit, so the connection,
+    back in the pool, spills as before in every other transaction.
+    """
+    if session.get_bind().dialect.name != "sqlite":
+        yield
+        return
+    # The number form: the boolean form is not applied inside an open transaction.
+    spill = session.execute(text("PRAGMA cache_spill")).scalar_one()
+    session.execute(text(f"PRAGMA cache_spill = {_NEVER_SPILL}"))
+    try:
+        yield
+    finally:
+        session.execute(text(f"PRAGMA cache_spill = {int(spill)}"))
 
 
 def _removed(gone: Gone) -> str:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
-from syncd.hashing import canonical_json, canonical_object, sha256_hex
+from syncd.hashing import canonical_json, canonical_json_of_decoded, canonical_object, sha256_hex
 from syncd.submissions.window import Listed
 from syncd.voxares.contract import format_timestamp
 from syncd.voxares.models import SubmissionDetail
@@ -48,7 +48,7 @@ class Version:
     @classmethod
     def of(cls, detail: SubmissionDetail) -> Version:
         """Encode the answers once and derive the dedupe identity from them."""
-        answers = canonical_json(detail.data)
+        answers = canonical_json_of_decoded(detail.data)
         key = (detail.id, format_timestamp(detail.updated_at), _hash(detail, answers))
         return cls(key=key, detail=detail, answers=answers)
 

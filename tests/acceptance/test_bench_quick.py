@@ -6,6 +6,7 @@ Timings depend on the machine and are reported, never asserted here.
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -40,7 +41,7 @@ def quick_report(
 @pytest.mark.rabbitmq
 def test_every_benchmark_completes(quick_report: dict) -> None:
     """Every benchmark of the quick suite ran to the end and the runner exited 0."""
-    expected = {"B1", "B1b", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "F1", "F2"}
+    expected = {"B1", "B1b", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B9", "B10", "F1", "F2"}
     assert set(quick_report["completed"]) == expected
     failed = [bid for bid, done in quick_report["completed"].items() if not done]
     assert not failed, quick_report["_stderr"]
@@ -86,3 +87,44 @@ def test_fhir_benchmarks_read_every_patient(quick_report: dict) -> None:
         sizes["bulk_small"],
         sizes["bulk_large"],
     )
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.rabbitmq
+def test_b5_reads_each_listed_detail_once(quick_report: dict) -> None:
+    """B5: one first poll reads each submission's answers exactly once and emits each once."""
+    submissions = quick_report["sizes"]["submissions"]
+    figures = quick_report["benchmarks"]["B5"]["median"]
+    assert figures["detail_calls"] == submissions
+    assert figures["emitted"] == submissions
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.rabbitmq
+def test_steady_polling_reads_each_new_version_once(quick_report: dict) -> None:
+    """B9: polls that re-list known versions (the overlap) read only the new ones' details."""
+    sizes = quick_report["sizes"]
+    figures = quick_report["benchmarks"]["B9"]["median"]
+    new_versions = sizes["steady_cycles"] * sizes["steady_per_cycle"]
+    assert figures["new_versions"] == new_versions
+    assert figures["polls"] == sizes["steady_cycles"] + 1
+    assert new_versions <= figures["detail_calls"] <= 1.05 * new_versions
+    assert figures["details_per_new_version"] <= 1.05
+    # Per poll: one call for the server's clock, then the window's pages of 100; a window
+    # holds at most every new version (the overlap reaches no further back).
+    most_pages = math.ceil(new_versions / 100)
+    assert 2 * figures["polls"] <= figures["list_calls"] <= (1 + most_pages) * figures["polls"]
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.rabbitmq
+def test_reconciliation_sweep_lists_and_reads_no_detail(quick_report: dict) -> None:
+    """B10: a sweep over everything recorded is list calls only, one per 100 submissions."""
+    figures = quick_report["benchmarks"]["B10"]["median"]
+    assert figures["detail_calls"] == 0
+    pages = math.ceil(figures["submissions"] / 100)
+    # The pages, plus the call that reads the server's clock.
+    assert figures["list_calls"] == pages + 1

@@ -3,8 +3,10 @@ audit entry, in one transaction, seqs paired with the right rows, duplicates ski
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -155,9 +157,20 @@ def test_record_failing_midway_writes_nothing(state_engine: Engine) -> None:
                     "FOR EACH ROW EXECUTE FUNCTION refuse()"
                 )
             )
-    with pytest.raises(StateError, match="stream=form_submissions"):
+    sqlite = state_engine.dialect.name == "sqlite"
+    if sqlite:
+        with state_engine.connect() as connection:
+            default_spill = connection.exec_driver_sql("PRAGMA cache_spill").scalar_one()
+    with pytest.raises(StateError, match="stream=form_submissions") as failed:
         PollerStore(state_engine, STREAM).record([detail(1), detail(2)], run_id=None)
+    # The insert's own failure is reported, not a later one from restoring the settings.
+    refused = "IntegrityError" if sqlite else "ProgrammingError"  # RAISE, as each driver maps it
+    assert str(failed.value).endswith(f"error={refused}")
     assert count(state_engine, OutboxEvent) == count(state_engine, SubmissionVersion) == 0
+    if sqlite:
+        with state_engine.connect() as connection:
+            spill = connection.exec_driver_sql("PRAGMA cache_spill").scalar_one()
+        assert spill == default_spill
 
 
 def test_a_detail_older_than_a_recorded_version_is_never_emitted(state_engine: Engine) -> None:
@@ -216,3 +229,89 @@ def test_a_removal_is_emitted_once_and_a_later_read_still_counts(state_engine: E
     }
     assert not store.histories(["sub-8"])  # a removal does not count as read
     assert store.record([detail(8, patient="pat-8")], run_id=None).emitted == 1
+
+
+def _bytes_written() -> int:
+    """What this process handed to write(2) so far (Linux), sockets and files alike."""
+    fields = dict(line.split(": ") for line in Path("/proc/self/io").read_text().splitlines())
+    return int(fields["wchar"])
+
+
+def test_a_batch_larger_than_the_page_cache_is_written_once_and_checkpointed_once(
+    state_engine: Engine,
+) -> None:
+    """SQLite: a batch's pages are written to the WAL at its commit, not spilled before.
+
+    40 details of ~100 KB are ~4 MB of pages, twice SQLite's default 2 MB page cache. With
+    spilling, the write volume was ~3.2 x the payload (the spilled pages were written
+    again); without, ~2 x: the WAL frames and their checkpoint into the database file.
+    The connection spills as before afterwards (its setting restored).
+    """
+    if state_engine.dialect.name != "sqlite":
+        pytest.skip("the page cache and the WAL are SQLite's")
+    details = [
+        detail(n, data={"sig": "data:image/png;base64," + f"{n:04d}" * 25_000}) for n in range(40)
+    ]
+    payload_bytes = sum(len(canonical_json(d.data)) for d in details)
+    with state_engine.connect() as connection:
+        default_spill = connection.exec_driver_sql("PRAGMA cache_spill").scalar_one()
+    before = _bytes_written()
+    PollerStore(state_engine, STREAM).record(details, run_id=None)
+    written = _bytes_written() - before
+    assert count(state_engine, OutboxEvent) == 40
+    assert payload_bytes < written < 2.5 * payload_bytes
+    with state_engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA cache_spill").scalar_one() == default_spill
+
+
+def _hash_as_earlier_releases_stored_it(submission: SubmissionDetail) -> str:
+    """sha256 of the standard encoder's canonical JSON, as every release before orjson."""
+    return hashlib.sha256(
+        json.dumps(
+            {
+                "status": submission.submission_status,
+                "data": submission.data,
+                "formId": submission.form.id if submission.form else None,
+                "patientId": submission.patient.id if submission.patient else None,
+            },
+            sort_keys=True,
+            separators=(",", ":"),
+            ensure_ascii=False,
+            allow_nan=False,
+        ).encode("utf-8", "backslashreplace")
+    ).hexdigest()
+
+
+@pytest.mark.parametrize(
+    "answers",
+    [
+        # What the fast encoder writes itself: text (a data URL, non-ASCII), ints, booleans.
+        {"sig": "data:image/png;base64," + "iVBORw0KGgo" * 6000, "name": "Željka", "n": 3},
+        # What it hands to the standard encoder, one kind at a time: floats (orjson would
+        # write 0.00001 and 1e16), an integer beyond 64 bits, a lone surrogate.
+        {"temp": 37.5, "tiny": 1e-05, "huge": 1e16, "ok": [True, None]},
+        {"big": 2**70},
+        {"odd": "\udc80"},
+    ],
+)
+def test_versions_recorded_by_earlier_releases_are_still_known_after_the_upgrade(
+    state_engine: Engine, answers: dict[str, Any]
+) -> None:
+    """A version row written with the old hash makes the same detail a duplicate: no re-emit."""
+    submission = detail(1, data=answers)
+    old_hash = _hash_as_earlier_releases_stored_it(submission)
+    assert content_hash(submission) == old_hash
+    with Session(state_engine) as session, session.begin():
+        session.add(
+            SubmissionVersion(
+                submission_id=submission.id,
+                updated_at="2025-05-20T09:00:01.120Z",
+                content_hash=old_hash,
+                status="Completed",
+                event_seq=None,
+                recorded_at=datetime.now(UTC),
+            )
+        )
+    recorded = PollerStore(state_engine, STREAM).record([submission], run_id=None)
+    assert (recorded.emitted, recorded.duplicates) == (0, 1)
+    assert count(state_engine, OutboxEvent) == 0

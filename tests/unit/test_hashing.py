@@ -11,7 +11,14 @@ from typing import Any
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from syncd.hashing import canonical_json, canonical_object, payload_hash, row_hash, sha256_hex
+from syncd.hashing import (
+    canonical_json,
+    canonical_json_of_decoded,
+    canonical_object,
+    payload_hash,
+    row_hash,
+    sha256_hex,
+)
 from tests import strategies
 
 ROW = {
@@ -125,3 +132,34 @@ def test_canonical_object_sorts_non_ascii_keys_by_code_point() -> None:
     parts = {"中": b"1", "š": b"2", "z": b"3", "": b"{}"}
     assert canonical_object(parts) == '{"":{},"z":3,"š":2,"中":1}'.encode()
     assert canonical_object({}) == b"{}"
+
+
+# Text without lone surrogates: what a JSON parser hands back for a UTF-8 body.
+decoded_text = st.text(st.characters(exclude_categories=("Cs",)))
+decoded_values = strategies.json_values(decoded_text, max_size=4, max_leaves=20)
+
+
+@given(json_values)
+@example({"a": 1e-05, "b": 1e16, "c": -0.0})  # orjson would write 0.00001 and 1e16
+@example({"big": 2**64, "small": -(2**63) - 1})  # beyond orjson's 64-bit integers
+@example({"\udc80": "\ud800"})  # lone surrogates: orjson refuses them
+@example({'\x00\x1f\x7f\u2028"\\': "\b\f\n\r\t", "z": [True, False, None]})
+def test_canonical_json_of_decoded_equals_canonical_json(value: Any) -> None:
+    """The fast encoder of decoded JSON writes exactly canonical_json's bytes, for any value."""
+    assert canonical_json_of_decoded(value) == canonical_json(value)
+
+
+@given(decoded_values)
+def test_canonical_json_of_decoded_equals_canonical_json_without_surrogates(value: Any) -> None:
+    """The same for the values a parsed body holds, which mostly take the orjson path."""
+    assert canonical_json_of_decoded(value) == canonical_json(value)
+
+
+def test_canonical_json_of_decoded_sorts_keys_by_code_point_like_canonical_json() -> None:
+    """Non-ASCII keys, nested objects and 64-bit integers take the fast path unchanged."""
+    value = {"中": [1, {"š": 2**63, "a": -(2**63)}], "z": "data:image/png;base64,AAAA", "": {}}
+    assert canonical_json_of_decoded(value) == canonical_json(value)
+    assert canonical_json_of_decoded(value) == (
+        '{"":{},"z":"data:image/png;base64,AAAA",'
+        '"中":[1,{"a":-9223372036854775808,"š":9223372036854775808}]}'.encode()
+    )
