@@ -26,6 +26,7 @@ from syncd.submissions.versions import (
 )
 from syncd.submissions.window import Listed
 from syncd.voxares.models import SubmissionDetail
+from tests.conftest import migrated_engine
 
 STREAM = "form_submissions"
 
@@ -238,7 +239,7 @@ def _bytes_written() -> int:
 
 
 def test_a_batch_larger_than_the_page_cache_is_written_once_and_checkpointed_once(
-    state_engine: Engine,
+    sqlite_url: str,
 ) -> None:
     """SQLite: a batch's pages are written to the WAL at its commit, not spilled before.
 
@@ -247,8 +248,11 @@ def test_a_batch_larger_than_the_page_cache_is_written_once_and_checkpointed_onc
     again); without, ~2 x: the WAL frames and their checkpoint into the database file.
     The connection spills as before afterwards (its setting restored).
     """
-    if state_engine.dialect.name != "sqlite":
-        pytest.skip("the page cache and the WAL are SQLite's")
+    with migrated_engine(sqlite_url) as state_engine:  # the page cache and WAL: SQLite
+        _write_a_large_batch_once(state_engine)
+
+
+def _write_a_large_batch_once(state_engine: Engine) -> None:
     details = [
         detail(n, data={"sig": "data:image/png;base64," + f"{n:04d}" * 25_000}) for n in range(40)
     ]
