@@ -66,6 +66,7 @@ from syncd.config_fields import (
     problem,
     read_secret_file,
 )
+from syncd.config_hl7 import Hl7Settings
 from syncd.exceptions import ConfigError
 from syncd.patients.outage import DEFAULT_OUTAGE_AFTER
 from syncd.sources import REQUIRED_SOURCE_FIELDS, SOURCE_FIELDS
@@ -599,6 +600,7 @@ class Settings(BaseSettings):
     outbox: OutboxSettings = Field(default_factory=OutboxSettings)
     messages: MessagesSettings = Field(default_factory=MessagesSettings)
     content: ContentSettings = Field(default_factory=ContentSettings)
+    hl7: Hl7Settings = Field(default_factory=Hl7Settings)
 
     @classmethod
     def settings_customise_sources(

@@ -14,8 +14,9 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -41,6 +42,18 @@ class Schedule:
     run_at_start: bool = True
 
 
+class Service(Protocol):
+    """Something the daemon runs beside its scheduled jobs (the HL7 listener): started
+    before the scheduler (`start` raises `ConfigError` when it cannot bind), stopped first
+    on shutdown, before the runs in flight are drained."""
+
+    name: str
+
+    async def start(self, runner: JobRunner) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class HealthServer:
     """Where to serve /healthz, /readyz and /metrics, and what readiness means."""
@@ -60,9 +73,11 @@ class Daemon:
         *,
         health: HealthServer | None = None,
         shutdown_grace_seconds: float = 20.0,
+        services: Sequence[Service] = (),
     ) -> None:
         self.runner = runner
         self.schedules = schedules
+        self.services = list(services)
         self.health = health
         self.shutdown_grace_seconds = shutdown_grace_seconds
         self.heartbeat = time.monotonic()
@@ -108,6 +123,17 @@ class Daemon:
             # Bound here, before anything starts: a busy port is a ConfigError (exit 78)
             # that stops start-up, not a failure hidden in a background task.
             listener = bind_health_socket(self.health.host, self.health.port)
+        started: list[Service] = []
+        try:
+            for service in self.services:
+                await service.start(self.runner)
+                started.append(service)
+        except BaseException:
+            for service in reversed(started):
+                await service.stop()
+            if listener is not None:
+                listener.close()
+            raise
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -150,6 +176,8 @@ class Daemon:
             # No new runs, then the grace period for the ones in flight (a run the scheduler
             # had already started joins them), then the rest is cancelled and awaited.
             scheduler.pause()
+            for service in reversed(started):
+                await service.stop()
             self._ask_jobs_to_stop()
             await self._drain()
             scheduler.shutdown(wait=False)
