@@ -39,10 +39,11 @@ class Sizes:
     memory_small: int
     memory_large: int
     sweep_rows: int
+    hl7_messages: int
 
 
-QUICK = Sizes(2_000, 200, 1_000, 1_000, 1_000, 2_000, 20_000, 600)
-FULL = Sizes(100_000, 2_000, 10_000, 20_000, 20_000, 100_000, 1_000_000, 3_000)
+QUICK = Sizes(2_000, 200, 1_000, 1_000, 1_000, 2_000, 20_000, 600, 1_000)
+FULL = Sizes(100_000, 2_000, 10_000, 20_000, 20_000, 100_000, 1_000_000, 3_000, 10_000)
 
 
 def _both(*checks: Callable[[Mapping[str, float]], bool]) -> Callable[[Mapping[str, float]], bool]:
@@ -113,6 +114,13 @@ BENCHES = {
             lambda f: f["ratio"] >= 0.85,
         ),
         Bench("B8", "outbox -> RabbitMQ, confirms", "events_per_s", "report", None),
+        Bench(
+            "B9",
+            "HL7 ADT over MLLP, ACK -> mirror, L=20ms",
+            "msgs_per_s",
+            ">= 500/s",
+            lambda f: f["msgs_per_s"] >= 500,
+        ),
         Bench("PLOT", "B1 throughput vs concurrency", "c16_per_s", "plot", None),
     )
 }
@@ -165,6 +173,12 @@ def _group_amqp(sizes: Sizes, folder: Path) -> dict[str, Figures]:
     return {"B8": outbox.run_amqp(sizes.events, folder)}
 
 
+def _group_hl7(sizes: Sizes, folder: Path) -> dict[str, Figures]:
+    from bench import hl7
+
+    return {"B9": hl7.run(sizes.hl7_messages, folder)}
+
+
 def _group_plot(sizes: Sizes, folder: Path) -> dict[str, Figures]:
     from bench import plot
 
@@ -184,6 +198,7 @@ GROUPS: dict[str, tuple[tuple[str, ...], Callable[[Sizes, Path], dict[str, Figur
     "memory": (("B6",), _group_memory),
     "webhook": (("B7",), _group_webhook),
     "amqp": (("B8",), _group_amqp),
+    "hl7": (("B9",), _group_hl7),
     "plot": (("PLOT",), _group_plot),
 }
 

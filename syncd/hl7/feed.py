@@ -25,6 +25,8 @@ from syncd.jobs import JobRunner
 
 log = structlog.get_logger(__name__)
 
+_STOP_GRACE_SECONDS = 15.0
+
 
 def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
     """A server TLS context from a certificate chain and its key (TLS 1.2 at least)."""
@@ -58,6 +60,7 @@ class Hl7Feed:
         )
         self.listener: MllpListener | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
 
     def _accepted(self) -> None:
         # Called in the receiver's worker thread.
@@ -97,16 +100,21 @@ class Hl7Feed:
         self._wake.set()
 
     async def _apply_loop(self, runner: JobRunner) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._wake.wait(), timeout=self._settings.apply_interval_seconds
-                )
+        while not self._stopping:
+            # Not `asyncio.wait_for`: on Python 3.11 it can swallow a cancellation that
+            # arrives as the event is set, and the loop would then never end.
+            waiter = asyncio.ensure_future(self._wake.wait())
+            try:
+                await asyncio.wait([waiter], timeout=self._settings.apply_interval_seconds)
+            finally:
+                waiter.cancel()
+            if self._stopping:
+                return
             self._wake.clear()
             await runner.run_once(self._apply)
 
     async def _files_loop(self, drop: Hl7FileDrop) -> None:
-        while True:
+        while not self._stopping:
             try:
                 if await asyncio.to_thread(drop.scan_once):
                     self._wake.set()
@@ -117,8 +125,13 @@ class Hl7Feed:
     async def stop(self) -> None:
         """Stop receiving first (unacknowledged messages are resent by their senders),
         then the loops; a message recorded but not applied is applied by the next start."""
+        self._stopping = True
         if self.listener is not None:
             await self.listener.close()
+        self._wake.set()
+        if self._tasks:
+            # The apply run in progress finishes its batch (bounded); the rest is cancelled.
+            await asyncio.wait(self._tasks[:1], timeout=_STOP_GRACE_SECONDS)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

@@ -17,9 +17,7 @@ from typing import cast as typing_cast
 
 from sqlalchemy import Connection, Engine, Table, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import SQLAlchemyError
 
-from syncd.exceptions import StateError
 from syncd.state.models import Hl7Inbound
 
 INBOUND: Final = typing_cast(Table, Hl7Inbound.__table__)
@@ -72,7 +70,11 @@ def _insert(conn: Connection) -> postgresql.Insert | sqlite.Insert:
 
 def record(conn: Connection, message: Received, *, now: datetime | None = None) -> bool:
     """Insert `message` in the caller's transaction; False when it was already there."""
-    stmt = _insert(conn).on_conflict_do_nothing(index_elements=["sender", "control_id"])
+    stmt = (
+        _insert(conn)
+        .on_conflict_do_nothing(index_elements=["sender", "control_id"])
+        .returning(INBOUND.c.id)
+    )
     result = conn.execute(
         stmt,
         {
@@ -87,16 +89,8 @@ def record(conn: Connection, message: Received, *, now: datetime | None = None) 
             "raw": message.raw,
         },
     )
-    return bool(result.rowcount)
-
-
-def record_committed(engine: Engine, message: Received) -> bool:
-    """`record` in a transaction of its own, committed on return (the ACK may follow)."""
-    try:
-        with engine.begin() as conn:
-            return record(conn, message)
-    except SQLAlchemyError as exc:
-        raise StateError(f"hl7: cannot record an inbound message ({type(exc).__name__})") from None
+    # A row comes back only when one was inserted (rowcount is not reliable here).
+    return result.first() is not None
 
 
 def pending(conn: Connection, limit: int) -> list[PendingMessage]:

@@ -9,7 +9,8 @@ and the sender sends again later (an AE would tell it to give up on a message we
 even looked at).
 
 Database work runs in one worker thread (SQLite has one writer anyway), so the event
-loop keeps serving other connections while a commit waits for the disk.
+loop keeps serving other connections while a commit waits for the disk; messages that
+arrive meanwhile share the next commit (group commit).
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ from dataclasses import dataclass
 
 import structlog
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from syncd import metrics
-from syncd.hl7.inbound import Received, record_committed
+from syncd.exceptions import StateError
+from syncd.hl7.inbound import Received, record
 from syncd.hl7.message import MessageRejected, ack, decode, header_of
 from syncd.testing_hooks import step
 
@@ -56,6 +59,9 @@ class Receiver:
         self._on_accepted = on_accepted
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hl7-receive")
         self.counts = ReceiveCounts()
+        self._queue: list[tuple[bytes, asyncio.Future[bytes]]] = []
+        self._flushing = False
+        self._flusher: asyncio.Task[None] | None = None
 
     def close(self) -> None:
         """Stop the worker thread (after the listener stopped handing it messages)."""
@@ -63,21 +69,57 @@ class Receiver:
 
     async def handle(self, raw: bytes, peer: str) -> bytes:
         """Record `raw` and return its ACK; raises `StateError` when it cannot be recorded
-        (the listener then drops the connection without an ACK)."""
+        (the listener then drops the connection without an ACK).
+
+        Group commit: messages arriving on other connections while a commit is under way
+        wait for the next one and share it, so N parallel senders cost one disk flush per
+        round instead of N. Each still gets its ACK only after its own row is committed.
+        """
         step("hl7.received")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._worker, self.receive, raw)
+        answer: asyncio.Future[bytes] = loop.create_future()
+        self._queue.append((raw, answer))
+        if not self._flushing:
+            self._flushing = True
+            self._flusher = asyncio.create_task(self._flush())
+        return await answer
+
+    async def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                try:
+                    acks = await loop.run_in_executor(
+                        self._worker, self.receive_many, [raw for raw, _ in batch]
+                    )
+                except Exception as exc:
+                    for _, answer in batch:
+                        if not answer.done():
+                            answer.set_exception(exc)
+                    continue
+                for (_, answer), ack_bytes in zip(batch, acks, strict=True):
+                    if not answer.done():
+                        answer.set_result(ack_bytes)
+        finally:
+            self._flushing = False
 
     def receive(self, raw: bytes) -> bytes:
-        """The blocking part of `handle`: decode, record, commit, and build the ACK."""
-        try:
-            decoded = decode(raw, default_charset=self._default_charset)
-        except MessageRejected as rejected:
-            return self._reject(raw, rejected)
-        header = decoded.header
-        fresh = record_committed(
-            self._engine,
-            Received(
+        """Record one message (committed on return) and build its ACK (the file drop)."""
+        return self.receive_many([raw])[0]
+
+    def receive_many(self, raws: list[bytes]) -> list[bytes]:
+        """The blocking part: decode each message, record all in ONE transaction, commit,
+        and build each ACK. Raises `StateError` when the commit fails (no ACK for any)."""
+        planned: list[tuple[bytes, Received, MessageRejected | None]] = []
+        for raw in raws:
+            try:
+                decoded = decode(raw, default_charset=self._default_charset)
+            except MessageRejected as rejected:
+                planned.append((raw, self._rejected_row(raw, rejected), rejected))
+                continue
+            header = decoded.header
+            row = Received(
                 source=self._source,
                 sender=header.sender,
                 control_id=header.control_id,
@@ -86,44 +128,60 @@ class Receiver:
                 status="pending",
                 reason=None,
                 raw=raw,
-            ),
-        )
+            )
+            planned.append((raw, row, None))
+        try:
+            with self._engine.begin() as conn:
+                fresh = [record(conn, row) for _, row, _ in planned]
+        except SQLAlchemyError as exc:
+            raise StateError(
+                f"hl7: cannot record inbound messages ({type(exc).__name__})"
+            ) from None
         step("hl7.after_commit")
-        if fresh:
-            self.counts.accepted += 1
-            metrics.HL7_MESSAGES.labels("accepted").inc()
-            if self._on_accepted is not None:
-                self._on_accepted()
-        else:
-            self.counts.duplicates += 1
-            metrics.HL7_MESSAGES.labels("duplicate").inc()
-            log.info("hl7.duplicate", sender=header.sender, control_id=header.control_id)
-        return ack(raw, "AA", control_id=header.control_id)
+        acks: list[bytes] = []
+        accepted = 0
+        for (raw, row, refusal), is_new in zip(planned, fresh, strict=True):
+            if refusal is not None:
+                self.counts.rejected += 1
+                metrics.HL7_MESSAGES.labels("rejected").inc()
+                log.warning(
+                    "hl7.rejected",
+                    code=refusal.code,
+                    reason=refusal.reason,
+                    control_id=row.control_id,
+                )
+                acks.append(
+                    ack(raw, refusal.code, reason=refusal.reason, control_id=row.control_id)
+                )
+                continue
+            if is_new:
+                accepted += 1
+                self.counts.accepted += 1
+                metrics.HL7_MESSAGES.labels("accepted").inc()
+            else:
+                self.counts.duplicates += 1
+                metrics.HL7_MESSAGES.labels("duplicate").inc()
+                log.info("hl7.duplicate", sender=row.sender, control_id=row.control_id)
+            acks.append(ack(raw, "AA", control_id=row.control_id))
+        if accepted and self._on_accepted is not None:
+            self._on_accepted()
+        return acks
 
-    def _reject(self, raw: bytes, rejected: MessageRejected) -> bytes:
-        """Keep an unusable message as `rejected` and answer AE/AR with the reason."""
+    def _rejected_row(self, raw: bytes, rejected: MessageRejected) -> Received:
+        """An unusable message, kept as `rejected` for an operator (never logged)."""
         sender, control_id = "?", None
         try:
             header = header_of(raw.decode("latin-1").lstrip("\r\n"))
             sender, control_id = header.sender, header.control_id
         except MessageRejected:
             pass
-        record_committed(
-            self._engine,
-            Received(
-                source=self._source,
-                sender=sender,
-                control_id=control_id,
-                message_type=None,
-                sent_at=None,
-                status="rejected",
-                reason=f"{rejected.code}: {rejected.reason}",
-                raw=raw,
-            ),
+        return Received(
+            source=self._source,
+            sender=sender,
+            control_id=control_id,
+            message_type=None,
+            sent_at=None,
+            status="rejected",
+            reason=f"{rejected.code}: {rejected.reason}",
+            raw=raw,
         )
-        self.counts.rejected += 1
-        metrics.HL7_MESSAGES.labels("rejected").inc()
-        log.warning(
-            "hl7.rejected", code=rejected.code, reason=rejected.reason, control_id=control_id
-        )
-        return ack(raw, rejected.code, reason=rejected.reason, control_id=control_id)

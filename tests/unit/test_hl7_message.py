@@ -94,7 +94,9 @@ def test_birth_date_precision(text: str, iso: str | None, problem: str | None) -
     assert got == iso
     assert (why is None) == (problem is None)
     if problem is not None:
-        assert why is not None and problem in why and text not in why
+        assert why is not None
+        assert problem in why
+        assert text not in why
 
 
 def test_mapping_of_the_published_example() -> None:
@@ -159,7 +161,8 @@ def test_other_messages_are_ignored_with_a_reason(message: str, ignored: str) ->
     """Messages the feed does not apply say why (their type), and carry no actions."""
     mapped = map_message(decode(message.encode()), Hl7Mapping())
     assert mapped.actions == ()
-    assert mapped.ignored is not None and ignored in mapped.ignored.reason
+    assert mapped.ignored is not None
+    assert ignored in mapped.ignored.reason
 
 
 def test_event_from_evn_when_msh9_has_none() -> None:
@@ -231,7 +234,7 @@ def test_generated_pid_round_trips_through_escapes(
             value.encode(codec)
     except UnicodeEncodeError:
         return  # not representable in that charset: nothing to send
-    f, c, r, e, s = delims
+    f, c = delims[0], delims[1]
     enc = delims[1:]
     msh18 = f"{f * 6}{charset}" if charset else ""
     text = (
