@@ -63,6 +63,7 @@ JOB_NAME: Final = "apply_hl7"
 MERGED_EVENT: Final = "patient.merged"
 _OPTIONAL_FIELDS: Final = ("mobileNumber", "email", "dateOfBirth")
 _MIRROR = typing_cast(Table, PatientMirror.__table__)
+_MAX_BATCHES_PER_RUN: Final = 100
 
 T = TypeVar("T")
 
@@ -169,6 +170,7 @@ class Hl7Apply:
             return await loop.run_in_executor(worker, fn, *args)
 
         store: PushStore | None = None
+        batches = 0
         try:
             store = await in_worker(
                 lambda: PushStore.open(
@@ -183,7 +185,11 @@ class Hl7Apply:
                 failed = await in_worker(self._record, store, batch, results)
                 step("hl7.apply_after_commit")
                 self._count(counts, batch, results, failed)
-                if failed or (batch.loaded < self._batch_size and not batch.cut):
+                batches += 1
+                # Keep draining while messages keep arriving (a new run per small batch
+                # would pay the lock and run record each time), but end the run after
+                # `_MAX_BATCHES_PER_RUN` so that its record says something.
+                if failed or batches >= _MAX_BATCHES_PER_RUN:
                     break
         finally:
             if store is not None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Final
 
 from syncd.hashing import row_hash
 from syncd.hl7.message import Decoded
@@ -88,11 +88,11 @@ class _Separators:
     repetition: str
     escape: str
     subcomponent: str
-    message: Any = field(repr=False)
+    decoded: Decoded = field(repr=False)
 
     def unescape(self, text: str) -> str:
         if self.escape and self.escape in text:
-            return str(self.message.unescape(text))
+            return str(self.decoded.message.unescape(text))
         return text
 
 
@@ -100,7 +100,7 @@ def _separators(decoded: Decoded) -> _Separators:
     text = decoded.text
     enc = text[4:].split(text[3], 1)[0]
     padded = (enc + "^~\\&")[:4] if len(enc) < 4 else enc
-    return _Separators(text[3], padded[0], padded[1], padded[2], padded[3], decoded.message)
+    return _Separators(text[3], padded[0], padded[1], padded[2], padded[3], decoded)
 
 
 def _segments(decoded: Decoded) -> list[tuple[str, list[str]]]:

@@ -14,6 +14,7 @@ import codecs
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any, Final, Literal
 
 import hl7
@@ -56,16 +57,27 @@ class Header:
     version: str  # MSH-12
 
 
-@dataclass(frozen=True, slots=True)
 class Decoded:
     """A message decoded to text (segments separated by CR) and its header.
 
-    `message` is the parsed python-hl7 message; patient data, kept out of the repr.
+    `message` is the python-hl7 parse of the text, made only when asked for (the mapping
+    needs it only to unescape a value that holds an escape sequence): the receive path
+    reads MSH itself, and a full parse would be most of its CPU time.
     """
 
-    text: str
-    header: Header
-    message: Any
+    __slots__ = ("__dict__", "header", "text")
+
+    def __init__(self, text: str, header: Header) -> None:
+        self.text = text
+        self.header = header
+
+    @cached_property
+    def message(self) -> Any:
+        """The parsed message (python-hl7 `Message`)."""
+        try:
+            return hl7.parse(self.text)
+        except Exception as exc:  # python-hl7 raises several types on malformed text
+            raise MessageRejected("AE", f"not parseable as HL7 v2 ({type(exc).__name__})") from None
 
     def __repr__(self) -> str:
         return f"Decoded(control_id={self.header.control_id!r})"
@@ -103,12 +115,7 @@ def decode(raw: bytes, *, default_charset: str = "utf-8") -> Decoded:
     except UnicodeDecodeError:
         raise MessageRejected("AE", f"bytes not valid in the character set ({codec})") from None
     text = "\r".join(s for s in _SEGMENT_BREAK.split(text) if s.strip())
-    header = header_of(text)
-    try:
-        message = hl7.parse(text)
-    except Exception as exc:  # python-hl7 raises several types on malformed text
-        raise MessageRejected("AE", f"not parseable as HL7 v2 ({type(exc).__name__})") from None
-    return Decoded(text, header, message)
+    return Decoded(text, header_of(text))
 
 
 def header_of(text: str) -> Header:
