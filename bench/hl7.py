@@ -7,7 +7,10 @@ inbound table). The clock runs from the first send to the moment every message i
 (`build_hl7_feed`) and `JobRunner`, on a SQLite state file with `synchronous=FULL`.
 
 The ceiling no client can beat against this API is C/L = 16 / 20 ms = 800 pushes/s; the
-target is 500 messages/s. Counts are checked exactly: N ACKs, N applied, N API calls.
+target is 500 messages/s. The same-sitting baseline is B1's path: the CSV push of N new
+patients against the same sandbox (`ratio_to_csv_push`: what the MLLP receipt, the inbound
+table and the per-message apply cost on top). Counts are checked exactly: N ACKs, N
+applied, N mirror rows, N API calls.
 """
 
 from __future__ import annotations
@@ -19,9 +22,9 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from bench import env
+from bench import data, env
 from bench.core import Figures, expect
-from bench.patients import api_calls, calls_between
+from bench.patients import api_calls, calls_between, push, push_settings
 from syncd.compose import build_hl7_feed, runtime
 from syncd.hl7.inbound import counts_by_status
 from syncd.hl7.mllp import MllpClient, ack_code
@@ -111,6 +114,13 @@ def run(messages: int, folder: Path) -> Figures:
         before = api_calls(sandbox)
         figures = asyncio.run(_measure(messages, folder, sandbox.base_url, _free_port()))
         figures["calls"] = calls_between(before, api_calls(sandbox))
+        # Same sitting, same sandbox: the CSV push of as many new patients (B1's path).
+        export = data.write_patients(folder / "baseline.csv", messages)
+        with env.database("sqlite", folder) as db_url:
+            counts, elapsed = push(push_settings(folder, sandbox, db_url, export, 1000))
+        expect(counts["created"] == messages, counts)
+        figures["csv_push_per_s"] = messages / elapsed
+        figures["ratio_to_csv_push"] = figures["msgs_per_s"] / figures["csv_push_per_s"]
     expect(figures["acked"] == messages, figures)
     expect(figures["applied"] == messages, figures)
     expect(figures["mirrored"] == messages, figures)
