@@ -123,11 +123,19 @@ def demo(
         Path, typer.Option("--dir", help="Where the demo keeps its files.")
     ] = Path("syncd-demo"),
     patients: Annotated[int, typer.Option(help="Patients in the sample export.")] = 300,
+    hl7: Annotated[
+        bool, typer.Option("--hl7", help="Send HL7 ADT messages to the daemon's MLLP listener.")
+    ] = False,
 ) -> None:
     """Run the daemon against the embedded sandbox with a generated EHR export."""
+    configure_logging("WARNING", "console" if sys.stderr.isatty() else "json")
+    if hl7:
+        from syncd.hl7.demo import run_hl7_demo
+
+        _run(run_hl7_demo(directory, console=out))
+        return
     from syncd.demo import run_demo
 
-    configure_logging("WARNING", "console" if sys.stderr.isatty() else "json")
     _run(run_demo(directory, patients=patients, console=out))
 
 

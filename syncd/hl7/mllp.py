@@ -149,6 +149,10 @@ class MllpListener:
                 await writer.drain()
         except (ConnectionError, ssl.SSLError) as exc:
             log.info("hl7.connection_lost", peer=host, error=type(exc).__name__)
+        except asyncio.CancelledError:
+            # `close()` ends the connection: finish quietly (asyncio's stream callback
+            # would otherwise log the cancellation as an error on Python 3.11).
+            pass
         finally:
             self._connections.discard(task)
             writer.close()
