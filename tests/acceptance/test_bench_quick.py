@@ -40,7 +40,7 @@ def quick_report(
 @pytest.mark.rabbitmq
 def test_every_benchmark_completes(quick_report: dict) -> None:
     """Every benchmark of the quick suite ran to the end and the runner exited 0."""
-    expected = {"B1", "B1b", "B2", "B3", "B4", "B5", "B6", "B7", "B8"}
+    expected = {"B1", "B1b", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B9"}
     assert set(quick_report["completed"]) == expected
     failed = [bid for bid, done in quick_report["completed"].items() if not done]
     assert not failed, quick_report["_stderr"]
@@ -69,3 +69,16 @@ def test_resync_with_one_percent_changed_makes_exactly_that_many_calls(
     assert figures["sqlite_calls"] == rows // 100
     assert figures["pg_calls"] == rows // 100
     assert figures["sqlite_updated"] == figures["pg_updated"] == rows // 100
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.rabbitmq
+def test_hl7_messages_are_each_acknowledged_applied_and_pushed_once(quick_report: dict) -> None:
+    """B9: every ADT message sent over MLLP got an AA, was applied, mirrored and pushed once."""
+    messages = quick_report["sizes"]["hl7_messages"]
+    figures = quick_report["benchmarks"]["B9"]["median"]
+    assert figures["acked"] == messages
+    assert figures["applied"] == messages
+    assert figures["mirrored"] == messages
+    assert figures["calls"] == messages
