@@ -279,3 +279,35 @@ async def test_refused_peer_gets_no_ack(state_engine: Engine) -> None:
     finally:
         await feed.stop()
     assert counts_by_status(state_engine) == {}
+
+
+def test_file_drop_killed_before_the_move_records_nothing_twice(
+    state_engine: Engine, tmp_path: Path
+) -> None:
+    """A crash after recording a file's messages but before moving it: the next scan reads
+    the file again, its messages are duplicates (not stored twice), and the file moves."""
+    from syncd import testing_hooks
+    from syncd.hl7.files import Hl7FileDrop
+    from syncd.hl7.receiver import Receiver
+
+    drop = tmp_path / "in"
+    drop.mkdir()
+    (drop / "two.hl7").write_text(adt("k1", "K1") + adt("k2", "K2"), encoding="utf-8")
+    receiver = Receiver(state_engine)
+
+    def crash(name: str) -> None:
+        if name == "hl7.file_before_move":
+            raise RuntimeError("killed")
+
+    testing_hooks.set_callback(crash)
+    try:
+        with pytest.raises(RuntimeError):
+            Hl7FileDrop(drop, "*.hl7", receiver).scan_once()
+    finally:
+        testing_hooks.set_callback(None)
+    assert (drop / "two.hl7").exists()
+    assert Hl7FileDrop(drop, "*.hl7", receiver).scan_once() == 1
+    receiver.close()
+    assert (drop / "processed" / "two.hl7").exists()
+    assert counts_by_status(state_engine) == {"pending": 2}
+    assert receiver.counts.duplicates == 2
