@@ -30,6 +30,7 @@ from syncd.cli_support import load_config as _settings
 from syncd.cli_support import open_engine as _engine
 from syncd.cli_support import run_async as _run
 from syncd.exceptions import SyncdError
+from syncd.hl7.cli import hl7_app
 from syncd.logging import configure_logging
 from syncd.render import ago as _ago
 
@@ -61,6 +62,7 @@ for sub, name in [
     (outbox_app, "outbox"),
     (messages_app, "messages"),
     (content_app, "content"),
+    (hl7_app, "hl7"),
     (sandbox_app, "sandbox"),
 ]:
     app.add_typer(sub, name=name)

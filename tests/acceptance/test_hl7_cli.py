@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import subprocess
@@ -41,6 +42,47 @@ def test_hl7_demo_turns_messages_into_patients(tmp_path: Path) -> None:
     assert "ACK AR" in out
     assert out.count("ACK AA") == 5
     assert "inbound messages: applied 3, ignored 1, rejected 1" in out
+
+    # The operator's view: the list names statuses and reasons, never content; `show`
+    # prints a refused message as received, and an applied one no more.
+    config = str(directory / "config.toml")
+    listed = subprocess.run(
+        syncd_command("hl7", "list", "--json", "--config", config),
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    rows = json.loads(listed.stdout)
+    assert sorted(r["status"] for r in rows) == [
+        "applied",
+        "applied",
+        "applied",
+        "ignored",
+        "rejected",
+    ]
+    assert "Horvat" not in listed.stdout
+    (rejected,) = [r for r in rows if r["status"] == "rejected"]
+    assert "MSH-10" in rejected["reason"]
+    shown = subprocess.run(
+        syncd_command("hl7", "show", str(rejected["id"]), "--config", config),
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "PID|1||DEMO-9^^^CLINIC^MR||Nobody^No" in shown.stdout
+    applied = subprocess.run(
+        syncd_command("hl7", "show", "1", "--config", config),
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "no longer kept" in applied.stdout
 
 
 def _doctor(ws: Workspace, port: int) -> tuple[int, str]:
