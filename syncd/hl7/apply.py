@@ -411,8 +411,17 @@ class Hl7Apply:
     async def _push(self, batch: _Batch) -> dict[str, UpsertResult | api_errors.Outcome]:
         """Upsert each changed patient, concurrently (the client enforces its limits)."""
         keys = list(batch.pushes)
-        results = await asyncio.gather(*(self._push_one(batch, key) for key in keys))
-        return dict(zip(keys, results, strict=True))
+        # Every push is awaited to its end (none left running unobserved); a 401/403 is
+        # raised after, and nothing of the batch is recorded: its messages stay pending.
+        results = await asyncio.gather(
+            *(self._push_one(batch, key) for key in keys), return_exceptions=True
+        )
+        outcomes: dict[str, UpsertResult | api_errors.Outcome] = {}
+        for key, result in zip(keys, results, strict=True):
+            if isinstance(result, BaseException):
+                raise result
+            outcomes[key] = result
+        return outcomes
 
     async def _push_one(self, batch: _Batch, key: str) -> UpsertResult | api_errors.Outcome:
         push, upsert, _ = batch.pushes[key]

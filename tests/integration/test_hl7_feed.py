@@ -311,3 +311,38 @@ def test_file_drop_killed_before_the_move_records_nothing_twice(
     assert (drop / "processed" / "two.hl7").exists()
     assert counts_by_status(state_engine) == {"pending": 2}
     assert receiver.counts.duplicates == 2
+
+
+async def test_a_refused_key_stops_the_run_and_keeps_every_message_pending(
+    state_engine: Engine,
+) -> None:
+    """401 from Voxares: the apply run raises, nothing of the batch is recorded, and the
+    messages stay pending for a run with a good key."""
+    from syncd.exceptions import Unauthorized
+    from syncd.hl7.receiver import Receiver
+    from syncd.state.runs import start_run
+
+    receiver = Receiver(state_engine)
+    for n in range(3):
+        receiver.receive(adt(f"u{n}", f"U{n}").encode())
+    receiver.close()
+    sandbox = Sandbox()
+    client = VoxaresClient(
+        base_url="http://sandbox" + API_PREFIX,
+        api_key="not-the-key",
+        transport=httpx.ASGITransport(app=create_app(sandbox)),
+        retry=RetryPolicy.no_wait(attempts=1),
+    )
+    apply = Hl7Apply(state_engine, client, NormalizePolicy(), Hl7Mapping(), provider=PROVIDER)
+    try:
+        with pytest.raises(Unauthorized):
+            await apply.run(start_run(state_engine, "apply_hl7"))
+    finally:
+        await client.aclose()
+    assert counts_by_status(state_engine) == {"pending": 3}
+    assert _mirror_count(state_engine) == 0
+
+
+def _mirror_count(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return len(conn.execute(select(PatientMirror.id)).all())
