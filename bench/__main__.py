@@ -43,13 +43,14 @@ class Sizes:
     steady_initial: int
     steady_cycles: int
     steady_per_cycle: int
+    hl7_messages: int
     fhir_patients: int = 2_000
     fhir_page_size: int = 100
     bulk_small: int = 2_000
     bulk_large: int = 20_000
 
 
-QUICK = Sizes(2_000, 200, 1_000, 1_000, 1_000, 2_000, 20_000, 600, 500, 5, 20)
+QUICK = Sizes(2_000, 200, 1_000, 1_000, 1_000, 2_000, 20_000, 600, 500, 5, 20, 1_000)
 FULL = Sizes(
     100_000,
     2_000,
@@ -62,6 +63,7 @@ FULL = Sizes(
     10_000,
     20,
     50,
+    10_000,
     20_000,
     100,
     50_000,
@@ -159,6 +161,13 @@ BENCHES = {
             "<= 1.3",
             lambda f: f["ratio"] <= 1.3,
         ),
+        Bench(
+            "H1",
+            "HL7 ADT over MLLP, ACK -> mirror, L=20ms",
+            "msgs_per_s",
+            ">= 500/s",
+            lambda f: f["msgs_per_s"] >= 500,
+        ),
         Bench("PLOT", "B1 throughput vs concurrency", "c16_per_s", "plot", None),
     )
 }
@@ -226,6 +235,12 @@ def _group_fhir(sizes: Sizes, folder: Path) -> dict[str, Figures]:
     }
 
 
+def _group_hl7(sizes: Sizes, folder: Path) -> dict[str, Figures]:
+    from bench import hl7
+
+    return {"H1": hl7.run(sizes.hl7_messages, folder)}
+
+
 def _group_plot(sizes: Sizes, folder: Path) -> dict[str, Figures]:
     from bench import plot, submissions
 
@@ -250,6 +265,7 @@ GROUPS: dict[str, tuple[tuple[str, ...], Callable[[Sizes, Path], dict[str, Figur
     "webhook": (("B7",), _group_webhook),
     "amqp": (("B8",), _group_amqp),
     "fhir": (("F1", "F2"), _group_fhir),
+    "hl7": (("H1",), _group_hl7),
     "plot": (("PLOT",), _group_plot),
 }
 

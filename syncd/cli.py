@@ -31,6 +31,7 @@ from syncd.cli_support import load_config as _settings
 from syncd.cli_support import open_engine as _engine
 from syncd.cli_support import run_async as _run
 from syncd.exceptions import SyncdError
+from syncd.hl7.cli import hl7_app
 from syncd.logging import configure_logging
 from syncd.render import ago as _ago
 
@@ -62,6 +63,7 @@ for sub, name in [
     (outbox_app, "outbox"),
     (messages_app, "messages"),
     (content_app, "content"),
+    (hl7_app, "hl7"),
     (sandbox_app, "sandbox"),
 ]:
     app.add_typer(sub, name=name)
@@ -135,11 +137,19 @@ def demo(
     port: Annotated[
         int, typer.Option(help="With --serve: the status page's port on 127.0.0.1 (0: any).")
     ] = 8787,
+    hl7: Annotated[
+        bool, typer.Option("--hl7", help="Send HL7 ADT messages to the daemon's MLLP listener.")
+    ] = False,
 ) -> None:
     """Run the daemon against the embedded sandbox with a generated EHR export."""
+    configure_logging("WARNING", "console" if sys.stderr.isatty() else "json")
+    if hl7:
+        from syncd.hl7.demo import run_hl7_demo
+
+        _run(run_hl7_demo(directory, console=out))
+        return
     from syncd.demo import run_demo
 
-    configure_logging("WARNING", "console" if sys.stderr.isatty() else "json")
     _run(run_demo(directory, patients=patients, console=out, serve=serve, port=port))
 
 

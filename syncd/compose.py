@@ -515,6 +515,48 @@ def build_message_status(rt: Runtime) -> Job:
     return MessageStatusPoller(rt.engine, rt.client, provider=rt.provider)
 
 
+def build_hl7_feed(rt: Runtime) -> Any:
+    """The HL7 v2 ADT feed (`syncd.hl7.feed.Hl7Feed`), or None when `[hl7]` is off."""
+    h = rt.settings.hl7
+    if not h.enabled:
+        return None
+    from syncd.hl7.apply import Hl7Apply
+    from syncd.hl7.feed import Hl7Feed
+    from syncd.hl7.mapping import Hl7Mapping
+
+    m = h.mapping
+    apply = Hl7Apply(
+        rt.engine,
+        rt.client,
+        _patient_policy(rt.settings),
+        Hl7Mapping(
+            identifier_authority=m.identifier_authority,
+            identifier_type=m.identifier_type,
+            name_type=m.name_type,
+            mobile_equipment=tuple(m.mobile_equipment),
+            mobile_use=tuple(m.mobile_use),
+            email_use=tuple(m.email_use),
+        ),
+        provider=rt.provider,
+        source=h.name,
+        batch_size=h.batch_size,
+        default_charset=h.default_charset,
+    )
+    return Hl7Feed(rt.engine, apply, h)
+
+
+def _patient_policy(settings: Settings) -> NormalizePolicy:
+    """`[patients]`'s normalisation policy, shared by every patient source. An HL7 feed's
+    birth dates arrive as ISO dates (the mapping converts PID-7)."""
+    p = settings.patients
+    return NormalizePolicy(
+        default_region=p.default_region,
+        landline=p.landline,
+        invalid_phone=p.invalid_phone,
+        date_formats=tuple(p.date_formats),
+    )
+
+
 def build_message_sources(rt: Runtime) -> Job:
     """The job that turns configured message sources into SMS requests."""
     from syncd.messages.sources import MessageSourcesJob

@@ -67,6 +67,7 @@ from syncd.config_fields import (
     problem,
     read_secret_file,
 )
+from syncd.config_hl7 import Hl7Settings
 from syncd.config_page import StatusPageSettings
 from syncd.exceptions import ConfigError
 from syncd.patients.outage import DEFAULT_OUTAGE_AFTER
@@ -605,6 +606,7 @@ class Settings(BaseSettings):
     outbox: OutboxSettings = Field(default_factory=OutboxSettings)
     messages: MessagesSettings = Field(default_factory=MessagesSettings)
     content: ContentSettings = Field(default_factory=ContentSettings)
+    hl7: Hl7Settings = Field(default_factory=Hl7Settings)
 
     @classmethod
     def settings_customise_sources(

@@ -17,7 +17,7 @@ import socket
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -44,6 +44,18 @@ class Schedule:
     cron: str | None = None
     jitter_seconds: float = 0.0
     run_at_start: bool = True
+
+
+class Service(Protocol):
+    """Something the daemon runs beside its scheduled jobs (the HL7 listener): started
+    before the scheduler (`start` raises `ConfigError` when it cannot bind), stopped first
+    on shutdown, before the runs in flight are drained."""
+
+    name: str
+
+    async def start(self, runner: JobRunner) -> None: ...
+
+    async def stop(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,9 +85,11 @@ class Daemon:
         health: HealthServer | None = None,
         shutdown_grace_seconds: float = 20.0,
         background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
+        services: Sequence[Service] = (),
     ) -> None:
         self.runner = runner
         self.schedules = schedules
+        self.services = list(services)
         self.health = health
         # Loops beside the jobs (the status page's sampler), cancelled at shutdown.
         self.background = background
@@ -125,6 +139,17 @@ class Daemon:
             listener = self.health.listener
             if listener is None:
                 listener = bind_health_socket(self.health.host, self.health.port)
+        started: list[Service] = []
+        try:
+            for service in self.services:
+                await service.start(self.runner)
+                started.append(service)
+        except BaseException:
+            for service in reversed(started):
+                await service.stop()
+            if listener is not None:
+                listener.close()
+            raise
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -171,6 +196,8 @@ class Daemon:
             # No new runs, then the grace period for the ones in flight (a run the scheduler
             # had already started joins them), then the rest is cancelled and awaited.
             scheduler.pause()
+            for service in reversed(started):
+                await service.stop()
             self._ask_jobs_to_stop()
             await self._drain()
             scheduler.shutdown(wait=False)

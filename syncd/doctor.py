@@ -57,7 +57,32 @@ async def diagnose(rt: Runtime) -> list[Finding]:
     findings.extend(await _sinks(rt))
     if rt.settings.patients.enabled:
         findings.append(await asyncio.to_thread(_source, rt))
+    if rt.settings.hl7.enabled:
+        findings.append(_hl7_listener(rt))
     return findings
+
+
+def _hl7_listener(rt: Runtime) -> Finding:
+    """The MLLP port can be bound now (a running daemon holds it: then it is in use)."""
+    import socket
+
+    h = rt.settings.hl7
+    if not h.listen:
+        return Finding("hl7", True, "listener off (files only)")
+    try:
+        infos = socket.getaddrinfo(h.host, h.port, type=socket.SOCK_STREAM)
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+    except OSError as exc:
+        return Finding(
+            "hl7",
+            False,
+            f"cannot listen on {h.host}:{h.port} ({exc.strerror or type(exc).__name__}); "
+            "another process (or a running syncd) holds it: set hl7.port",
+        )
+    return Finding("hl7", True, f"MLLP port {h.host}:{h.port} is free")
 
 
 async def _sinks(rt: Runtime) -> list[Finding]:

@@ -41,6 +41,13 @@ PATIENTS = Counter(
     ["result"],
     registry=REGISTRY,
 )
+HL7_MESSAGES = Counter(
+    "syncd_hl7_messages",
+    "HL7 v2 messages by outcome (accepted, duplicate, rejected on receipt; "
+    "applied, ignored, quarantined by the apply job)",
+    ["outcome"],
+    registry=REGISTRY,
+)
 WATERMARK_LAG = Gauge(
     "syncd_poller_watermark_lag_seconds",
     "Server time minus the poller watermark",

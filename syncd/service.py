@@ -16,6 +16,7 @@ import structlog
 
 from syncd.compose import (
     build_health,
+    build_hl7_feed,
     build_jobs,
     build_sampler,
     build_schedules,
@@ -70,12 +71,14 @@ async def serve(settings: Settings, *, config_path: Path | None = None) -> None:
         # Runs a crashed process left `running` are marked per job by JobRunner once it
         # holds that job's lock (a peer daemon's live runs are left alone).
         jobs = build_jobs(rt)
+        feed = build_hl7_feed(rt)
         daemon = Daemon(
             JobRunner(rt.engine),
             build_schedules(rt, jobs),
             health=build_health(rt, started_at, config_path=config_path),
             shutdown_grace_seconds=shutdown_grace_seconds(settings),
             background=build_sampler(rt),
+            services=[feed] if feed is not None else [],
         )
         await daemon.run()
 

@@ -13,7 +13,7 @@ Only SQLite and PostgreSQL are supported (their `INSERT ... ON CONFLICT`).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -338,14 +338,18 @@ class PushStore:
             raise _state_error("look up quarantine entries", exc) from None
         return {key: QuarantineEntry(h, f, r) for key, h, f, r in result}
 
-    def commit(self, writes: BatchWrites) -> None:
+    def commit(
+        self, writes: BatchWrites, *, also: Callable[[Connection], None] | None = None
+    ) -> None:
         """Write one batch's outcome in one transaction.
 
         Each pushed patient's mirror row and its audit entry are committed together; a
         crash before this commit loses only the record, and the next run pushes the row
-        again (POST /patients is an upsert, so that is harmless).
+        again (POST /patients is an upsert, so that is harmless). `also` writes what the
+        caller records with the batch (the HL7 feed: its inbound rows, merges, events) in
+        the same transaction, after the mirror.
         """
-        if not writes:
+        if not writes and also is None:
             return
         now = self.now()
         try:
@@ -355,6 +359,8 @@ class PushStore:
                 self._write_inactive(writes.inactive)
                 self._write_cleared(writes.cleared)
                 self._write_quarantined(writes.quarantined, now)
+                if also is not None:
+                    also(self._conn)
         except SQLAlchemyError as exc:
             raise _state_error("record a batch", exc) from None
 

@@ -19,6 +19,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -90,7 +91,9 @@ class PatientMirror(Base):
     source_row_hash: Mapped[str | None] = mapped_column(String(64))
     # The normalised payload as pushed (JSON); the SMS path needs names and mobile from it.
     payload: Mapped[str] = mapped_column(Text)
-    state: Mapped[str] = mapped_column(String(16), default="active")  # active | inactive
+    # active | inactive | merged (an HL7 A40 merged this id into `merged_into`)
+    state: Mapped[str] = mapped_column(String(16), default="active")
+    merged_into: Mapped[str | None] = mapped_column(String(128))
     first_pushed_at: Mapped[datetime] = mapped_column(UTCDateTime())
     last_pushed_at: Mapped[datetime] = mapped_column(UTCDateTime())
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime())
@@ -341,3 +344,32 @@ class StatusSample(Base):
     metric: Mapped[str] = mapped_column(String(32))
     subject: Mapped[str] = mapped_column(String(64))  # the stream or the sink name
     value: Mapped[float] = mapped_column(Float)
+
+
+class Hl7Inbound(Base):
+    """One HL7 v2 message as received, committed before it is acknowledged.
+
+    `(sender, control_id)` is unique: a message sent again (no ACK reached the sender) is
+    acknowledged and not stored twice. `raw` is the message as received (patient data):
+    kept while pending and for a rejected message (an operator reads it with the CLI),
+    cleared once the message is applied or ignored. Rows apply in `id` (arrival) order.
+    """
+
+    __tablename__ = "hl7_inbound"
+    __table_args__ = (
+        UniqueConstraint("sender", "control_id"),
+        Index("ix_hl7_inbound_status", "status", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    source: Mapped[str] = mapped_column(String(64))  # the feed: "mllp" or a file source name
+    sender: Mapped[str] = mapped_column(String(128))  # MSH-3^MSH-4
+    control_id: Mapped[str | None] = mapped_column(String(199))  # MSH-10; None when unreadable
+    message_type: Mapped[str | None] = mapped_column(String(16))  # e.g. ADT^A08
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())  # MSH-7
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # pending | applied | ignored | rejected | quarantined
+    status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(String(512))  # id-only text, never a value
+    raw: Mapped[bytes | None] = mapped_column(LargeBinary)
+    applied_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
