@@ -22,8 +22,8 @@ a request released just before the event loop stalls (a collection, the worker t
 holding the GIL for its 5 ms switch interval, a new connection's set-up) leaves late,
 right next to the one released after the stall: the server then sees two requests where
 our bucket counted them an interval apart, and the one after them is refused. Measured in
-B2 (BENCHMARKS.md): every mid-run 429 followed a request that left 4-94 ms after its
-release. So when the transport reports the moment a request's bytes go out
+B2 (BENCHMARKS.md): 10 of 14 mid-run 429s followed a request that left 3.7-94 ms after
+its release. So when the transport reports the moment a request's bytes go out
 (`syncd.http_transport.on_send`, our pooled transport does), each release stays pending
 until then and is charged at `max(release, send)`; the rate's state is recomputed from
 the oldest pending release, so later decisions see where the requests really went. While
