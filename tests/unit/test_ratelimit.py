@@ -201,6 +201,17 @@ async def test_writes_charged_when_sent_fit_a_two_token_server_bucket() -> None:
     assert server_rejections(sorted(at_release), rate=200.0, capacity=2.0) > 50
 
 
+async def test_a_rate_too_fast_for_timers_is_charged_at_release() -> None:
+    """Above 1,000/s nobody waits for writes: an unsent release does not hold the next."""
+    fake = FakeTime()
+    limiter = RateLimiter(1_000_000.0, clock=fake.clock, sleep=fake.sleep)
+    first = await limiter.take()
+    second = await limiter.take()
+    assert first.settled
+    assert second.at - first.at == pytest.approx(0.000_001)  # one interval, one sleep
+    assert len(fake.slept) == 1
+
+
 async def test_slot_reports_a_send_only_when_asked() -> None:
     """`slot(send_reported=True)` yields the release to report; the default yields None."""
     limiter = Limiter(ClientLimits(requests_per_second=100.0, max_concurrency=2))
