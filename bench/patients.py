@@ -236,4 +236,6 @@ def run_rate_limited(sizes: PushSizes, folder: Path, *, burst: int) -> Figures:
         "calls": calls,
         "status_429": statuses_between(before, after, "429"),
         "burst": burst,
+        "rows": sizes.rate_limited_rows,
+        "created": counts["created"],
     }

@@ -17,16 +17,23 @@ httpx's default transport with two changes, both about cost per request, not beh
 
 The check keeps httpcore's meaning: an idle HTTP/1.1 connection whose socket is readable
 was closed (or spoken to) by the server and is not reused.
+
+And one report: `on_send`, a context variable the caller sets around a request, is called
+on each write to the connection (the first one is the request's headers leaving). The
+Voxares client's rate limiter charges a request at that moment rather than when it let
+the request go (`syncd.voxares.limits`). httpcore writes an HTTP/1.1 request in the
+caller's task, so the variable set there is the one seen here.
 """
 
 # ruff: noqa: ASYNC109 (the `timeout` parameters are httpcore's stream and backend interface)
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import select
 import socket
 import ssl
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from typing import Any
 
 import httpcore
@@ -36,6 +43,11 @@ NO_DELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 # httpx.Limits allows max_connections=None (no bound); a pool of ours always has one.
 DEFAULT_MAX_CONNECTIONS = 100
 _POLL_READABLE = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
+
+# Called (no arguments, must be cheap and idempotent) on every write of the current request.
+on_send: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar(
+    "syncd_http_on_send", default=None
+)
 
 
 class ReadableCheckStream(httpcore.AsyncNetworkStream):
@@ -58,7 +70,10 @@ class ReadableCheckStream(httpcore.AsyncNetworkStream):
         return await self._inner.read(max_bytes, timeout)
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        """Write to the wrapped stream."""
+        """Write to the wrapped stream, reporting it to the current request's `on_send`."""
+        report = on_send.get()
+        if report is not None:
+            report()
         await self._inner.write(buffer, timeout)
 
     async def aclose(self) -> None:

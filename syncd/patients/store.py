@@ -172,32 +172,44 @@ def _lookup_statements(postgres: bool, provider: str, source: str) -> tuple[Any,
 
 
 def _postgres_lookup_statements(provider: str, source: str) -> tuple[Any, Any]:
-    """PostgreSQL's claim and lookup: keys as arrays, one index probe per key and table.
+    """PostgreSQL's claim and lookup in ONE statement: keys as arrays, index probes.
 
-    Arrays make a batch three parameters instead of 1,500. The LATERAL subqueries pin the
-    plan to unique-index probes: the temporary table is never analysed and a freshly
-    loaded mirror has no statistics yet, and with plain joins the planner then picks hash
-    joins that read the whole mirror for every batch (quadratic in the run's size).
+    Arrays make a batch three parameters instead of 1,500, sent once. The claim is a
+    data-modifying CTE of the lookup, so a batch costs one round trip instead of two (and
+    its 1,000 keys are encoded once, not twice): py-spy of a PostgreSQL re-sync had the
+    lookup at ~45 % of the worker's samples, a quarter of that psycopg encoding the arrays
+    (BENCHMARKS.md, B3). The lookup reads the statement's snapshot, from before the claim,
+    so a key claimed by an earlier batch shows its first ordinal and line, and a key this
+    batch claims shows none and takes the batch's own: the same answer as claiming first
+    and looking up after.
+
+    The LATERAL subqueries pin the plan to unique-index probes: the temporary table is
+    never analysed and a freshly loaded mirror has no statistics yet, and with plain joins
+    the planner then picks hash joins that read the whole mirror for every batch (quadratic
+    in the run's size).
     """
     rk, m, q = _RUN_KEYS.c, _MIRROR.c, _QUARANTINE.c
     keys = cast(bindparam("keys"), postgresql.ARRAY(String))
-    claims = (
-        func.unnest(
-            keys,
-            cast(bindparam("seqs"), postgresql.ARRAY(BigInteger)),
-            cast(bindparam("lines"), postgresql.ARRAY(Integer)),
+    seqs = cast(bindparam("seqs"), postgresql.ARRAY(BigInteger))
+    lines = cast(bindparam("lines"), postgresql.ARRAY(Integer))
+
+    def batch_table(name: str) -> Any:
+        return (
+            func.unnest(keys, seqs, lines)
+            .table_valued("row_key", "seq", "line")
+            .render_derived(name=name)
         )
-        .table_valued("row_key", "seq", "line")
-        .render_derived(name="claims")
-    )
+
+    claims = batch_table("claims")
     claim = (
         postgresql.insert(_RUN_KEYS)
         .from_select(
             ["row_key", "seq", "line"], select(claims.c.row_key, claims.c.seq, claims.c.line)
         )
         .on_conflict_do_nothing(index_elements=["row_key"])
+        .cte("claim")
     )
-    batch = func.unnest(keys).table_valued("row_key").render_derived(name="batch")
+    batch = batch_table("batch")
     # Each subquery matches at most one row (unique keys); LIMIT 1 is there to stop the
     # planner from flattening it into a join, which would bring back the hash joins.
     first = select(rk.seq, rk.line).where(rk.row_key == batch.c.row_key).limit(1).lateral("first")
@@ -213,19 +225,23 @@ def _postgres_lookup_statements(provider: str, source: str) -> tuple[Any, Any]:
         .limit(1)
         .lateral("quarantined")
     )
-    lookup = select(
-        batch.c.row_key,
-        first.c.seq,
-        first.c.line,
-        mirror.c.payload_hash,
-        mirror.c.source_row_hash,
-        quarantined.c.row_hash,
-        quarantined.c.field,
-        quarantined.c.reason,
-    ).select_from(
-        batch.join(first, true()).outerjoin(mirror, true()).outerjoin(quarantined, true())
+    lookup = (
+        select(
+            batch.c.row_key,
+            func.coalesce(first.c.seq, batch.c.seq),
+            func.coalesce(first.c.line, batch.c.line),
+            mirror.c.payload_hash,
+            mirror.c.source_row_hash,
+            quarantined.c.row_hash,
+            quarantined.c.field,
+            quarantined.c.reason,
+        )
+        .select_from(
+            batch.outerjoin(first, true()).outerjoin(mirror, true()).outerjoin(quarantined, true())
+        )
+        .add_cte(claim)
     )
-    return claim, lookup
+    return None, lookup
 
 
 def _insert(conn: Connection, table: Table) -> Any:
@@ -305,8 +321,8 @@ class PushStore:
                 if self._postgres:
                     seqs = [seq for _, seq, _ in firsts]
                     lines = [line for _, _, line in firsts]
-                    self._conn.execute(self._claim, {"keys": keys, "seqs": seqs, "lines": lines})
-                    result = self._conn.execute(self._lookup, {"keys": keys}).all()
+                    params = {"keys": keys, "seqs": seqs, "lines": lines}
+                    result = self._conn.execute(self._lookup, params).all()
                 else:
                     self._conn.execute(self._claim, {"claims": json.dumps(firsts)})
                     result = self._conn.execute(self._lookup, {"keys": json.dumps(keys)}).all()

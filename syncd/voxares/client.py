@@ -39,7 +39,7 @@ from syncd.exceptions import (
     VoxaresError,
     VoxaresMalformedResponse,
 )
-from syncd.http_transport import pooled_transport
+from syncd.http_transport import on_send, pooled_transport
 from syncd.voxares import contract
 from syncd.voxares.errors import (
     api_message_of,
@@ -211,6 +211,9 @@ class VoxaresClient:
         self._timeouts = timeouts or Timeouts()
         self._retry = retry or RetryPolicy()
         self._limiter = limiter
+        # Our own transport reports when each request is written; the limiter charges the
+        # rate then (an injected transport may not, and is charged at release).
+        self._send_reported = transport is None
         self._server_date: datetime | None = None
         pool = httpx.Limits(
             max_connections=self._limits.max_concurrency,
@@ -474,8 +477,9 @@ class VoxaresClient:
     ) -> _Reply:
         if self._limiter is None:
             self._limiter = limiter_for(self._api_key.get_secret_value(), self._limits)
-        async with self._limiter.slot():
+        async with self._limiter.slot(send_reported=self._send_reported) as release:
             started = time.monotonic()
+            reporting = on_send.set(release.sent if release is not None else None)
             try:
                 async with asyncio.timeout(self._timeouts.attempt):
                     response = await self._http.request(
@@ -495,6 +499,8 @@ class VoxaresClient:
                 failure = exc  # an unknown fault mid-send leaves the outcome unknown too
             else:
                 return self._reply(response, method, template, send, number, started, sent_values)
+            finally:
+                on_send.reset(reporting)
         elapsed_ms = round((time.monotonic() - started) * 1000)
         metrics.API_CALLS.labels(method, template, "0").inc()
         log.debug(

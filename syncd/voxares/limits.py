@@ -17,6 +17,21 @@ of a token to absorb the jitter between our release and its arrival. (A server b
 capacity 1 refuses any pair of requests that arrive closer than its interval, which jitter
 makes unavoidable at its full rate.)
 
+Charged when sent, not when released. The server counts a request when it arrives, and
+a request released just before the event loop stalls (a collection, the worker thread
+holding the GIL for its 5 ms switch interval, a new connection's set-up) leaves late,
+right next to the one released after the stall: the server then sees two requests where
+our bucket counted them an interval apart, and the one after them is refused. Measured in
+B2 (BENCHMARKS.md): 10 of 14 mid-run 429s followed a request that left 3.7-94 ms after
+its release. So when the transport reports the moment a request's bytes go out
+(`syncd.http_transport.on_send`, our pooled transport does), each release stays pending
+until then and is charged at `max(release, send)`; the rate's state is recomputed from
+the oldest pending release, so later decisions see where the requests really went. While
+a request is released but not yet sent, it is counted as leaving now (for at most
+`SEND_HORIZON` seconds, so a slow connect holds the others back only that long), so the
+next release waits for it instead of joining it. A transport that reports nothing keeps
+the release-time charging.
+
 A 429 on the key (the server disagrees with our idea of its rate) slows the limiter down
 (`slow_down`, recovered by itself within a few dozen requests); a long Retry-After pauses
 every call on the key. The refused call itself always waits its Retry-After (`retry.py`).
@@ -34,6 +49,7 @@ import hashlib
 import math
 import time
 import weakref
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -61,6 +77,15 @@ RECOVERY = 0.99
 # A Retry-After this long is a quota or an outage rather than bucket smoothing: every call
 # on the key then waits it out, not just the refused one.
 SHARED_PAUSE_FROM = 5.0
+# How long a released request not yet reported sent is assumed to be leaving "now": longer
+# than the loop stalls B2 measured (a full collection: 60-100 ms), short enough that a
+# slow connect (up to `connect_timeout`) holds the requests behind it back only this long.
+SEND_HORIZON = 0.25
+# Below this interval (above 1,000 requests/s, e.g. the "no limit" of benchmarks) writes
+# are not waited for: asyncio's timers are about 1 ms coarse, so pacing by the write
+# could not be finer, and a caller would spin on sub-millisecond sleeps until the
+# previous request was written. Such a rate is charged at release, as before.
+SEND_CHARGED_FROM_INTERVAL = 0.001
 
 
 @dataclass(frozen=True)
@@ -89,8 +114,46 @@ class ClientLimits:
             raise ValueError("headroom must be at least 0 and below 1")
 
 
+class Release:
+    """One request the rate let go: when, at what interval, and when it was sent (if known).
+
+    `sent()` (called by the transport on the request's first write) charges it at the send
+    time; `done()` (the call's slot ends) settles it whether or not it was sent.
+    """
+
+    __slots__ = ("_limiter", "at", "charged", "interval", "reported", "settled")
+
+    def __init__(self, limiter: RateLimiter, at: float, interval: float, reported: bool) -> None:
+        self._limiter = limiter
+        self.at = at
+        self.charged = at
+        self.interval = interval
+        self.reported = reported  # a send report is expected
+        self.settled = not reported
+
+    def sent(self) -> None:
+        """The request's first bytes are being written now (idempotent)."""
+        if not self.settled:
+            self.charged = max(self.at, self._limiter._clock())
+            self._limiter._settle(self)
+
+    def done(self) -> None:
+        """The call's slot ended: stop waiting for a send report."""
+        if not self.settled:
+            self._limiter._settle(self)
+
+    def charge(self, now: float) -> float:
+        """When the server may see this request, as far as the rate is concerned."""
+        if self.settled:
+            return self.charged
+        return max(self.at, min(now, self.at + SEND_HORIZON))
+
+
 class RateLimiter:
-    """GCRA at release time: at most `rate` requests per second, `burst` back to back."""
+    """GCRA at release time: at most `rate` requests per second, `burst` back to back.
+
+    Releases that expect a send report are charged when sent (see the module docstring).
+    """
 
     def __init__(
         self,
@@ -106,10 +169,15 @@ class RateLimiter:
         self._burst = burst
         self._clock = clock
         self._sleep = sleep
-        # Theoretical arrival time of the next request; None until the first request, which
-        # starts the bucket with `burst` tokens: the catch-up allowance is earned by lateness,
-        # never spent at the start, when new connections already make arrivals uneven.
+        # Theoretical arrival time of the next request after every settled release older
+        # than the oldest unsettled one; None until the first request, which starts the
+        # bucket with `burst` tokens: the catch-up allowance is earned by lateness, never
+        # spent at the start, when new connections already make arrivals uneven.
         self._tat: float | None = None
+        # Releases since the oldest one still waiting for its send report, in release order.
+        self._pending: deque[Release] = deque()
+        # Nothing is released before this moment (a long Retry-After).
+        self._hold_until = -math.inf
         # One request at a time looks at the clock, in arrival order; the rest queue here.
         self._turn = asyncio.Lock()
 
@@ -128,27 +196,61 @@ class RateLimiter:
 
     def defer(self, seconds: float) -> None:
         """Release nothing before `seconds` from now (the server asked us to back off)."""
-        goal = self._clock() + seconds + self._tolerance
-        self._tat = goal if self._tat is None else max(self._tat, goal)
+        self._hold_until = max(self._hold_until, self._clock() + seconds)
+
+    def _theoretical_arrival(self, now: float) -> float:
+        """The GCRA's TAT: the settled state plus every pending release at its charge."""
+        assert self._tat is not None
+        tat = self._tat
+        for release in self._pending:
+            tat = max(tat, release.charge(now)) + release.interval
+        return tat
+
+    def _settle(self, release: Release) -> None:
+        """Mark `release` settled and fold the settled head of the queue into the state."""
+        release.settled = True
+        pending = self._pending
+        while pending and pending[0].settled:
+            head = pending.popleft()
+            assert self._tat is not None
+            self._tat = max(self._tat, head.charged) + head.interval
 
     async def acquire(self) -> float:
-        """Wait until a request may go; returns the seconds waited (queueing included)."""
+        """Wait until a request may go, charged now; returns the seconds waited."""
+        _, waited = await self._take(reported=False)
+        return waited
+
+    async def take(self) -> Release:
+        """Wait until a request may go; its charge waits for `Release.sent()`/`done()`
+        (unless the rate is too fast for that: `SEND_CHARGED_FROM_INTERVAL`)."""
+        reported = self._base_interval >= SEND_CHARGED_FROM_INTERVAL
+        release, _ = await self._take(reported=reported)
+        return release
+
+    async def _take(self, *, reported: bool) -> tuple[Release, float]:
         started = self._clock()
         async with self._turn:
-            while True:  # once, unless a defer() moved the goal while we slept
+            while True:  # until the clock says go: a defer() or a late send may move the goal
                 now = self._clock()
                 if self._tat is None:
                     self._tat = now + CATCH_UP_TOKENS * self._interval
-                wait = self._tat - self._tolerance - now
+                goal = max(self._theoretical_arrival(now) - self._tolerance, self._hold_until)
+                wait = goal - now
                 if wait <= 0:
                     break
                 await self._sleep(wait)
-            self._tat = max(self._tat, now) + self._interval
+            release = Release(self, now, self._interval, reported)
+            if reported or self._pending:
+                self._pending.append(release)
+                if not reported:
+                    self._settle(release)
+            else:
+                self._tat = max(self._tat, now) + self._interval
             self._interval = max(self._base_interval, self._interval * RECOVERY)
         waited = now - started
         if waited > 0:
             metrics.RATE_LIMIT_WAIT.inc(waited)
-        return waited
+        return release, waited
 
 
 class Limiter:
@@ -178,20 +280,28 @@ class Limiter:
         return self._in_flight
 
     @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
+    async def slot(self, *, send_reported: bool = False) -> AsyncIterator[Release | None]:
         """Hold one call's place: a concurrency slot first, then the rate.
 
         In that order so that a call the rate lets go leaves at once; the other way round it
         could wait for a concurrency slot after its turn and leave bunched with others.
+        `send_reported`: the caller's transport calls the yielded `Release.sent()` when the
+        request is written (None is yielded when there is no rate).
         """
         async with self._semaphore:
+            release: Release | None = None
             if self._rate is not None:
-                await self._rate.acquire()
+                if send_reported:
+                    release = await self._rate.take()
+                else:
+                    await self._rate.acquire()
             self._in_flight += 1
             try:
-                yield
+                yield release
             finally:
                 self._in_flight -= 1
+                if release is not None:
+                    release.done()
 
     def rate_limited(self, retry_after: float | None) -> None:
         """React to a 429 on this key: slow the rate down, and pause every call on the key

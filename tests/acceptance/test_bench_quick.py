@@ -156,3 +156,17 @@ def test_hl7_messages_are_each_acknowledged_applied_and_pushed_once(quick_report
     assert figures["applied"] == messages
     assert figures["mirrored"] == messages
     assert figures["calls"] == messages
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.rabbitmq
+def test_rate_limited_push_pushes_every_row_once(quick_report: dict) -> None:
+    """B2: every row is created once, and every call is either a push or a refused attempt
+    (a 429, retried); nothing else is sent. How many 429s a run gets is B2's target, judged
+    by the benchmark: on a loaded machine the sandbox itself can stall and then refuse the
+    requests that queued meanwhile, which no client pacing prevents."""
+    rows = quick_report["sizes"]["rate_limited_rows"]
+    figures = quick_report["benchmarks"]["B2"]["median"]
+    assert figures["rows"] == figures["created"] == rows
+    assert figures["calls"] == figures["created"] + figures["status_429"]

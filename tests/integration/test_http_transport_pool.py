@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 
-from syncd.http_transport import ExclusivePool, pooled_transport
+from syncd.http_transport import ExclusivePool, on_send, pooled_transport
 from tests.waiting import async_wait_until
 
 
@@ -130,3 +130,26 @@ async def test_cancelled_request_frees_its_slot(server: Server) -> None:
         with pytest.raises(asyncio.CancelledError):
             await held
         assert (await client.get("/")).text == "ok"
+
+
+async def test_on_send_is_called_for_the_request_that_set_it(server: Server) -> None:
+    """`on_send` set around a request is called when its bytes are written (before the
+    server could answer), and only for that request: a request in another task without it
+    reports nothing."""
+    reports: list[str] = []
+
+    async def reported(name: str) -> None:
+        token = on_send.set(lambda: reports.append(name))
+        try:
+            await client.get("/held")
+        finally:
+            on_send.reset(token)
+
+    async with client_for(server, 2) as client:
+        held = asyncio.create_task(reported("first"))
+        await async_wait_until(lambda: server.holding, "the reported request to reach the server")
+        assert set(reports) == {"first"}  # written, though not yet answered
+        server.release.set()
+        await held
+        assert (await client.get("/")).text == "ok"  # sets nothing: reports nothing
+    assert set(reports) == {"first"}

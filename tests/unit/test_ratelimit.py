@@ -11,7 +11,7 @@ import pytest
 
 from syncd import metrics
 from syncd.voxares import ClientLimits, Limiter, RateLimiter, VoxaresClient, limiter_for
-from syncd.voxares.limits import key_fingerprint
+from syncd.voxares.limits import Release, key_fingerprint
 from syncd.voxares.testing import ScriptedTransport, json_response
 
 
@@ -115,6 +115,112 @@ async def test_a_stalled_loop_does_not_release_a_pile_of_requests() -> None:
     sends = await release_times(limiter, fake, 5)
     assert sends[1] - sends[0] == pytest.approx(0.0075)  # 1.25 tokens at most
     assert [b - a for a, b in itertools.pairwise(sends[1:])] == pytest.approx([0.01] * 3)
+
+
+async def test_a_request_sent_late_is_charged_when_it_left() -> None:
+    """Released, then held up 40 ms before its bytes went out: the next one waits for that.
+
+    Charged at release (the old way), the next request would go at once after the stall,
+    right next to the late one, and a third an interval later would find the server's
+    2-token bucket empty (B2's mid-run 429s).
+    """
+    fake = FakeTime()
+    limiter = RateLimiter(200.0, clock=fake.clock, sleep=fake.sleep)
+    first = await limiter.take()
+    fake.now += 0.040  # the loop stalled between the release and the write
+    first.sent()
+    first.done()
+    second = await limiter.take()
+    second.sent()
+    third = await limiter.take()
+    # Paced from the moment `first` left: 3/4 of an interval (the catch-up quarter), then one.
+    assert second.at - 1000.040 == pytest.approx(0.75 * 0.005)
+    assert third.at - second.at == pytest.approx(0.005)
+
+
+async def test_a_release_not_yet_sent_counts_as_leaving_now() -> None:
+    """While an earlier release has not been written, the next waits instead of joining it."""
+    fake = FakeTime()
+    pending: list[Release] = []
+
+    async def sleep(seconds: float) -> None:
+        for release in pending:
+            release.sent()  # the stalled request is written as soon as anyone yields
+        fake.now += seconds
+
+    limiter = RateLimiter(200.0, clock=fake.clock, sleep=sleep)
+    first = await limiter.take()
+    pending.append(first)
+    fake.now += 0.030  # stalled; `first` is still unsent when the next caller looks
+    second = await limiter.take()
+    # The next goes 3/4 of an interval after `first` really left, not at once beside it.
+    assert first.charged == pytest.approx(1000.030)
+    assert second.at - first.charged == pytest.approx(0.75 * 0.005)
+
+
+async def test_an_unsent_release_holds_the_others_back_only_so_long() -> None:
+    """A request stuck before its write (a slow connect) delays the rest by SEND_HORIZON."""
+    fake = FakeTime()
+    limiter = RateLimiter(200.0, clock=fake.clock, sleep=fake.sleep)
+    stuck = await limiter.take()
+    fake.now += 5.0  # connecting for five seconds, never written yet
+    nxt = await limiter.take()
+    assert nxt.at == pytest.approx(1005.0)  # not held back: the horizon passed long ago
+    stuck.done()  # failed without a write: settled at its release time
+    nxt.sent()
+    assert not limiter._pending
+
+
+async def late_writes(*, reported: bool) -> list[float]:
+    """1,000 requests through a 200/s limiter (2 % headroom), each written 0-6 ms after its
+    release (the GIL's 5 ms switch interval, new connections); their write times."""
+    fake = FakeTime()
+    limiter = RateLimiter(200.0, headroom=0.02, clock=fake.clock, sleep=fake.sleep)
+    lateness = itertools.cycle([0.0004, 0.0, 0.006, 0.0004, 0.0051, 0.0, 0.0, 0.0009])
+    written: list[float] = []
+    for _ in range(1000):
+        if reported:
+            release = await limiter.take()
+        else:
+            await limiter.acquire()
+        fake.now += next(lateness)
+        if reported:
+            release.sent()
+            release.done()
+        written.append(fake.now)
+    return written
+
+
+async def test_writes_charged_when_sent_fit_a_two_token_server_bucket() -> None:
+    """Charged at the write, late writes never overfill a 2-token bucket of the same rate;
+    charged at release, the same late writes would be refused over and over."""
+    reported = await late_writes(reported=True)
+    assert server_rejections(sorted(reported), rate=200.0, capacity=2.0) == 0
+    assert (len(reported) - 1) / (reported[-1] - reported[0]) > 0.8 * 200
+    at_release = await late_writes(reported=False)
+    assert server_rejections(sorted(at_release), rate=200.0, capacity=2.0) > 50
+
+
+async def test_a_rate_too_fast_for_timers_is_charged_at_release() -> None:
+    """Above 1,000/s nobody waits for writes: an unsent release does not hold the next."""
+    fake = FakeTime()
+    limiter = RateLimiter(1_000_000.0, clock=fake.clock, sleep=fake.sleep)
+    first = await limiter.take()
+    second = await limiter.take()
+    assert first.settled
+    assert second.at - first.at == pytest.approx(0.000_001)  # one interval, one sleep
+    assert len(fake.slept) == 1
+
+
+async def test_slot_reports_a_send_only_when_asked() -> None:
+    """`slot(send_reported=True)` yields the release to report; the default yields None."""
+    limiter = Limiter(ClientLimits(requests_per_second=100.0, max_concurrency=2))
+    async with limiter.slot() as plain:
+        assert plain is None
+    async with limiter.slot(send_reported=True) as release:
+        assert release is not None
+        release.sent()
+        assert release.settled
 
 
 async def test_defer_holds_back_the_next_release() -> None:
