@@ -242,7 +242,14 @@ def job_specs(rt: Runtime) -> dict[str, JobSpec]:
 def job_freshness(settings: Settings) -> dict[str, timedelta]:
     """How recently each enabled job must have succeeded to count as fresh (what `/readyz`
     and `syncd status` hold it to), by job name."""
-    return {name: timedelta(seconds=spec[5]) for name, spec in specs_for(settings).items()}
+    fresh = {name: timedelta(seconds=spec[5]) for name, spec in specs_for(settings).items()}
+    if settings.hl7.enabled:
+        # Not scheduled here (the feed runs it after each message and every
+        # apply_interval_seconds), but as watched as any job.
+        from syncd.hl7.apply import JOB_NAME as HL7_APPLY
+
+        fresh[HL7_APPLY] = timedelta(seconds=max(600.0, 10 * settings.hl7.apply_interval_seconds))
+    return fresh
 
 
 def specs_for(settings: Settings) -> dict[str, JobSpec]:
@@ -279,9 +286,6 @@ def specs_for(settings: Settings) -> dict[str, JobSpec]:
             0.0,
             max(600.0, 10 * o.deliver_interval_seconds),
         )
-    elif s.submissions.enabled or s.content.enabled or s.messages.enabled:
-        # No sink, so no delivery job to prune as it runs; the event writers still write.
-        specs["prune_outbox"] = (build_outbox_retention, True, 3600.0, None, 60.0, 4 * 3600.0)
     if s.content.enabled:
         c = s.content
         specs["mirror_content"] = (
@@ -313,6 +317,8 @@ def specs_for(settings: Settings) -> dict[str, JobSpec]:
                 0.0,
                 fresh,
             )
+    # Always: every job writes run records; hourly, a few seconds of work at most.
+    specs["housekeeping"] = (build_housekeeping, True, 3600.0, None, 60.0, 4 * 3600.0)
     return specs
 
 
@@ -474,11 +480,16 @@ def build_outbox_delivery(rt: Runtime) -> Job:
     )
 
 
-def build_outbox_retention(rt: Runtime) -> Job:
-    """Outbox retention on its own (no sink configured)."""
-    from syncd.outbox.retention import OutboxRetentionJob
+def build_housekeeping(rt: Runtime) -> Job:
+    """Job-run history pruning, and outbox retention when no sink's delivery job does it."""
+    from syncd.housekeeping import HousekeepingJob
 
-    return OutboxRetentionJob(rt.engine, rt.settings.outbox.retention_days)
+    s = rt.settings
+    return HousekeepingJob(
+        rt.engine,
+        run_history_days=s.database.run_history_days,
+        outbox_retention_days=None if s.outbox.sinks else s.outbox.retention_days,
+    )
 
 
 def _delivery_lease_seconds(settings: Settings) -> float:

@@ -157,6 +157,8 @@ class DatabaseSettings(_Section):
     # repr=False: a PostgreSQL URL can carry a password.
     url: str = Field(default=DEFAULT_DATABASE_URL, repr=False)
     auto_migrate: bool = False
+    # Finished job runs are kept this long (each job's latest run and latest success always).
+    run_history_days: PositiveFloat = 30.0
 
     _url = field_validator("url")(check_database_url)
 

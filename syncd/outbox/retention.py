@@ -1,17 +1,13 @@
 """Retention: delivered events older than the retention period are deleted.
 
-The delivery job prunes as it runs. A daemon with no sink configured has no delivery job,
-yet its poller, SMS and content jobs still write events: `OutboxRetentionJob` prunes for it,
-so the state database does not grow without end.
+The delivery job prunes as it runs; with no sink configured, the `housekeeping` job does
+(`syncd.housekeeping`).
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Collection
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Final
 
 from sqlalchemy import Engine, delete, exists, func, literal, select, tuple_
 from sqlalchemy.orm import Session
@@ -80,31 +76,3 @@ def prune(
                 )  # fmt: skip
         if len(seqs) < chunk_size:
             return deleted
-
-
-RETENTION_JOB: Final = "prune_outbox"
-
-
-@dataclass(slots=True)
-class RetentionCounts:
-    """What one retention run did."""
-
-    pruned: int = 0
-
-
-class OutboxRetentionJob:
-    """Job `prune_outbox`: retention alone, for a daemon with no sink configured (no sink
-    holds any event back then; a removed sink's undelivered deliveries still do)."""
-
-    name = RETENTION_JOB
-
-    def __init__(self, engine: Engine, retention_days: float) -> None:
-        self._engine = engine
-        self._days = retention_days
-
-    async def run(self, run_id: int | None) -> RetentionCounts:
-        """Delete what retention allows, in chunks, one transaction each."""
-        pruned = await asyncio.to_thread(
-            prune, self._engine, self._days, actor=self.name, run_id=run_id, configured=()
-        )
-        return RetentionCounts(pruned=pruned)

@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import Engine, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
+from syncd.housekeeping import HousekeepingJob
 from syncd.outbox import actions, claims, fanout, queries, recording, retention
 from syncd.outbox.events import emit
 from syncd.outbox.recording import Again, Dead, Done, Release
@@ -538,7 +539,7 @@ def test_backlog_per_sink(engine: Engine) -> None:
 async def test_with_no_sink_the_retention_job_prunes_what_the_event_writers_leave(
     engine: Engine,
 ) -> None:
-    """A daemon with no sink still writes events (poller, SMS, content): `prune_outbox`
+    """A daemon with no sink still writes events (poller, SMS, content): `housekeeping`
     deletes those past retention, keeps recent ones, the newest, and any a removed sink
     has yet to deliver."""
     old = add_events(engine, ["form_submission.updated"] * 4)
@@ -546,8 +547,9 @@ async def test_with_no_sink_the_retention_job_prunes_what_the_event_writers_leav
     for seq, _ in old[:3]:
         set_state(engine, seq, "gone", "delivered", delivered_at=T0)
     recent = add_events(engine, ["form_submission.updated"], created_at=datetime.now(UTC))
-    counts = await retention.OutboxRetentionJob(engine, 14).run(None)
-    assert counts.pruned == 3
+    job = HousekeepingJob(engine, run_history_days=30, outbox_retention_days=14)
+    counts = await job.run(None)
+    assert counts.events_pruned == 3
     with Session(engine) as session:
         left = set(session.scalars(select(OutboxEvent.seq)))
     assert left == {old[3][0], recent[0][0]}  # the removed sink's pending one, the recent one

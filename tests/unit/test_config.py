@@ -8,6 +8,7 @@ import typing
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -628,17 +629,22 @@ def test_settings_are_frozen(tmp_path: Path) -> None:
         settings.health.port = 1  # type: ignore[misc]
 
 
-def test_retention_runs_on_its_own_only_when_no_sink_prunes_as_it_delivers(
+def test_housekeeping_always_runs_and_prunes_the_outbox_only_without_a_sink(
     tmp_path: Path,
 ) -> None:
-    """Events are written whenever submissions, SMS or content are on; with no sink there
-    is no delivery job to prune them, so `prune_outbox` is scheduled instead."""
-    from syncd.compose import specs_for
+    """Every job writes run records, so `housekeeping` is always scheduled; it applies
+    outbox retention itself only when no sink's delivery job does."""
+    from syncd.compose import build_housekeeping, specs_for
+    from syncd.housekeeping import HousekeepingJob
 
     polling = "[voxares]\nbase_url = 'https://x'\n[submissions]\nenabled = true\n"
-    assert "prune_outbox" in specs_for(load(tmp_path, polling))
-    assert "deliver_outbox" not in specs_for(load(tmp_path, polling))
     with_sink = polling + "[outbox.sinks.file]\ntype = 'file'\ndirectory = 'events'\n"
-    assert "prune_outbox" not in specs_for(load(tmp_path, with_sink))
     quiet = "[submissions]\nenabled = false\n[content]\nenabled = false\n"
-    assert "prune_outbox" not in specs_for(load(tmp_path, quiet))  # nothing writes events
+    for toml in (polling, with_sink, quiet):
+        assert "housekeeping" in specs_for(load(tmp_path, toml))
+
+    for toml, outbox_days in ((polling, 14.0), (with_sink, None)):
+        settings = load(tmp_path, toml + "[database]\nrun_history_days = 7\n")
+        job = build_housekeeping(SimpleNamespace(engine=None, settings=settings))  # type: ignore[arg-type]
+        assert isinstance(job, HousekeepingJob)
+        assert (job.run_history_days, job.outbox_retention_days) == (7.0, outbox_days)

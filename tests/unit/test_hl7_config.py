@@ -42,3 +42,16 @@ def test_mistakes_name_their_key(tmp_path: Path, text: str, key: str) -> None:
     with pytest.raises(ConfigError) as caught:
         _load(tmp_path, text)
     assert key in str(caught.value)
+
+
+def test_the_apply_job_is_held_to_a_freshness_like_any_job(tmp_path: Path) -> None:
+    """`syncd status`, `/readyz`, the status page and the metrics watch `apply_hl7` when
+    the feed is on (the feed runs it, not the scheduler), and not when it is off."""
+    from datetime import timedelta
+
+    from syncd.compose import job_freshness, specs_for
+
+    on = _load(tmp_path, "[hl7]\napply_interval_seconds = 120\n")
+    assert job_freshness(on)["apply_hl7"] == timedelta(seconds=1200)  # type: ignore[arg-type]
+    assert "apply_hl7" not in specs_for(on)  # type: ignore[arg-type]
+    assert "apply_hl7" not in job_freshness(_load(tmp_path, ""))  # type: ignore[arg-type]
