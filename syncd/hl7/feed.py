@@ -15,6 +15,7 @@ from pathlib import Path
 import structlog
 from sqlalchemy import Engine
 
+from syncd.config_fields import open_to_everyone
 from syncd.config_hl7 import Hl7Settings
 from syncd.exceptions import ConfigError
 from syncd.hl7.apply import Hl7Apply
@@ -32,6 +33,15 @@ def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
     """A server TLS context from a certificate chain and its key (TLS 1.2 at least)."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        with Path(key).open("rb") as handle:  # the private key: refused if anyone may read it
+            exposed = open_to_everyone(handle.fileno(), Path(key))
+    except OSError as exc:
+        raise ConfigError(
+            [f"hl7.tls_key_file: cannot read {key}: {exc.strerror or type(exc).__name__}"]
+        ) from None
+    if exposed is not None:
+        raise ConfigError([f"hl7.tls_key_file: {exposed}"])
     try:
         context.load_cert_chain(cert, key)
     except (OSError, ssl.SSLError) as exc:

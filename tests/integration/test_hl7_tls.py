@@ -103,3 +103,14 @@ def test_an_unloadable_certificate_stops_start_up_naming_the_key(tmp_path: Path)
     assert raised.value.problems == [
         "hl7.tls_cert_file: cannot load the certificate and key (SSLError)"
     ]
+
+
+def test_a_private_key_every_user_can_read_is_refused(tmp_path: Path) -> None:
+    """As the API key file: the listener's TLS key open to every user stops start-up."""
+    cert_file, key_file = write_certificate(tmp_path)
+    key_file.chmod(0o644)
+    with pytest.raises(ConfigError) as raised:
+        tls_context(cert_file, key_file)
+    (line,) = raised.value.problems
+    assert line.startswith(f"hl7.tls_key_file: {key_file} is open to every user")
+    assert line.endswith(f"chmod 0600 {key_file}")
