@@ -231,7 +231,8 @@ def _named(job: Any, name: str) -> Job:
 
 
 # name → (builder, enabled?, interval seconds, cron, jitter, freshness)
-JobSpec = tuple[Callable[[Runtime], Job], bool, float, str | None, float, float]
+# freshness None: not watched (no "no run yet" warning, no readiness check): housekeeping.
+JobSpec = tuple[Callable[[Runtime], Job], bool, float, str | None, float, float | None]
 
 
 def job_specs(rt: Runtime) -> dict[str, JobSpec]:
@@ -242,7 +243,11 @@ def job_specs(rt: Runtime) -> dict[str, JobSpec]:
 def job_freshness(settings: Settings) -> dict[str, timedelta]:
     """How recently each enabled job must have succeeded to count as fresh (what `/readyz`
     and `syncd status` hold it to), by job name."""
-    fresh = {name: timedelta(seconds=spec[5]) for name, spec in specs_for(settings).items()}
+    fresh = {
+        name: timedelta(seconds=spec[5])
+        for name, spec in specs_for(settings).items()
+        if spec[5] is not None
+    }
     if settings.hl7.enabled:
         # Not scheduled here (the feed runs it after each message and every
         # apply_interval_seconds), but as watched as any job.
@@ -317,8 +322,10 @@ def specs_for(settings: Settings) -> dict[str, JobSpec]:
                 0.0,
                 fresh,
             )
-    # Always: every job writes run records; hourly, a few seconds of work at most.
-    specs["housekeeping"] = (build_housekeeping, True, 3600.0, None, 60.0, 4 * 3600.0)
+    # Always: every job writes run records; hourly, a few seconds of work at most. Not
+    # watched: the daemon's health does not depend on it, and a shell-only install (one-shot
+    # `syncd sync` commands) never runs it, which must not turn `syncd status` yellow.
+    specs["housekeeping"] = (build_housekeeping, True, 3600.0, None, 60.0, None)
     return specs
 
 

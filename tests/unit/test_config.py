@@ -634,7 +634,7 @@ def test_housekeeping_always_runs_and_prunes_the_outbox_only_without_a_sink(
 ) -> None:
     """Every job writes run records, so `housekeeping` is always scheduled; it applies
     outbox retention itself only when no sink's delivery job does."""
-    from syncd.compose import build_housekeeping, specs_for
+    from syncd.compose import build_housekeeping, job_freshness, specs_for
     from syncd.housekeeping import HousekeepingJob
 
     polling = "[voxares]\nbase_url = 'https://x'\n[submissions]\nenabled = true\n"
@@ -642,6 +642,8 @@ def test_housekeeping_always_runs_and_prunes_the_outbox_only_without_a_sink(
     quiet = "[submissions]\nenabled = false\n[content]\nenabled = false\n"
     for toml in (polling, with_sink, quiet):
         assert "housekeeping" in specs_for(load(tmp_path, toml))
+        # Not watched: `syncd status` after one-shot syncs must not warn that it never ran.
+        assert "housekeeping" not in job_freshness(load(tmp_path, toml))
 
     for toml, outbox_days in ((polling, 14.0), (with_sink, None)):
         settings = load(tmp_path, toml + "[database]\nrun_history_days = 7\n")
