@@ -393,6 +393,15 @@ def _print_status(report: Any) -> None:
             f"[bold red]{report.messages_unknown} SMS in 'unknown': decide each with "
             "`syncd messages resolve KEY --resend|--mark-sent|--cancel`[/bold red]"
         )
+    if report.hl7_by_status:
+        hl7 = " ".join(f"{k}={v}" for k, v in sorted(report.hl7_by_status.items()))
+        out.print(f"HL7 messages: {hl7}")
+        if report.hl7_by_status.get("rejected"):
+            out.print(
+                "  refused messages are kept for reading: `syncd hl7 list --status rejected`, "
+                "`syncd hl7 show ID`",
+                markup=False,
+            )
 
 
 @app.command()

@@ -160,6 +160,7 @@ def status_json(report: StatusReport, verdict: Verdict) -> dict[str, Any]:
             "by_state": dict(sorted(report.messages_by_state.items())),
             "unknown": report.messages_unknown,
         },
+        "hl7": {"by_status": dict(sorted(report.hl7_by_status.items()))},
     }
 
 

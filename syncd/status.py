@@ -6,7 +6,7 @@ Ids, counts and times only: nothing here reads patient fields.
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from sqlalchemy import Engine, func, select
@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from syncd.state.db import reader
 from syncd.state.models import (
+    Hl7Inbound,
     MessageRequest,
     PatientMirror,
     PollerState,
@@ -54,6 +55,8 @@ class StatusReport:
     last_sweep: datetime | None  # server time the last reconciliation sweep completed
     sinks: list[SinkStatus]
     messages_by_state: dict[str, int]
+    # HL7 v2 inbound messages by status (pending, applied, ignored, rejected, quarantined).
+    hl7_by_status: dict[str, int] = field(default_factory=dict)
 
     @property
     def messages_unknown(self) -> int:
@@ -88,6 +91,11 @@ def gather_status(
                 select(MessageRequest.state, func.count()).group_by(MessageRequest.state)
             ).all()
         )
+        hl7 = dict(
+            session.execute(
+                select(Hl7Inbound.status, func.count()).group_by(Hl7Inbound.status)
+            ).all()
+        )
     states = sink_states(engine)
     sinks = [
         SinkStatus(
@@ -115,6 +123,7 @@ def gather_status(
         last_sweep=last_sweep,
         sinks=sinks,
         messages_by_state={str(k): int(v) for k, v in messages.items()},
+        hl7_by_status={str(k): int(v) for k, v in hl7.items()},
     )
 
 

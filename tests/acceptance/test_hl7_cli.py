@@ -83,6 +83,29 @@ def test_hl7_demo_turns_messages_into_patients(tmp_path: Path) -> None:
         check=True,
     )
     assert "no longer kept" in applied.stdout
+    status = subprocess.run(
+        syncd_command("status", "--json", "--config", config),
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert json.loads(status.stdout)["hl7"]["by_status"] == {
+        "applied": 3,
+        "ignored": 1,
+        "rejected": 1,
+    }
+    text_status = subprocess.run(
+        syncd_command("status", "--config", config),
+        env=clean_env(COLUMNS=WIDE),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert "HL7 messages: applied=3 ignored=1 rejected=1" in text_status.stdout
+    assert "syncd hl7 list --status rejected" in text_status.stdout
 
 
 def _doctor(ws: Workspace, port: int) -> tuple[int, str]:
