@@ -396,7 +396,7 @@ class WindowPaging:
         return self._after_unstable_pass()
 
     def halves(self) -> tuple[Window, Window]:
-        """The window split in two at the median `updatedAt` listed so far (SPLIT verdict).
+        """The window split in two at the median `updatedAt` listed so far (see `split`).
 
         Splitting at the items rather than at the middle in time halves the items each time:
         a wide window whose items cluster (the first window spans all history) would
