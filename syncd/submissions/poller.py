@@ -7,6 +7,8 @@ windows `[watermark - overlap, server_now - settle]` (see `window.py`) until cau
    as saved, so no time range is skipped whatever the clock says by then;
 2. list it until a paging pass is provably complete (re-list, split, see `WindowPaging`),
    each query covering the sub-millisecond tail of its last millisecond (`Window.query_to`);
+   a window holding more than `max_window_items` is cut into parts sized at the pace of
+   the parts already listed (`Pace`, `Part`), about one list call per 100 items;
 3. skip every listed `(id, updatedAt)` already recorded, or older than a recorded version
    (the overlap and a re-run cost list calls, not detail reads);
 4. fetch the other details, a bounded number at a time. A detail older than listed (a
@@ -22,7 +24,8 @@ windows `[watermark - overlap, server_now - settle]` (see `window.py`) until cau
 7. when due, sweep a long lookback behind the watermark (`sweep.py`): list calls, and a
    detail read only for a listed version never recorded. A version found there is logged
    as a warning with how late it was: it means `settle`/`overlap` are too small for this
-   server.
+   server. A due sweep over nothing but what this run just listed (a first run, a long
+   catch-up) is left due for the next run instead of repeating every list call.
 
 A failure anywhere leaves the watermark where it was: the next run repeats what is left of
 the window, and the version records make the repeat emit nothing twice and read no detail
@@ -51,10 +54,12 @@ from syncd.exceptions import (
     WindowUnstable,
 )
 from syncd.submissions.store import Gone, PollerStore, Recorded
-from syncd.submissions.sweep import Sweep, sweep_window
+from syncd.submissions.sweep import Sweep, listed_by_this_run, sweep_window
 from syncd.submissions.window import (
     Listed,
+    Pace,
     PagingPolicy,
+    Part,
     Verdict,
     Window,
     WindowPaging,
@@ -126,6 +131,15 @@ class _Deferred:
     """A listed version whose detail stayed older than listed: left to the sweep."""
 
     listed: Listed
+
+
+@dataclass(frozen=True, slots=True)
+class _Split:
+    """A part that is polled as two: its first part, the rest, and its count if oversized."""
+
+    first: Window
+    rest: Window
+    count: int | None
 
 
 # What a detail read of a listed item came to.
@@ -217,6 +231,8 @@ class SubmissionPoller:
             server_now = await self._server_now()
             window = self._next(state.watermark, server_now)
         watermark = state.watermark
+        # Where this run's listing begins: a sweep within it would only repeat it.
+        polled_from = None if window is None else window.start
         while window is not None:
             if resumed:
                 log.info(
@@ -249,7 +265,9 @@ class SubmissionPoller:
             lag = (server_now - watermark).total_seconds()
             metrics.WATERMARK_LAG.labels(stream=self.stream).set(max(0.0, lag))
         if self._sweeps and watermark is not None:
-            await self._sweep_when_due(counts, run_id, server_now or await self._server_now())
+            await self._sweep_when_due(
+                counts, run_id, server_now or await self._server_now(), polled_from
+            )
         log.debug("poller.run_done", stream=self.stream, run_id=run_id, **counts.as_dict())
         return counts
 
@@ -270,24 +288,42 @@ class SubmissionPoller:
         return counts
 
     async def _sweep_when_due(
-        self, counts: PollCounts, run_id: int | None, server_now: datetime
+        self,
+        counts: PollCounts,
+        run_id: int | None,
+        server_now: datetime,
+        polled_from: datetime | None,
     ) -> None:
-        """Run the longest of the sweeps that are due, and record it done for all of them."""
+        """Run the longest of the sweeps that are due, and record it done for all of them.
+
+        A sweep over nothing but what this run listed is left due for the next run
+        (`listed_by_this_run`).
+        """
         last = await asyncio.to_thread(self._store.sweeps_done, [s.name for s in self._sweeps])
         due = [s for s in self._sweeps if s.due(last.get(s.name), server_now)]
         if not due:
             return
         longest = max(due, key=lambda s: s.lookback)
-        await self._sweep(longest.lookback, counts, run_id, server_now)
+        if not await self._sweep(longest.lookback, counts, run_id, server_now, polled_from):
+            log.debug("poller.sweep_deferred", stream=self.stream, run_id=run_id)
+            return
         await asyncio.to_thread(self._store.finish_sweeps, [s.name for s in due], server_now)
 
     async def _sweep(
-        self, lookback: timedelta, counts: PollCounts, run_id: int | None, server_now: datetime
-    ) -> None:
+        self,
+        lookback: timedelta,
+        counts: PollCounts,
+        run_id: int | None,
+        server_now: datetime,
+        polled_from: datetime | None = None,
+    ) -> bool:
+        """Sweep `lookback` behind the watermark; False when left for the next run."""
         state = await asyncio.to_thread(self._store.load)
         window = sweep_window(lookback=lookback, server_now=server_now, watermark=state.watermark)
         if window is None:
-            return
+            return True
+        if listed_by_this_run(window, polled_from):
+            return False
         counts.sweeps += 1
         await self._poll_window(window, counts, run_id, keep_progress=False, found_at=server_now)
         log.debug(
@@ -298,6 +334,7 @@ class SubmissionPoller:
             window_end=contract.format_timestamp(window.end),
             found=counts.sweep_found,
         )
+        return True
 
     def _next(self, watermark: datetime | None, server_now: datetime) -> Window | None:
         return next_window(
@@ -335,34 +372,51 @@ class SubmissionPoller:
         with `keep_progress` the rest is saved after each part, and a failed run resumes
         there. `found_at` (the server's clock) marks a sweep: what it emits was missed.
         """
-        pending = [window]
+        pending = [Part(window)]
+        pace = Pace()  # how densely the parts done so far held items (sizes the next cuts)
+        done_items = 0  # items listed by the parts done so far
+        target = self._policy.max_window_items
         while pending:
             part = pending.pop()
+            # A rest expected to be oversized is cut at once: listing its first page
+            # would only say so (one list call per cut, see `Part`).
+            presplit = part.presplit(done_items, target, pace)
+            if presplit is not None:
+                pending += [presplit[1], presplit[0]]
+                counts.splits += 1
+                log.debug("poller.window_split", stream=self.stream, width_ms=part.window.width_ms)
+                continue
             # A part that fails on a transient answer is tried again at once: what it
             # recorded is kept, so a retry re-lists it and reads only what is missing.
             async for attempt in self._rereads(*TRANSIENT):
                 with attempt:
-                    halves = await self._poll_part(part, counts, run_id, found_at)
-            if halves is not None:
-                first, second = halves
-                pending += [second, first]
+                    outcome = await self._poll_part(part.window, counts, run_id, found_at, pace)
+            if isinstance(outcome, _Split):
+                pending += [Part(outcome.rest, outcome.count, done_items), Part(outcome.first)]
                 counts.splits += 1
-                log.debug("poller.window_split", stream=self.stream, width_ms=part.width_ms)
+                log.debug("poller.window_split", stream=self.stream, width_ms=part.window.width_ms)
                 continue
-            rest = window.after(Window(window.start, part.end))
+            done_items += outcome
+            rest = window.after(Window(window.start, part.window.end))
             if keep_progress and rest is not None:
                 await asyncio.to_thread(self._store.save_window, rest)
 
     async def _poll_part(
-        self, part: Window, counts: PollCounts, run_id: int | None, found_at: datetime | None
-    ) -> tuple[Window, Window] | None:
-        """List a part and emit what it holds, or return the halves to poll instead."""
-        listed = await self._list(part, counts)
-        if isinstance(listed, tuple):
+        self,
+        part: Window,
+        counts: PollCounts,
+        run_id: int | None,
+        found_at: datetime | None,
+        pace: Pace,
+    ) -> int | _Split:
+        """List a part and emit what it holds (how many it listed), or the parts to poll instead."""
+        listed = await self._list(part, counts, pace)
+        if isinstance(listed, _Split):
             return listed
         counts.listed += len(listed)
         await self._emit(await self._unrecorded(listed, counts), counts, run_id, found_at)
-        return None
+        pace.record(part, (item.updated_at for item in listed.values()))
+        return len(listed)
 
     async def _unrecorded(self, listed: Mapping[str, Listed], counts: PollCounts) -> list[Listed]:
         """The listed versions that need a detail read, oldest first."""
@@ -376,9 +430,9 @@ class SubmissionPoller:
         return sorted(todo, key=lambda i: (i.updated_at, i.submission_id))
 
     async def _list(
-        self, window: Window, counts: PollCounts
-    ) -> Mapping[str, Listed] | tuple[Window, Window]:
-        """The window's complete listing, or the two halves to poll instead."""
+        self, window: Window, counts: PollCounts, pace: Pace
+    ) -> Mapping[str, Listed] | _Split:
+        """The window's complete listing, or the two parts to poll instead."""
         paging = WindowPaging(window, self._policy)
         filters = SubmissionFilters(updated_from=window.start, updated_to=window.query_to)
         while True:
@@ -389,7 +443,10 @@ class SubmissionPoller:
             if verdict is Verdict.ACCEPT:
                 return paging.listed
             if verdict is Verdict.SPLIT:
-                return paging.halves()
+                first, rest = paging.split(pace)
+                # The rest of an oversized window is expected to hold its count minus
+                # what the first part lists; an unstable one's count says nothing.
+                return _Split(first, rest, paging.oversized)
             if verdict is Verdict.RELIST:
                 counts.relists += 1
                 log.debug(

@@ -49,6 +49,20 @@ def sweep_window(
     return Window(start, end) if start <= end else None
 
 
+def listed_by_this_run(window: Window, polled_from: datetime | None) -> bool:
+    """Whether the run about to sweep `window` has itself just listed all of it.
+
+    A run polls one contiguous range, from its first window's start (`polled_from`) to
+    the new watermark. A first run, or one that caught up a backlog longer than the
+    lookback, has listed the whole sweep window moments ago: sweeping it now would repeat
+    every one of those list calls to catch only what became visible in those moments.
+    Such a sweep is left due, and the next run (one poll interval later, with a short
+    window of its own) sweeps the same lookback: no version the sweep is there to find
+    is given up, it is found one interval later.
+    """
+    return polled_from is not None and window.start >= polled_from
+
+
 def choose(
     sweeps: list[Sweep], last_done: dict[str, datetime | None], server_now: datetime
 ) -> list[Sweep]:

@@ -12,7 +12,11 @@ a paging pass over it was provably complete:
 
 An unstable window is listed again a few times, then split in two at the median `updatedAt`
 it listed (so each half holds about half its items); a window that holds more items than
-can be paged safely is split at once. A window whose end lies at
+can be paged safely (`max_window_items`) is split at once, into a first part sized to hold
+about that many items at the pace of the parts already listed (`Pace`) and a rest, which
+is cut again without a listing while its expected count is still too large (`Part`): one
+list call per cut at most, where halving at the first page's median paid one per page of
+clustered items. A window whose end lies at
 least `settle` before the server's clock can only lose items (an update moves an item to the
 server's "now", past the window; an insert is stamped "now" too), so a later window always
 catches what moved out of this one.
@@ -214,6 +218,94 @@ class PagingPass:
         return self.next_page is None and not self.count_changed and len(self.listed) == self.count
 
 
+@dataclass(slots=True)
+class Pace:
+    """How densely the completed parts of one window held items: the size of the next part.
+
+    A window holding more than `max_window_items` is cut into parts, earliest first. The
+    first page of an oversized window is a poor guide to where to cut: the list's order
+    is undocumented, and in creation or time order that page holds only the earliest (or
+    latest) items, so cutting at its median costs one extra list call per page when the
+    items cluster (a cut after the first hundred items, a probe of the rest, and so on).
+    The parts already listed completely say how many items a millisecond held just
+    before the cut; the next part is sized from that. A pace that proves wrong costs a
+    list call (an oversized part is split again), never an item: any cut is lossless.
+    """
+
+    since: datetime | None = None  # the earliest `updatedAt` listed in the completed parts
+    until: datetime | None = None  # the end of the latest completed part
+    items: int = 0
+
+    def record(self, part: Window, stamps: Iterable[datetime]) -> None:
+        """Take a completed part (parts complete in time order) and the `updatedAt`s it listed."""
+        seen = [floor_ms(stamp) for stamp in stamps]
+        if self.since is None:
+            if not seen:
+                # An empty part before any item says nothing: it may span all history.
+                return
+            self.since = min(seen)
+        self.items += len(seen)
+        self.until = part.end if self.until is None else max(self.until, part.end)
+
+    def width_for(self, items: int) -> int | None:
+        """Milliseconds expected to hold `items` at this pace, or None before any item."""
+        if self.since is None or self.until is None or self.items == 0:
+            return None
+        span_ms = max(1, (self.until - self.since) // MILLISECOND + 1)
+        return max(1, items * span_ms // self.items)
+
+
+def paced_cut(window: Window, count: int, target: int, pace: Pace) -> datetime | None:
+    """Where the first part of an oversized window should end, or None without a pace.
+
+    The first part is sized to hold about `target` items at the pace of the parts before
+    it, and never wider than the window's share `target / count` of its time: a pace
+    that lags a burst then shrinks the part at each try instead of cutting a millisecond
+    off the window's end. The cut leaves both parts non-empty in time.
+    """
+    if not window.splittable or count <= target:
+        return None
+    width = pace.width_for(target)
+    if width is None:
+        return None
+    share = max(1, (window.width_ms + 1) * target // count)
+    return window.start + (min(width, share) - 1) * MILLISECOND
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """A part of a window waiting to be polled, and how many items it is expected to hold.
+
+    The rest of an oversized window after its first part holds what the window counted
+    minus what the parts completed since the cut listed (parts complete earliest first,
+    so those are exactly the ones carved before it). A rest expected to be oversized
+    too is cut again at the pace without listing it: its first page would only say so.
+    The expectation steers cost only; an update moving items out makes it too high, a
+    late commit too low, and the parts still cover the window whatever it says.
+    """
+
+    window: Window
+    parent_count: int | None = None  # the count of the window this rest was cut from
+    listed_before: int = 0  # items the poll had listed when it was cut
+
+    def expected(self, listed_now: int) -> int | None:
+        """Items expected in this part once the poll has listed `listed_now`, if known."""
+        if self.parent_count is None:
+            return None
+        return max(0, self.parent_count - (listed_now - self.listed_before))
+
+    def presplit(self, listed_now: int, target: int, pace: Pace) -> tuple[Part, Part] | None:
+        """The first part and the rest to poll instead, when this part is expected oversized."""
+        expected = self.expected(listed_now)
+        if expected is None:
+            return None
+        cut = paced_cut(self.window, expected, target, pace)
+        if cut is None:
+            return None
+        first, rest = self.window.halves(at=cut)
+        return Part(first), Part(rest, expected, listed_now)
+
+
 class Verdict(enum.Enum):
     """What the poller does after recording a page."""
 
@@ -263,6 +355,7 @@ class WindowPaging:
         self._pool: dict[str, Listed] = {}
         self._pool_count: int | None = None
         self._accepted: dict[str, Listed] | None = None
+        self._oversized: int | None = None
 
     @property
     def relists(self) -> int:
@@ -293,6 +386,7 @@ class WindowPaging:
                 self._accepted = dict(self._pool)
                 return Verdict.ACCEPT
         elif count > self.policy.max_window_items:
+            self._oversized = count
             return Verdict.SPLIT
         if self.current.next_page is not None:
             return Verdict.NEXT_PAGE
@@ -302,7 +396,7 @@ class WindowPaging:
         return self._after_unstable_pass()
 
     def halves(self) -> tuple[Window, Window]:
-        """The window split in two at the median `updatedAt` listed so far (SPLIT verdict).
+        """The window split in two at the median `updatedAt` listed so far (see `split`).
 
         Splitting at the items rather than at the middle in time halves the items each time:
         a wide window whose items cluster (the first window spans all history) would
@@ -313,6 +407,24 @@ class WindowPaging:
         if not seen:
             return self.window.halves()
         return self.window.halves(at=seen[(len(seen) - 1) // 2])
+
+    @property
+    def oversized(self) -> int | None:
+        """The count of a window split for holding more than `max_window_items`, else None."""
+        return self._oversized
+
+    def split(self, pace: Pace) -> tuple[Window, Window]:
+        """The parts to poll instead (SPLIT verdict).
+
+        An oversized window is cut where its first part holds about `max_window_items` at
+        the pace of the parts completed before it (`paced_cut`); without a pace, or for a
+        window that would not list stably, at the median listed (`halves`).
+        """
+        if self._oversized is not None:
+            cut = paced_cut(self.window, self._oversized, self.policy.max_window_items, pace)
+            if cut is not None:
+                return self.window.halves(at=cut)
+        return self.halves()
 
     def _pool_page(self, count: int, items: list[Listed]) -> None:
         if count != self._pool_count:

@@ -314,6 +314,87 @@ def test_a_sweep_over_recorded_submissions_reads_no_detail(engine: Engine) -> No
     assert calls["list"] <= 2 + 1  # two pages of 100 (+ the clock read)
 
 
+def _clustered(seconds: int, per_second: int, prefix: str) -> dict[str, list[Write]]:
+    """`per_second` submissions completed at each whole second, ids in time order (so a
+    server listing by id lists by creation, as seeded or batch-imported data does)."""
+    writes = {}
+    for k in range(seconds * per_second):
+        sid = f"{prefix}-{k:06d}"
+        stamp = (k // per_second) * SECOND + 250
+        writes[sid] = [Write(sid, stamp, stamp, "Completed")]
+    return writes
+
+
+def test_clustered_oversized_windows_cost_about_one_list_call_per_page(engine: Engine) -> None:
+    """1,000 submissions, 10 per second, pages of 10 and windows of at most 50 items: the
+    first poll and a sweep each list about 100 pages, not one cut per page as halving at the
+    first page's median did (~2 calls per 10 items); everything is emitted once."""
+    prefix = uuid.uuid4().hex[:8]
+    server = AdversarialServer(_clustered(100, 10, prefix), random.Random(9), tick_us=0)
+    server.shuffle = False
+
+    async def scenario() -> tuple[int, int, PollCounts]:
+        client = _client(server.transport())
+        poller = _poller(
+            engine, client, "adv-cluster-" + prefix, page_size=10, max_window_items=50, sweeps=[]
+        )
+        try:
+            server.clock_us = 400 * SECOND
+            await poller.run(None)
+            polled = server.requests["list"]
+            swept = await poller.reconcile(None, since=EPOCH - timedelta(seconds=1))
+            return polled, server.requests["list"] - polled, swept
+        finally:
+            await client.aclose()
+
+    polled, sweep_calls, swept = asyncio.run(scenario())
+    pages = 1000 // 10
+    assert pages + 1 <= polled <= pages + 1 + 6  # + the clock; a few cuts learning the pace
+    assert pages + 1 <= sweep_calls <= pages + 1 + 6
+    assert swept.known_skipped == 1000
+    assert swept.sweep_found == 0
+    got = emitted(engine, set(server.writes))
+    assert sorted((s, a) for s, a, _ in got) == sorted(server.final().items())
+
+
+def test_a_first_run_leaves_the_due_sweep_to_the_next_run(engine: Engine) -> None:
+    """The first run listed everything the sweep would re-list moments later: the sweep
+    stays due and the next run makes it, over the same lookback."""
+    prefix = uuid.uuid4().hex[:8]
+    server = AdversarialServer(_quiet(300, prefix), random.Random(10), tick_us=0, shuffle=False)
+    sweep = Sweep("daily", timedelta(seconds=30), timedelta(seconds=120))
+
+    async def scenario() -> tuple[PollCounts, int, PollCounts, int]:
+        client = _client(server.transport())
+        poller = _poller(
+            engine,
+            client,
+            "adv-defer-" + prefix,
+            page_size=100,
+            max_window_items=2000,
+            sweeps=[sweep],
+        )
+        try:
+            server.clock_us = 310 * SECOND
+            first = await poller.run(None)
+            first_calls = server.requests["list"]
+            server.clock_us += 5 * SECOND
+            second = await poller.run(None)
+            return first, first_calls, second, server.requests["list"] - first_calls
+        finally:
+            await client.aclose()
+
+    first, first_calls, second, second_calls = asyncio.run(scenario())
+    assert first.sweeps == 0
+    assert first_calls == 1 + 3  # the clock and 300 submissions in pages of 100
+    assert second.sweeps == 1  # still due, swept by the next run
+    # The clock, the new (empty) window, and the sweep's last 120 s: two pages of the 105
+    # submissions stamped 195 s to 299 s, all recorded by the first run.
+    assert second_calls == 1 + 1 + 2
+    assert second.known_skipped == 105
+    assert second.details == 0
+
+
 class _Flaky(httpx.AsyncBaseTransport):
     """Answers a share of requests with 503 before they reach the server."""
 

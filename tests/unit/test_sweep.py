@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from syncd.submissions.sweep import Sweep, sweep_window
+from syncd.submissions.sweep import Sweep, listed_by_this_run, sweep_window
 from syncd.submissions.window import Window
 
 T0 = datetime(2025, 5, 20, 9, 0, 0, tzinfo=UTC)
@@ -37,3 +37,12 @@ def test_no_sweep_before_the_first_poll_or_when_the_lookback_is_all_ahead() -> N
     """No watermark yet, or a lookback starting after it: nothing to sweep."""
     assert sweep_window(lookback=HOUR, server_now=T0, watermark=None) is None
     assert sweep_window(lookback=HOUR, server_now=T0, watermark=T0 - 2 * HOUR) is None
+
+
+def test_a_sweep_within_what_the_run_just_listed_is_left_for_the_next_run() -> None:
+    """A first run (or a catch-up longer than the lookback) listed the whole sweep window."""
+    window = Window(T0 - 24 * HOUR, T0)
+    assert listed_by_this_run(window, polled_from=T0 - 48 * HOUR)
+    assert listed_by_this_run(window, polled_from=T0 - 24 * HOUR)
+    assert not listed_by_this_run(window, polled_from=T0 - 24 * HOUR + timedelta(milliseconds=1))
+    assert not listed_by_this_run(window, polled_from=None)  # polled nothing, or by hand

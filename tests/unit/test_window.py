@@ -10,13 +10,16 @@ import pytest
 from syncd.submissions.window import (
     MILLISECOND,
     Listed,
+    Pace,
     PagingPass,
     PagingPolicy,
+    Part,
     Verdict,
     Window,
     WindowPaging,
     floor_ms,
     next_window,
+    paced_cut,
 )
 
 T0 = datetime(2025, 5, 20, 9, 0, 0, tzinfo=UTC)
@@ -343,3 +346,133 @@ def test_what_is_left_after_a_completed_prefix() -> None:
     assert w.after(w) is None
     with pytest.raises(ValueError, match="prefix"):
         w.after(Window(T0 + MILLISECOND, T0 + 2 * MILLISECOND))
+
+
+# --- cutting an oversized window at the pace of its completed parts -----------------------
+
+SECOND = timedelta(seconds=1)
+
+
+def _clustered(seconds: int, per_second: int) -> list[datetime]:
+    """`per_second` items sharing each whole second from T0 on (seeded data, batch jobs)."""
+    return [T0 + s * SECOND for s in range(seconds) for _ in range(per_second)]
+
+
+def test_pace_is_unknown_until_a_part_listed_an_item() -> None:
+    """Empty parts before the first item say nothing (they may span all history)."""
+    pace = Pace()
+    assert pace.width_for(100) is None
+    pace.record(Window(T0 - timedelta(days=9000), T0 - SECOND), [])
+    assert pace.width_for(100) is None
+
+
+def test_pace_counts_from_the_first_item_to_the_end_of_the_last_part() -> None:
+    """10 items from T0 to a part ending at T0 + 999 ms: 100 items take 10 s."""
+    pace = Pace()
+    pace.record(Window(T0 - timedelta(days=1), T0 + 999 * MILLISECOND), [T0] * 10)
+    assert pace.width_for(100) == 10_000
+    pace.record(Window(T0 + SECOND, T0 + 2 * SECOND - MILLISECOND), [])
+    assert pace.width_for(100) == 20_000  # an empty part slows the pace down
+    assert pace.width_for(0) == 1  # never an empty width
+
+
+def test_paced_cut_sizes_the_first_part_to_the_target_and_is_none_without_a_pace() -> None:
+    """At 100 items a second, 2,000 items take 20 s; without a pace there is no cut."""
+    window = Window(T0 + SECOND, T0 + 200 * SECOND)
+    assert paced_cut(window, 19_900, 2_000, Pace()) is None
+    pace = Pace()
+    pace.record(Window(T0, T0), [T0] * 100)
+    pace.record(Window(T0 + MILLISECOND, T0 + SECOND - MILLISECOND), [])
+    cut = paced_cut(window, 19_900, 2_000, pace)
+    assert cut == window.start + 20 * SECOND - MILLISECOND
+    assert paced_cut(window, 2_000, 2_000, pace) is None  # not oversized: no cut
+    assert paced_cut(Window(T0, T0), 19_900, 2_000, pace) is None  # nothing to cut
+
+
+def test_paced_cut_never_takes_more_than_the_count_share_of_the_window() -> None:
+    """A pace that lags a burst shrinks the part by the count's share, not by 1 ms a try."""
+    slow = Pace()
+    slow.record(Window(T0, T0 + 999 * SECOND), [T0])  # one item in 1,000 s
+    window = Window(T0 + 1000 * SECOND, T0 + 1099 * SECOND + 999 * MILLISECOND)
+    cut = paced_cut(window, 10_000, 2_000, slow)
+    assert cut == window.start + 20 * SECOND - MILLISECOND  # a fifth of 100 s
+
+
+def test_a_rest_expected_oversized_is_cut_without_listing_it() -> None:
+    """The rest expects its parent's count minus what was listed since the cut."""
+    pace = Pace()
+    pace.record(Window(T0 - MIN, T0 + 19 * SECOND + 999 * MILLISECOND), _clustered(20, 100))
+    rest = Part(Window(T0 + 20 * SECOND, T0 + 200 * SECOND), parent_count=20_000, listed_before=0)
+    assert rest.expected(2_000) == 18_000
+    split = rest.presplit(2_000, 2_000, pace)
+    assert split is not None
+    first, after = split
+    assert first.window == Window(T0 + 20 * SECOND, T0 + 40 * SECOND - MILLISECOND)
+    assert first.parent_count is None  # a first part is listed: its count is learned
+    assert after.window == Window(T0 + 40 * SECOND, T0 + 200 * SECOND)
+    assert after.expected(2_000) == 18_000
+    assert after.expected(4_000) == 16_000
+    assert rest.presplit(18_500, 2_000, pace) is None  # 1,500 expected: list it
+    assert Part(rest.window).presplit(0, 2_000, pace) is None  # no expectation: list it
+
+
+def test_an_oversized_window_is_split_at_the_pace_and_an_unstable_one_at_the_median() -> None:
+    """`split` uses the pace only for a window split for its count."""
+    pace = Pace()
+    pace.record(Window(T0 - MIN, T0 + 9 * SECOND + 999 * MILLISECOND), _clustered(10, 10))
+    wide = Window(T0 + 10 * SECOND, T0 + 100 * SECOND)
+    policy = PagingPolicy(page_size=10, max_window_items=50)
+    oversized = WindowPaging(wide, policy)
+    assert oversized.record(900, items(*"abc", at=T0 + 10 * SECOND)) is Verdict.SPLIT
+    assert oversized.oversized == 900
+    first, _ = oversized.split(pace)
+    assert first == Window(wide.start, wide.start + 5 * SECOND - MILLISECOND)
+    assert WindowPaging(wide, policy).split(pace) == wide.halves()  # nothing listed yet
+    unstable = WindowPaging(wide, PagingPolicy(page_size=2, max_window_items=10, max_relists=0))
+    unstable.record(3, [Listed("a", T0 + 20 * SECOND), Listed("b", T0 + 30 * SECOND)])
+    assert unstable.record(3, [Listed("b", T0 + 30 * SECOND)]) is Verdict.SPLIT
+    assert unstable.oversized is None
+    assert unstable.split(pace) == unstable.halves()
+
+
+def _list_calls(stamps: list[datetime], window: Window, page_size: int, most: int) -> int:
+    """List calls the poller's loop makes over a static server listing in time order."""
+    listing = sorted(enumerate(stamps), key=lambda pair: pair[1])
+    policy = PagingPolicy(page_size=page_size, max_window_items=most)
+    pending, pace, done, calls, seen = [Part(window)], Pace(), 0, 0, 0
+    while pending:
+        part = pending.pop()
+        presplit = part.presplit(done, most, pace)
+        if presplit is not None:
+            pending += [presplit[1], presplit[0]]
+            continue
+        rows = [(i, t) for i, t in listing if part.window.start <= t <= part.window.query_to]
+        paging = WindowPaging(part.window, policy)
+        while True:
+            page = paging.next_page
+            calls += 1
+            chosen = rows[page * page_size : (page + 1) * page_size]
+            verdict = paging.record(len(rows), [Listed(str(i), t) for i, t in chosen])
+            if verdict is Verdict.ACCEPT:
+                pace.record(part.window, [item.updated_at for item in paging.listed.values()])
+                done += len(paging.listed)
+                seen += len(paging.listed)
+                break
+            if verdict is Verdict.NEXT_PAGE:
+                continue
+            assert verdict is Verdict.SPLIT
+            first, rest = paging.split(pace)
+            pending += [Part(rest, paging.oversized, done), Part(first)]
+            break
+    assert seen == len(stamps)  # the parts cover the window once
+    return calls
+
+
+@pytest.mark.parametrize(("seconds", "per_second"), [(110, 100), (200, 100), (300, 7)])
+def test_clustered_items_cost_about_one_list_call_per_page(seconds: int, per_second: int) -> None:
+    """An oversized window of clustered items in time order: about ceil(n / 100) calls,
+    where halving at each first page's median paid about two per page."""
+    stamps = _clustered(seconds, per_second)
+    window = Window(T0 - timedelta(days=7), T0 + 2 * seconds * SECOND)
+    pages = -(-len(stamps) // 100)
+    assert _list_calls(stamps, window, page_size=100, most=2_000) <= pages + 5
