@@ -36,11 +36,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
 
-import stamina
 import structlog
 from sqlalchemy import Engine
 
@@ -48,11 +47,13 @@ from syncd import metrics, testing_hooks
 from syncd.exceptions import (
     RateLimited,
     ServerError,
-    VoxaresHTTPError,
     VoxaresMalformedResponse,
     VoxaresTransportError,
     WindowUnstable,
 )
+from syncd.submissions.counts import PollCounts
+from syncd.submissions.details import STEP_AFTER_DETAIL as STEP_AFTER_DETAIL
+from syncd.submissions.details import Deferred, DetailOutcome, DetailReader, rereads
 from syncd.submissions.store import Gone, PollerStore, Recorded
 from syncd.submissions.sweep import Sweep, listed_by_this_run, sweep_window
 from syncd.submissions.window import (
@@ -74,63 +75,9 @@ log = structlog.get_logger(__name__)
 # Crash points (`syncd.testing_hooks`), in the order a window reaches them.
 STEP_WINDOW_SAVED: Final = "poller.window_saved"
 STEP_AFTER_PAGE: Final = "poller.after_page"
-STEP_AFTER_DETAIL: Final = "poller.after_detail"
 STEP_AFTER_OUTBOX_INSERT: Final = "poller.after_outbox_insert"
 STEP_BEFORE_WATERMARK: Final = "poller.before_watermark"
 STEP_AFTER_WATERMARK: Final = "poller.after_watermark"
-
-
-@dataclass(slots=True)
-class PollCounts:
-    """What one run did, for the job run record and the logs."""
-
-    windows: int = 0
-    pages: int = 0
-    listed: int = 0
-    known_skipped: int = 0
-    details: int = 0
-    emitted: int = 0
-    duplicates_skipped: int = 0
-    superseded: int = 0
-    stale_details: int = 0
-    deferred: int = 0
-    removed: int = 0
-    relists: int = 0
-    splits: int = 0
-    sweeps: int = 0
-    sweep_found: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        """The counters as a plain mapping."""
-        return asdict(self)
-
-    @property
-    def idle(self) -> bool:
-        """Whether the run changed nothing: no event written and no version found late.
-
-        Windows, pages and known versions re-listed are the cost of looking, not work: an
-        idle poll every minute logs at DEBUG, not a line a minute at INFO.
-        """
-        return not (self.emitted or self.removed or self.sweep_found or self.deferred)
-
-
-class _StillStale(Exception):
-    """Internal: the detail read is older than the listed version (retried by stamina)."""
-
-
-class _Missing(Exception):
-    """Internal: the detail answered 404, 403 or 410 (read again by stamina)."""
-
-    def __init__(self, status: int) -> None:
-        super().__init__(status)
-        self.status = status
-
-
-@dataclass(frozen=True, slots=True)
-class _Deferred:
-    """A listed version whose detail stayed older than listed: left to the sweep."""
-
-    listed: Listed
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,15 +89,8 @@ class _Split:
     count: int | None
 
 
-# What a detail read of a listed item came to.
-_Outcome = SubmissionDetail | Gone | _Deferred
-
 # Failures of a part that a new attempt at it may not meet.
 TRANSIENT: Final = (ServerError, RateLimited, VoxaresTransportError, VoxaresMalformedResponse)
-
-# Statuses of a detail read that mean the listed submission is gone (the list and the
-# detail may be served by different replicas, see the contract's form-submission facts).
-GONE_STATUSES: Final = frozenset({403, 404, 410})
 
 
 def _as_timedelta(value: float | timedelta) -> timedelta:
@@ -207,8 +147,13 @@ class SubmissionPoller:
             max_relists=max_relists,
             max_unsplittable_passes=max_unsplittable_passes,
         )
-        self._detail_concurrency = detail_concurrency
-        self._detail_slots = asyncio.Semaphore(detail_concurrency)
+        self._details = DetailReader(
+            client,
+            stream,
+            concurrency=detail_concurrency,
+            stale_attempts=stale_attempts,
+            stale_wait=stale_wait,
+        )
         self._stale_attempts = stale_attempts
         self._stale_wait = stale_wait
         self._sweeps = tuple(sweeps)
@@ -221,8 +166,7 @@ class SubmissionPoller:
         the watermark unmoved; the next run resumes what is left of the same window.
         """
         counts = PollCounts()
-        # A semaphore belongs to the event loop that first waits on it: one per run.
-        self._detail_slots = asyncio.Semaphore(self._detail_concurrency)
+        self._details.start_run()
         state = await asyncio.to_thread(self._store.load)
         window = state.window
         resumed = window is not None
@@ -277,7 +221,7 @@ class SubmissionPoller:
         Without `since` the longest configured lookback is swept (a week by default).
         """
         counts = PollCounts()
-        self._detail_slots = asyncio.Semaphore(self._detail_concurrency)
+        self._details.start_run()
         server_now = await self._server_now()
         if since is not None:
             lookback = server_now - since
@@ -478,14 +422,7 @@ class SubmissionPoller:
 
     def _rereads(self, *errors: type[Exception]) -> Any:
         """A stamina retry context for reads that are worth repeating after `errors`."""
-        return stamina.retry_context(
-            on=errors,
-            attempts=self._stale_attempts,
-            timeout=None,
-            wait_initial=self._stale_wait,
-            wait_max=max(self._stale_wait, 2.0),
-            wait_jitter=0,
-        )
+        return rereads(errors, attempts=self._stale_attempts, wait=self._stale_wait)
 
     async def _emit(
         self,
@@ -526,13 +463,15 @@ class SubmissionPoller:
             await _cancel_all(current)
             raise
 
-    def _fetch(self, batch: Sequence[Listed], counts: PollCounts) -> list[asyncio.Task[_Outcome]]:
+    def _fetch(
+        self, batch: Sequence[Listed], counts: PollCounts
+    ) -> list[asyncio.Task[DetailOutcome]]:
         """Start fetching the details of one batch (the semaphore bounds the calls)."""
-        return [asyncio.create_task(self._detail(item, counts)) for item in batch]
+        return [asyncio.create_task(self._details.read(item, counts)) for item in batch]
 
     async def _record(
         self,
-        results: Sequence[_Outcome | BaseException],
+        results: Sequence[DetailOutcome | BaseException],
         counts: PollCounts,
         run_id: int | None,
         found_at: datetime | None,
@@ -540,7 +479,7 @@ class SubmissionPoller:
         """Record a batch's fetched details in one commit, then raise its first failure."""
         details = [r for r in results if isinstance(r, SubmissionDetail)]
         gone = [r for r in results if isinstance(r, Gone)]
-        counts.deferred += sum(isinstance(r, _Deferred) for r in results)
+        counts.deferred += sum(isinstance(r, Deferred) for r in results)
         # Record what was fetched even when some failed: the work is kept, and the
         # failed ones fail the window below (the watermark stays for the next run).
         if details:
@@ -594,55 +533,6 @@ class SubmissionPoller:
             )
         metrics.SWEEP_LATENESS.labels(stream=self.stream).set(worst)
 
-    async def _detail(self, item: Listed, counts: PollCounts) -> _Outcome:
-        """The detail of a listed item, at least as new as listed, or what became of it."""
-        detail: SubmissionDetail | None = None
-        try:
-            # A malformed answer is read again like a stale one (see `_page`), and so is a
-            # missing one: a replica behind the list may not hold the submission yet.
-            async for attempt in self._rereads(_StillStale, _Missing, VoxaresMalformedResponse):
-                with attempt:
-                    try:
-                        async with self._detail_slots:
-                            detail = await self._client.get_form_submission(item.submission_id)
-                    except VoxaresHTTPError as exc:
-                        if exc.status in GONE_STATUSES:
-                            raise _Missing(exc.status) from None
-                        raise
-                    counts.details += 1
-                    testing_hooks.step(STEP_AFTER_DETAIL)
-                    # Newer than listed is fine: that version is emitted (and its own
-                    # listing later is a duplicate). Older means a lagging read, and so
-                    # does another status at the same rendered millisecond.
-                    if _older_than_listed(detail, item):
-                        counts.stale_details += 1
-                        log.debug(
-                            "poller.detail_stale",
-                            stream=self.stream,
-                            submission_id=item.submission_id,
-                            attempt=attempt.num,
-                        )
-                        raise _StillStale
-        except _StillStale:
-            log.warning(
-                "poller.detail_deferred",
-                stream=self.stream,
-                submission_id=item.submission_id,
-                reads=self._stale_attempts,
-                hint="left to the reconciliation sweep",
-            )
-            return _Deferred(item)
-        except _Missing as missing:
-            return Gone(item, missing.status)
-        assert detail is not None
-        return detail
-
-
-def _older_than_listed(detail: SubmissionDetail, item: Listed) -> bool:
-    if detail.updated_at != item.updated_at:
-        return detail.updated_at < item.updated_at
-    return item.status is not None and detail.submission_status != item.status
-
 
 def _listed(item: SubmissionSummary) -> Listed:
     return Listed(
@@ -654,7 +544,7 @@ def _listed(item: SubmissionSummary) -> Listed:
     )
 
 
-async def _cancel_all(tasks: Sequence[asyncio.Task[_Outcome]]) -> None:
+async def _cancel_all(tasks: Sequence[asyncio.Task[DetailOutcome]]) -> None:
     """Cancel unfinished fetches and wait for every task, retrieving their outcomes."""
     for task in tasks:
         task.cancel()
