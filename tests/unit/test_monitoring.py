@@ -168,4 +168,6 @@ def test_status_json_is_one_object_with_full_ids_and_iso_times() -> None:
         "submissions",
         "outbox",
         "messages",
+        "hl7",
     }
+    assert body["hl7"] == {"by_status": {}}  # no HL7 feed
