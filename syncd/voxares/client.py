@@ -170,6 +170,21 @@ def no_delay_transport(limits: httpx.Limits) -> httpx.AsyncHTTPTransport:
     return pooled_transport(limits)
 
 
+class _ResponseCookies(httpx.Cookies):
+    """httpx's cookie jar, which reads a response's cookies only when it sets some.
+
+    `CookieJar.extract_cookies` takes cookies from `Set-Cookie` and `Set-Cookie2` headers
+    only, so a response without either leaves the jar as it was: skipping it changes
+    nothing but the cost.
+    """
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        """Keep the cookies `response` sets, as httpx does, if it sets any."""
+        headers = response.headers
+        if "set-cookie" in headers or "set-cookie2" in headers:
+            super().extract_cookies(response)
+
+
 def _http_date(value: str | None) -> datetime | None:
     if not value:
         return None
@@ -224,6 +239,11 @@ class VoxaresClient:
             headers={"Accept": "application/json", "User-Agent": USER_AGENT},
             follow_redirects=False,
         )
+        # httpx reads every response for cookies through urllib's cookie machinery (a
+        # urllib Request per response, its URL parsed again: ~4 % of a call's CPU) whether
+        # or not it sets any; this jar skips the responses that set none.
+        # (The public `cookies` setter would copy it back into a plain `httpx.Cookies`.)
+        self._http._cookies = _ResponseCookies(self._http.cookies.jar)
         # What `AsyncClient.request` would merge into every request, merged once here: the
         # client's headers with the key's, the base URL's prefix, the timeouts. Building the
         # request from these and handing it to `send` skips httpx's per-request parsing of

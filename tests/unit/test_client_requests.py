@@ -8,6 +8,7 @@ headers plus the key's `Authorization`, the timeouts, params and JSON body as gi
 from __future__ import annotations
 
 import contextlib
+from http.cookiejar import CookieJar
 from typing import Any
 
 import httpx
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 
 from syncd.exceptions import VoxaresMalformedResponse
 from syncd.voxares import ClientLimits, RetryPolicy, SubmissionFilters, VoxaresClient, contract
-from syncd.voxares.client import USER_AGENT, Timeouts, render_path
+from syncd.voxares.client import USER_AGENT, Timeouts, _ResponseCookies, render_path
 
 KEY = "vox-k1-requests-test"
 BASES = (
@@ -172,3 +173,37 @@ async def test_a_cookie_the_server_set_is_sent_back_as_httpx_would() -> None:
         headers={"Authorization": f"Bearer {KEY}"},
     )
     assert_same(seen[1], built)
+
+
+async def test_responses_are_read_for_cookies_only_when_they_set_some() -> None:
+    """The jar skips responses without Set-Cookie (the cheap path) and keeps the others'.
+
+    Also fails if httpx stops keeping its jar in `AsyncClient._cookies`, where the client
+    puts the skipping jar (the public setter would copy it into a plain `Cookies`).
+    """
+    read_by_the_jar: list[int] = []
+
+    class WatchingJar(CookieJar):
+        def extract_cookies(self, response: Any, request: Any) -> None:
+            read_by_the_jar.append(len(read_by_the_jar))
+            super().extract_cookies(response, request)
+
+    replies = [
+        httpx.Response(200, json={"data": [], "count": 0}),
+        httpx.Response(200, json={"data": [], "count": 0}, headers={"Set-Cookie": "a=1"}),
+        httpx.Response(200, json={"data": [], "count": 0}, headers={"set-cookie2": "b=2"}),
+    ]
+    client = VoxaresClient(
+        base_url=BASES[0],
+        api_key=KEY,
+        transport=httpx.MockTransport(lambda request: replies.pop(0)),
+        limits=ClientLimits(requests_per_second=None),
+        retry=RetryPolicy.no_wait(attempts=1),
+    )
+    assert isinstance(client._http.cookies, _ResponseCookies)
+    client._http._cookies = _ResponseCookies(WatchingJar())
+    async with client:
+        for page in range(3):
+            await client.list_forms(page=page)
+    assert read_by_the_jar == [0, 1]  # the second and third responses; the first set none
+    assert dict(client._http.cookies) == {"a": "1"}  # Set-Cookie2 is off in the default policy
