@@ -395,3 +395,19 @@ def test_naive_timestamps_are_read_as_utc() -> None:
         {"id": "s", "submissionStatus": "Pending", "updatedAt": "2025-05-20T09:15:00"}
     )
     assert summary.updated_at == datetime(2025, 5, 20, 9, 15, tzinfo=UTC)
+
+
+def test_the_server_date_is_parsed_the_same_when_it_repeats() -> None:
+    """`_http_date` keeps recent answers; a repeated, new or broken Date still reads right."""
+    from syncd.voxares.client import _http_date
+
+    first = "Fri, 04 Dec 2026 17:26:34 GMT"
+    second = "Fri, 04 Dec 2026 17:26:35 GMT"
+    for _ in range(3):
+        assert _http_date(first) == datetime(2026, 12, 4, 17, 26, 34, tzinfo=UTC)
+        assert _http_date(second) == datetime(2026, 12, 4, 17, 26, 35, tzinfo=UTC)
+        assert _http_date("Fri, 04 Dec 2026 19:26:34 +0200") == _http_date(first)
+        assert _http_date("yesterday") is None
+        assert _http_date("Fri, 04 Dec 2026 17:26:34 -0000") is None  # no zone: not trusted
+        assert _http_date(None) is None
+        assert _http_date("") is None
