@@ -162,3 +162,33 @@ def test_sampler_records_lag_and_backlog_and_prunes(state_engine: Engine) -> Non
     assert [v for _, v in lag["form"]] == [1.0]  # the 30-h-old sample was pruned
     pending = samples.read_series(state_engine, samples.PENDING, NOW)
     assert pending == {"files": [(later, 0.0)]}  # its one delivery is dead, none pending
+
+
+async def test_hl7_messages_are_counted_by_status_never_shown(seeded: Engine) -> None:
+    """An HL7 feed's inbound messages appear as counts by status; a refused message's raw
+    text (patient data, kept for an operator's `syncd hl7 show`) never reaches the page."""
+    from sqlalchemy.orm import Session
+
+    from syncd.state.models import Hl7Inbound
+
+    raw = (
+        b"MSH|^~\\&|EHR|CLINIC|||20261204||ADT^A08|c9|P|2.5\r"
+        b"PID|1||X^^^CLINIC^MR||Zvonimirova^Canary"
+    )
+    with Session(seeded) as session, session.begin():
+        for n, status in enumerate(("applied", "applied", "rejected")):
+            session.add(
+                Hl7Inbound(
+                    source="mllp",
+                    sender="EHR^CLINIC",
+                    control_id=f"c{n}",
+                    received_at=NOW,
+                    status=status,
+                    reason="no MSH-10" if status == "rejected" else None,
+                    raw=raw if status == "rejected" else None,
+                )
+            )
+    html = (await _get(_app(seeded))).text
+    assert re.search(r"HL7 messages applied</th><td[^>]*>2<", html)
+    assert re.search(r"HL7 messages rejected</th><td[^>]*>1<", html)
+    assert "Zvonimirova" not in html
