@@ -23,8 +23,6 @@ Reusable field checks live in `syncd.config_fields`, the wording of problems in
 
 from __future__ import annotations
 
-import base64
-import binascii
 import os
 from collections.abc import Mapping
 from datetime import datetime
@@ -33,14 +31,11 @@ from typing import Annotated, Any, Final, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     SecretStr,
     field_validator,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -56,6 +51,7 @@ from syncd.config_fields import (
     Number,
     PositiveFloat,
     PositiveInt,
+    Section,
     check_any_database_url,
     check_database_url,
     check_delimiter,
@@ -63,11 +59,15 @@ from syncd.config_fields import (
     check_http_url,
     check_name,
     is_loopback,
-    needs_module,
     problem,
-    read_secret_file,
 )
 from syncd.config_hl7 import Hl7Settings
+from syncd.config_outbox import WEBHOOK_SECRET_PREFIX as WEBHOOK_SECRET_PREFIX
+from syncd.config_outbox import AmqpSink as AmqpSink
+from syncd.config_outbox import FileSink as FileSink
+from syncd.config_outbox import OutboxSettings as OutboxSettings
+from syncd.config_outbox import Sink as Sink
+from syncd.config_outbox import WebhookSink as WebhookSink
 from syncd.config_page import StatusPageSettings
 from syncd.exceptions import ConfigError
 from syncd.patients.outage import DEFAULT_OUTAGE_AFTER
@@ -83,19 +83,12 @@ CONFIG_DIRECTORY: Final = Path("/etc/voxares-syncd")
 DEFAULT_API_KEY_FILE: Final = CONFIG_DIRECTORY / "api-key"
 STATE_DIRECTORY: Final = Path("/var/lib/voxares-syncd")
 DEFAULT_DATABASE_URL: Final = f"sqlite:///{STATE_DIRECTORY}/state.db"
-WEBHOOK_SECRET_PREFIX: Final = "whsec_"  # noqa: S105 - a prefix, not a secret
-
-
-class _Section(BaseModel):
-    """A table of the TOML file: unknown keys are errors, values cannot change afterwards."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 # --- [voxares] ------------------------------------------------------------------------------
 
 
-class VoxaresSettings(_Section):
+class VoxaresSettings(Section):
     """How to reach the Voxares API, how fast, and how patiently."""
 
     base_url: str = PRODUCTION_BASE_URL
@@ -151,7 +144,7 @@ class VoxaresSettings(_Section):
 # --- [database], [logging], [health] --------------------------------------------------------
 
 
-class DatabaseSettings(_Section):
+class DatabaseSettings(Section):
     """The state database (SQLite file or PostgreSQL)."""
 
     # repr=False: a PostgreSQL URL can carry a password.
@@ -163,7 +156,7 @@ class DatabaseSettings(_Section):
     _url = field_validator("url")(check_database_url)
 
 
-class LoggingSettings(_Section):
+class LoggingSettings(Section):
     """Log level and format (`auto`: JSON unless stderr is a terminal)."""
 
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
@@ -175,7 +168,7 @@ class LoggingSettings(_Section):
         return value.upper() if isinstance(value, str) else value
 
 
-class HealthSettings(_Section):
+class HealthSettings(Section):
     """The /healthz, /readyz and /metrics server."""
 
     enabled: bool = True
@@ -197,7 +190,7 @@ class HealthSettings(_Section):
 # --- [patients] -----------------------------------------------------------------------------
 
 
-class PatientColumns(_Section):
+class PatientColumns(Section):
     """Contract field -> the source's column name. The three names are required."""
 
     # The contract's field names, spelled as users write them in the TOML file.
@@ -218,7 +211,7 @@ assert set(PatientColumns.model_fields) == set(SOURCE_FIELDS)
 assert set(REQUIRED_SOURCE_FIELDS) <= set(PatientColumns.model_fields)
 
 
-class CsvPatientSource(_Section):
+class CsvPatientSource(Section):
     """Patients from a CSV export (one file, or a glob of files)."""
 
     type: Literal["csv"]
@@ -237,7 +230,7 @@ class CsvPatientSource(_Section):
         return self.columns.mapping()
 
 
-class SqlPatientSource(_Section):
+class SqlPatientSource(Section):
     """Patients from a SQL query on the EHR's database."""
 
     type: Literal["sql"]
@@ -271,7 +264,7 @@ def _enabled_by_default_if(data: Any, key: str) -> Any:
     return data
 
 
-class PatientsSettings(_Section):
+class PatientsSettings(Section):
     """The patient push job: source rows -> normalised -> POST /patients when changed."""
 
     enabled: bool = False
@@ -344,7 +337,7 @@ class PatientsSettings(_Section):
 # --- [submissions] --------------------------------------------------------------------------
 
 
-class SubmissionsSettings(_Section):
+class SubmissionsSettings(Section):
     """The form-submissions poller: overlapping windows on updatedAt, deduplicated."""
 
     enabled: bool = True
@@ -393,133 +386,10 @@ class SubmissionsSettings(_Section):
         return self
 
 
-# --- [outbox] -------------------------------------------------------------------------------
-
-
-class _SinkBase(_Section):
-    events: Annotated[list[NonEmptyStr], Field(min_length=1)] = ["*"]
-    format: Literal["json", "fhir"] = "json"
-    # Where a sink's first delivery starts: every event still in the outbox ("beginning",
-    # so nothing written before the sink's first run is skipped), or only new ones ("now").
-    start: Literal["beginning", "now"] = "beginning"
-
-    @model_validator(mode="after")
-    def _format_available(self) -> _SinkBase:
-        if self.format == "fhir":
-            needs_module("fhir.resources", "fhir", "format")
-        return self
-
-
-class WebhookSink(_SinkBase):
-    """POSTs signed with Standard Webhooks (`webhook-id`, `webhook-signature`)."""
-
-    type: Literal["webhook"]
-    url: str = Field(repr=False)  # may carry a token
-    secret: SecretStr | None = None
-    secret_file: Path | None = None
-    connect_timeout: PositiveFloat = 5.0
-    read_timeout: PositiveFloat = 10.0
-    max_attempts_4xx: PositiveInt = 3
-
-    _url = field_validator("url")(check_http_url)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _load_secret_file(cls, data: Any) -> Any:
-        if not isinstance(data, dict) or not data.get("secret_file"):
-            return data
-        if data.get("secret") is not None:
-            raise problem("secret", "set secret or secret_file, not both")
-        return {**data, "secret": read_secret_file(Path(data["secret_file"]), "secret_file")}
-
-    @field_validator("secret")
-    @classmethod
-    def _secret(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is None:
-            return None
-        secret = value.get_secret_value().strip()
-        if not secret.startswith(WEBHOOK_SECRET_PREFIX):
-            raise problem("", f"must start with {WEBHOOK_SECRET_PREFIX}")
-        try:
-            decoded = base64.b64decode(secret.removeprefix(WEBHOOK_SECRET_PREFIX), validate=True)
-        except binascii.Error:
-            decoded = b""
-        if not decoded:
-            raise problem("", f"must be base64 after {WEBHOOK_SECRET_PREFIX}")
-        return SecretStr(secret)
-
-    @model_validator(mode="after")
-    def _secret_required(self) -> WebhookSink:
-        if self.secret is None:
-            raise problem("secret", "required (set secret or secret_file)")
-        return self
-
-
-class FileSink(_SinkBase):
-    """Newline-delimited JSON files in a directory, rotated by size and by day."""
-
-    type: Literal["file"]
-    directory: Path
-    rotate_bytes: PositiveInt = 64 * 1024 * 1024
-    rotate_daily: bool = True
-
-
-class AmqpSink(_SinkBase):
-    """A RabbitMQ exchange, with publisher confirms."""
-
-    type: Literal["amqp"]
-    url: str = Field(repr=False)  # carries the broker password
-    exchange: NonEmptyStr = "voxares-syncd"
-    routing_key: str = "voxares-syncd.events"
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        try:
-            parts = urlsplit(value)
-            host = parts.hostname
-        except ValueError:
-            host = None
-        if not host or parts.scheme not in ("amqp", "amqps"):
-            raise problem("", "must be an amqp:// or amqps:// URL")
-        return value
-
-    @model_validator(mode="after")
-    def _driver(self) -> AmqpSink:
-        needs_module("aio_pika", "amqp", "type")
-        return self
-
-
-Sink = Annotated[WebhookSink | FileSink | AmqpSink, Field(discriminator="type")]
-
-
-class OutboxSettings(_Section):
-    """Delivery of outbox events to downstream sinks (at least once, per sink)."""
-
-    deliver_interval_seconds: PositiveFloat = 5.0
-    batch_size: PositiveInt = 100
-    batches_in_flight: Annotated[int, Number, Field(ge=1, le=8)] = 2
-    max_attempts: PositiveInt = 12
-    max_age_hours: PositiveFloat = 72.0
-    retention_days: PositiveFloat = 14.0
-    keep_order_per_patient: bool = False
-    sinks: dict[str, Sink] = {}
-
-    @field_validator("sinks", mode="before")
-    @classmethod
-    def _sink_names(cls, value: Any) -> Any:
-        for name in value if isinstance(value, dict) else ():
-            try:
-                check_name(name)
-            except PydanticCustomError as exc:
-                raise problem(name, str(exc)) from None
-        return value
-
-
 # --- [messages], [content] ------------------------------------------------------------------
 
 
-class _MessageSourceBase(_Section):
+class _MessageSourceBase(Section):
     name: str
     template_id: NonEmptyStr
     key_column: NonEmptyStr
@@ -554,7 +424,7 @@ class SqlMessageSource(_MessageSourceBase):
 MessageSource = Annotated[CsvMessageSource | SqlMessageSource, Field(discriminator="type")]
 
 
-class MessagesSettings(_Section):
+class MessagesSettings(Section):
     """SMS sending (at most once per request key) and delivery-status polling."""
 
     enabled: bool = False
@@ -577,7 +447,7 @@ class MessagesSettings(_Section):
         return self
 
 
-class ContentSettings(_Section):
+class ContentSettings(Section):
     """The mirror of templates, forms and documents."""
 
     enabled: bool = True

@@ -11,13 +11,14 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import field_validator, model_validator
 
 from syncd.config_fields import (
     NonEmptyStr,
     NonNegativeFloat,
     PositiveFloat,
     PositiveInt,
+    Section,
     check_http_url,
     check_name,
     needs_module,
@@ -25,11 +26,7 @@ from syncd.config_fields import (
 )
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class FhirAuth(_Section):
+class FhirAuth(Section):
     """How the source authenticates to the FHIR server (see syncd.sources.fhir_auth)."""
 
     type: Literal["none", "basic", "bearer", "smart"] = "none"
@@ -76,7 +73,7 @@ class FhirAuth(_Section):
         return self
 
 
-class FhirPatientSource(_Section):
+class FhirPatientSource(Section):
     """Patients from a FHIR R4 server's Patient search, incremental by _lastUpdated."""
 
     type: Literal["fhir"]
@@ -106,7 +103,7 @@ class FhirPatientSource(_Section):
         return timedelta(hours=hours) if hours > 0 else None
 
 
-class FhirBulkPatientSource(_Section):
+class FhirBulkPatientSource(Section):
     """Patients from a FHIR Bulk Data export's NDJSON files (a directory or a glob)."""
 
     type: Literal["fhir-bulk"]

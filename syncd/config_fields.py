@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Final
 from urllib.parse import urlsplit
 
-from pydantic import BeforeValidator, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
 from syncd.state.db import database_url_problem
@@ -23,6 +23,12 @@ from syncd.state.db import database_url_problem
 # The pydantic error type of `problem`: its context carries the key and the reason.
 ERROR_TYPE: Final = "syncd_config"
 _LOOPBACK_NAMES: Final = frozenset({"localhost"})
+
+
+class Section(BaseModel):
+    """A table of the TOML file: unknown keys are errors, values cannot change afterwards."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 def problem(key: str, reason: str) -> PydanticCustomError:

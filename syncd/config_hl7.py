@@ -10,13 +10,14 @@ import ipaddress
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from syncd.config_fields import (
     NonEmptyStr,
     Number,
     PositiveFloat,
     PositiveInt,
+    Section,
     check_encoding,
     check_name,
     problem,
@@ -25,11 +26,7 @@ from syncd.config_fields import (
 Port = Annotated[int, Number, Field(ge=0, le=65535)]
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Hl7Mapping(_Section):
+class Hl7Mapping(Section):
     """Which HL7 repetitions feed which contract field (empty = any)."""
 
     identifier_authority: str = ""
@@ -40,7 +37,7 @@ class Hl7Mapping(_Section):
     email_use: list[NonEmptyStr] = ["NET"]
 
 
-class Hl7Settings(_Section):
+class Hl7Settings(Section):
     """The HL7 v2 ADT feed: receive, make durable, acknowledge; apply to the mirror."""
 
     enabled: bool = False
