@@ -53,9 +53,8 @@ import json
 import random
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Literal
 
 import structlog
 from sqlalchemy import Engine
@@ -64,6 +63,7 @@ from syncd import metrics
 from syncd.outbox import claims, fanout, queries, recording, retention
 from syncd.outbox.backoff import BackoffPolicy, GiveUp, after_failure
 from syncd.outbox.claims import ClaimedDelivery
+from syncd.outbox.counts import DeliveryCounts as DeliveryCounts
 from syncd.outbox.pacing import RunBoard, next_step
 from syncd.outbox.recording import Again, Dead, Decision, Done, Recorded, Release
 from syncd.outbox.routing import Route
@@ -83,55 +83,6 @@ log = structlog.get_logger(__name__)
 
 DEFAULT_NAME = "deliver_outbox"
 MAX_BATCHES_IN_FLIGHT = 8
-
-
-@dataclass(slots=True)
-class DeliveryCounts:
-    """What one run did (the job-run record's counters)."""
-
-    fanned_out: int = 0
-    claimed: int = 0
-    delivered: int = 0
-    retried: int = 0
-    dead: int = 0
-    released: int = 0  # left pending because their sink was disabled
-    lease_lost: int = 0
-    sinks_disabled: int = 0
-    sinks_skipped: int = 0  # disabled before the run
-    pruned: int = 0  # events deleted by retention
-
-    @property
-    def outcome(self) -> Literal["ok", "partial", "failed"]:
-        """`failed` when deliveries were tried and none succeeded; `partial` when some were
-        retried or dead-lettered, a lease was lost or a sink was disabled in this run."""
-        troubled = self.retried + self.dead + self.lease_lost + self.sinks_disabled
-        if not troubled:
-            return "ok"
-        if self.claimed and not self.delivered and self.retried + self.dead:
-            return "failed"
-        return "partial"
-
-    @property
-    def problem(self) -> str | None:
-        """Id-only text for the run record when the run was not ok."""
-        parts = [
-            f"{count} {what}"
-            for count, what in (
-                (self.retried, "to retry"),
-                (self.dead, "dead-lettered (`syncd outbox list --state dead`)"),
-                (self.lease_lost, "claims lost to another worker"),
-                (self.sinks_disabled, "sink(s) disabled (`syncd outbox retry --sink NAME`)"),
-            )
-            if count
-        ]
-        if not parts:
-            return None
-        return f"of {self.claimed} claimed, {self.delivered} delivered; " + ", ".join(parts)
-
-    def add(self, other: DeliveryCounts) -> None:
-        """Add `other`'s counters to these."""
-        for item in fields(self):
-            setattr(self, item.name, getattr(self, item.name) + getattr(other, item.name))
 
 
 def _utcnow() -> datetime:
