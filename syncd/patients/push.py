@@ -344,15 +344,29 @@ class _Run:
         first_seq = self.seq
         self.seq += len(rows)
         keys = [row_key(row) for row in rows]
-        firsts: dict[str, tuple[str, int, int]] = {}
+        firsts: dict[str, tuple[str, int, int, str]] = {}
         for offset, (key, row) in enumerate(zip(keys, rows, strict=True)):
-            firsts.setdefault(key, (key, first_seq + offset, row.line))
-        states = self.store.lookup(list(firsts.values()))
+            if key not in firsts:
+                firsts[key] = (key, first_seq + offset, row.line, row.raw_hash)
+        # Only the keys that need a decision come back: a re-sync of an unchanged export
+        # gets (almost) nothing, and its rows cost a dictionary miss each.
+        states = self.store.lookup_unsettled(list(firsts.values()))
 
         batch = _Batch(rows=len(rows), pending=[], writes=BatchWrites())
         repeats: list[tuple[str, SourceRow, int]] = []
         for offset, (key, row) in enumerate(zip(keys, rows, strict=True)):
-            state = states[key]
+            state = states.get(key)
+            if state is None:
+                _, seq, line, _ = firsts[key]
+                if seq != first_seq + offset:
+                    repeats.append((key, row, line))  # a repeat of a key of this batch
+                    continue
+                # First in the run, the mirror holds this raw row, nothing quarantined:
+                # what `plan_row` decides as a plain `Unchanged()`.
+                batch.unchanged += 1
+                if not row.active:
+                    batch.writes.inactive.append(key)
+                continue
             if state.first_seq != first_seq + offset:
                 repeats.append((key, row, state.first_line))
                 continue
