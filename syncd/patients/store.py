@@ -322,6 +322,10 @@ class PushStore:
         self._claim, self._lookup, self._lookup_unsettled = _lookup_statements(
             self._postgres, provider, source
         )
+        # PostgreSQL runs `lookup_unsettled` on the driver's cursor (pipelined): its SQL and
+        # the values of its constant parameters (provider, source, limits), compiled once.
+        compiled = self._lookup_unsettled.compile(dialect=conn.dialect)
+        self._lookup_unsettled_sql = (str(compiled), dict(compiled.params))
 
     @classmethod
     def open(cls, engine: Engine, *, provider: str, source: str, run_id: int) -> PushStore:
@@ -385,7 +389,11 @@ class PushStore:
             raise _state_error("look up a batch", exc) from None
         return _key_states(result)
 
-    def lookup_unsettled(self, firsts: Sequence[tuple[str, int, int, str]]) -> dict[str, KeyState]:
+    def lookup_unsettled(
+        self,
+        firsts: Sequence[tuple[str, int, int, str]],
+        while_waiting: Callable[[], None] | None = None,
+    ) -> dict[str, KeyState]:
         """`lookup` of (key, run ordinal, line, raw row hash), returning only the keys that
         need a decision: a key missing from the answer was claimed by this batch (its first
         row in the run is the given one), has no quarantine entry, and its mirror row holds
@@ -393,20 +401,25 @@ class PushStore:
 
         What a re-sync of an unchanged export costs per row is mostly this lookup: the
         comparison made by the database spares fetching and decoding 1,000 rows of state
-        per batch (BENCHMARKS.md, B3, item 25).
+        per batch (BENCHMARKS.md, B3, item 25). `while_waiting` is called once, on
+        PostgreSQL while the server runs the lookup (item 26), on SQLite after it.
         """
         if not firsts:
+            if while_waiting is not None:
+                while_waiting()
             return {}
         try:
             with self._conn.begin():
                 if self._postgres:
+                    # Array literals as text: psycopg's array dumper, in Python, cost more
+                    # than the lookup's other client work (py-spy, item 26).
                     params = {
-                        "keys": [key for key, _, _, _ in firsts],
-                        "seqs": [seq for _, seq, _, _ in firsts],
-                        "lines": [line for _, _, line, _ in firsts],
-                        "hashes": [raw_hash for _, _, _, raw_hash in firsts],
+                        "keys": _text_array(key for key, _, _, _ in firsts),
+                        "seqs": _int_array(seq for _, seq, _, _ in firsts),
+                        "lines": _int_array(line for _, _, line, _ in firsts),
+                        "hashes": _text_array(raw_hash for _, _, _, raw_hash in firsts),
                     }
-                    result = self._conn.execute(self._lookup_unsettled, params).all()
+                    result = self._pipelined(params, while_waiting)
                 else:
                     claims = json.dumps(firsts)
                     self._conn.execute(self._claim, {"claims": claims})
@@ -416,7 +429,33 @@ class PushStore:
                     ).all()
         except SQLAlchemyError as exc:
             raise _state_error("look up a batch", exc) from None
+        if while_waiting is not None and not self._postgres:
+            while_waiting()  # SQLite looks up in this thread: nothing to overlap
         return _key_states(result)
+
+    def _pipelined(
+        self, params: dict[str, Any], while_waiting: Callable[[], None] | None
+    ) -> Sequence[Any]:
+        """PostgreSQL: send the lookup, run `while_waiting` while the server works on it,
+        then read the answer (psycopg's pipeline mode, in the caller's transaction).
+
+        The server spends ~11 ms on a batch of 1,000 keys (the claim and three index probes
+        per key), during which the daemon used to wait: py-spy had that wait at about half
+        of a PostgreSQL re-sync's wall time. `while_waiting` (reading the next batch of the
+        source) must not use this connection, and must not raise.
+        """
+        import psycopg  # the PostgreSQL extra, present whenever this runs
+
+        sql, defaults = self._lookup_unsettled_sql
+        raw = typing_cast(psycopg.Connection[Any], self._conn.connection.driver_connection)
+        try:
+            with raw.pipeline(), raw.cursor() as cursor:
+                cursor.execute(sql, {**defaults, **params})
+                if while_waiting is not None:
+                    while_waiting()
+                return cursor.fetchall()
+        except psycopg.Error as exc:
+            raise _state_error("look up a batch", exc) from None
 
     def quarantine_entries(self, keys: Iterable[str]) -> dict[str, QuarantineEntry]:
         """The quarantine entries of `keys` (used for duplicates' own keys, which are rare)."""
@@ -630,6 +669,17 @@ class PushStore:
         return inactivated
 
 
+def _text_array(values: Iterable[str]) -> str:
+    """A PostgreSQL array literal of text values (each quoted, `\\` and `"` escaped)."""
+    quoted = ['"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"' for value in values]
+    return "{" + ",".join(quoted) + "}"
+
+
+def _int_array(values: Iterable[int]) -> str:
+    """A PostgreSQL array literal of integers."""
+    return "{" + ",".join(map(str, values)) + "}"
+
+
 def _key_states(result: Iterable[Any]) -> dict[str, KeyState]:
     """The rows of a lookup as key -> `KeyState`."""
     states: dict[str, KeyState] = {}
@@ -643,6 +693,6 @@ def _key_states(result: Iterable[Any]) -> dict[str, KeyState]:
     return states
 
 
-def _state_error(doing: str, exc: SQLAlchemyError) -> StateError:
+def _state_error(doing: str, exc: Exception) -> StateError:
     """A `StateError` naming the step and the driver's error class (its text may hold data)."""
     return StateError(f"patient push: cannot {doing} ({type(exc).__name__})")

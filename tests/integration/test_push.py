@@ -267,9 +267,10 @@ async def test_the_lookup_of_a_batch_returns_only_rows_that_need_a_decision(
                 ("P4", 12, 4, quarantined_hash),  # quarantined
                 ("P99", 13, 5, "1" * 64),  # new
                 ("P3", 14, 6, held["P3"]),  # unchanged: left out
+                ('P"9\\,{x}', 15, 7, "2" * 64),  # new, with what array literals escape
             ]
         )
-        assert set(first) == {"P2", "P4", "P99"}
+        assert set(first) == {"P2", "P4", "P99", 'P"9\\,{x}'}
         assert first["P2"].mirror is not None
         assert first["P2"].mirror.source_row_hash == held["P2"]
         assert first["P4"].quarantined is not None
