@@ -8,7 +8,9 @@ Threads: everything blocking (reading the source, normalising, the database) run
 worker thread, on one database connection; the event loop only does HTTP. While batch N is
 being pushed, the worker reads and decides batch N+1, and its pushes start as soon as it is
 ready, so the client's concurrency stays full across batch boundaries. At most two batches
-are in flight, which keeps memory flat in the size of the source.
+are in flight, which keeps memory flat in the size of the source. The worker reads the
+source one batch ahead, during each batch's lookup (on PostgreSQL the server works on the
+lookup meanwhile: `PushStore.lookup_unsettled`).
 
 Outage: after `outage_after` consecutive pushes failed with a 5xx or a connection error
 (each already retried by the client), the run stops early instead of retrying every
