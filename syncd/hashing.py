@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from json.encoder import encode_basestring
 from typing import Any
 
@@ -94,6 +94,29 @@ def row_hash(fields: Mapping[str, str | None]) -> str:
         ]
     )
     return hashlib.sha256(f"{{{body}}}".encode("utf-8", "backslashreplace")).hexdigest()
+
+
+def row_hasher(names: Sequence[str]) -> Callable[[Sequence[str | None]], str]:
+    """`row_hash` for rows whose fields are `names`, given their values in that order.
+
+    `row_hasher(names)(values) == row_hash(dict(zip(names, values)))`, byte for byte (a test
+    holds it to that): stored raw hashes keep their meaning. The sorted keys and the JSON
+    around the values are written once per file instead of once per row, which halves the
+    cost of the hash in a re-sync, where the hash is most of the work done per row.
+    """
+    order = sorted(range(len(names)), key=names.__getitem__)
+    template = (
+        "{" + ",".join(encode_basestring(names[i]).replace("%", "%%") + ":%s" for i in order) + "}"
+    )
+    digest = hashlib.sha256
+
+    def hash_values(values: Sequence[str | None]) -> str:
+        encoded = tuple(
+            ["null" if (value := values[i]) is None else encode_basestring(value) for i in order]
+        )
+        return digest((template % encoded).encode("utf-8", "backslashreplace")).hexdigest()
+
+    return hash_values
 
 
 def canonical_object(parts: Mapping[str, bytes]) -> bytes:

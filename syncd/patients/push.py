@@ -8,7 +8,9 @@ Threads: everything blocking (reading the source, normalising, the database) run
 worker thread, on one database connection; the event loop only does HTTP. While batch N is
 being pushed, the worker reads and decides batch N+1, and its pushes start as soon as it is
 ready, so the client's concurrency stays full across batch boundaries. At most two batches
-are in flight, which keeps memory flat in the size of the source.
+are in flight, which keeps memory flat in the size of the source. The worker reads the
+source one batch ahead, during each batch's lookup (on PostgreSQL the server works on the
+lookup meanwhile: `PushStore.lookup_unsettled`).
 
 Outage: after `outage_after` consecutive pushes failed with a 5xx or a connection error
 (each already retried by the client), the run stops early instead of retrying every
@@ -280,6 +282,10 @@ class _Run:
         self.store: PushStore | None = None
         self.read: SourceRead | None = None
         self.rows: Iterator[SourceRow] | None = None
+        # The next batch (rows, run ordinal of the first), read during the lookup of one,
+        # or the error reading it raised (see `take_batch`).
+        self.ahead: tuple[list[SourceRow], int] | None = None
+        self.ahead_error: Exception | None = None
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="patients-push")
         self.outage = OutageDetector(job._outage_after)
         self.pushing: set[asyncio.Task[UpsertResult | api_errors.Outcome]] = set()
@@ -338,21 +344,33 @@ class _Run:
         """Read the next batch from the source and decide each row (None at the end)."""
         assert self.store is not None
         assert self.rows is not None
-        rows = list(islice(self.rows, self.job._batch_size))
+        rows, first_seq = self.take_batch()
         if not rows:
             return None
-        first_seq = self.seq
-        self.seq += len(rows)
         keys = [row_key(row) for row in rows]
-        firsts: dict[str, tuple[str, int, int]] = {}
+        firsts: dict[str, tuple[str, int, int, str]] = {}
         for offset, (key, row) in enumerate(zip(keys, rows, strict=True)):
-            firsts.setdefault(key, (key, first_seq + offset, row.line))
-        states = self.store.lookup(list(firsts.values()))
+            if key not in firsts:
+                firsts[key] = (key, first_seq + offset, row.line, row.raw_hash)
+        # Only the keys that need a decision come back: a re-sync of an unchanged export
+        # gets (almost) nothing, and its rows cost a dictionary miss each.
+        states = self.store.lookup_unsettled(list(firsts.values()), self.read_ahead)
 
         batch = _Batch(rows=len(rows), pending=[], writes=BatchWrites())
         repeats: list[tuple[str, SourceRow, int]] = []
         for offset, (key, row) in enumerate(zip(keys, rows, strict=True)):
-            state = states[key]
+            state = states.get(key)
+            if state is None:
+                _, seq, line, _ = firsts[key]
+                if seq != first_seq + offset:
+                    repeats.append((key, row, line))  # a repeat of a key of this batch
+                    continue
+                # First in the run, the mirror holds this raw row, nothing quarantined:
+                # what `plan_row` decides as a plain `Unchanged()`.
+                batch.unchanged += 1
+                if not row.active:
+                    batch.writes.inactive.append(key)
+                continue
             if state.first_seq != first_seq + offset:
                 repeats.append((key, row, state.first_line))
                 continue
@@ -387,6 +405,30 @@ class _Run:
                 batch.duplicates += 1
                 self.quarantine(batch, own_key, row.line, decision)
         return batch
+
+    def take_batch(self) -> tuple[list[SourceRow], int]:
+        """The next batch's rows and the run ordinal of its first: the batch read ahead, or
+        read now. An error met reading ahead is raised here, where reading would have met it
+        without the read-ahead (after the batches before it were decided)."""
+        error, self.ahead_error = self.ahead_error, None
+        if error is not None:
+            raise error
+        if self.ahead is not None:
+            ahead, self.ahead = self.ahead, None
+            return ahead
+        assert self.rows is not None
+        rows = list(islice(self.rows, self.job._batch_size))
+        first_seq = self.seq
+        self.seq += len(rows)
+        return rows, first_seq
+
+    def read_ahead(self) -> None:
+        """Read the next batch while the database looks this one up (PostgreSQL works on
+        the lookup meanwhile, in its own process: `PushStore.lookup_unsettled`)."""
+        try:
+            self.ahead = self.take_batch()
+        except Exception as exc:  # raised by the next `take_batch`, see there
+            self.ahead_error = exc
 
     def quarantine(self, batch: _Batch, key: str, line: int, decision: Quarantine) -> None:
         """Queue a quarantine entry (and log it unless it is already known)."""

@@ -29,7 +29,7 @@ from operator import itemgetter
 from typing import TYPE_CHECKING, Final
 
 from syncd.exceptions import ConfigError, SourceError
-from syncd.hashing import canonical_json, row_hash, sha256_hex
+from syncd.hashing import canonical_json, row_hash, row_hasher, sha256_hex
 from syncd.sources import REQUIRED_SOURCE_FIELDS, SOURCE_FIELDS
 from syncd.sources.base import SourceRead, SourceRow
 from syncd.sources.csv_scan import scan_record
@@ -216,6 +216,7 @@ class CsvSource:
         indices, width, origin, seen = file.indices, len(file.header), file.path, file.seen
         names = tuple(indices)
         getter = itemgetter(*indices.values())
+        hash_values = row_hasher(names)
         hand_read = file.hand_read
         line_num = reader.line_num + hand_read
         try:
@@ -240,15 +241,14 @@ class CsvSource:
                     continue
                 raw = getter(record)
                 joined = "".join(raw)
-                fields = {
-                    name: (value.strip() or None) for name, value in zip(names, raw, strict=True)
-                }
+                values = [value.strip() or None for value in raw]
+                fields = dict(zip(names, values, strict=True))
                 if not joined.isascii() and _UNDECODABLE.search(joined):
                     yield self._undecodable_row(start, fields, origin)
                     continue
                 if not joined.strip() and not "".join(record).strip():
                     continue  # a spreadsheet's trailing empty row
-                yield SourceRow(start, fields, row_hash(fields), None, None, origin)
+                yield SourceRow(start, fields, hash_values(values), None, None, origin)
         except csv.Error:
             file.line_num = line_num  # the last line of the last record read
             raise

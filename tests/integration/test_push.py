@@ -27,6 +27,7 @@ from syncd.exceptions import SourceError, Unauthorized
 from syncd.jobs import JobRunner
 from syncd.normalize import NormalizePolicy
 from syncd.patients.push import PatientPush, PushCounts
+from syncd.patients.store import PushStore
 from syncd.sandbox import DEMO_API_KEY
 from syncd.sandbox.app import create_app
 from syncd.sandbox.faults import FaultConfig, FaultRule
@@ -244,6 +245,43 @@ async def test_second_run_makes_no_api_calls(world: World) -> None:
     assert (counts.created, counts.updated, counts.unchanged, counts.quarantined) == (0, 0, 4, 5)
     assert not [e for e in logs if e["event"] == "patients.quarantined"]
     assert {row.seen_count for row in world.quarantine().values()} == {2}
+
+
+async def test_the_lookup_of_a_batch_returns_only_rows_that_need_a_decision(
+    world: World,
+) -> None:
+    """`lookup_unsettled` leaves out exactly the rows the mirror holds with the same raw hash,
+    claimed first by this batch, with no quarantine entry; every other kind comes back."""
+    world.write(*VALID, *INVALID)
+    await world.run()
+    held = {key: row.source_row_hash for key, row in world.mirror().items()}
+    quarantined_hash = world.quarantine()["P4"].row_hash
+    store = PushStore.open(
+        world.engine, provider=PROVIDER, source="ehr-export", run_id=start_run(world.engine, "x")
+    )
+    try:
+        first = store.lookup_unsettled(
+            [
+                ("P1", 10, 2, held["P1"]),  # unchanged: left out
+                ("P2", 11, 3, "0" * 64),  # raw text changed
+                ("P4", 12, 4, quarantined_hash),  # quarantined
+                ("P99", 13, 5, "1" * 64),  # new
+                ("P3", 14, 6, held["P3"]),  # unchanged: left out
+                ('P"9\\,{x}', 15, 7, "2" * 64),  # new, with what array literals escape
+            ]
+        )
+        assert set(first) == {"P2", "P4", "P99", 'P"9\\,{x}'}
+        assert first["P2"].mirror is not None
+        assert first["P2"].mirror.source_row_hash == held["P2"]
+        assert first["P4"].quarantined is not None
+        assert first["P4"].mirror is None
+        assert (first["P99"].first_seq, first["P99"].first_line) == (13, 5)
+        # Claimed by the batch before: a repeat, returned with the first row's ordinal.
+        again = store.lookup_unsettled([("P1", 20, 9, held["P1"]), ("P8", 21, 10, held["P8"])])
+        assert set(again) == {"P1"}
+        assert (again["P1"].first_seq, again["P1"].first_line) == (10, 2)
+    finally:
+        store.close()
 
 
 async def test_one_changed_row_makes_exactly_one_call(world: World) -> None:
