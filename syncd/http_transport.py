@@ -180,12 +180,16 @@ class ExclusivePool:
 
     async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
         """Send `request` on a connection of its own; the response returns it when closed."""
-        timeouts = request.extensions.get("timeout", {})
-        try:
-            async with asyncio.timeout(timeouts.get("pool")):
-                await self._slots.acquire()
-        except TimeoutError:
-            raise httpcore.PoolTimeout("no connection slot within the pool timeout") from None
+        if self._slots.locked():
+            timeouts = request.extensions.get("timeout", {})
+            try:
+                async with asyncio.timeout(timeouts.get("pool")):
+                    await self._slots.acquire()
+            except TimeoutError:
+                raise httpcore.PoolTimeout("no connection slot within the pool timeout") from None
+        else:
+            # A free slot is taken without suspending: no timer to arm and cancel.
+            await self._slots.acquire()
         connection: httpcore.AsyncHTTPConnection | None = None
         try:
             connection = await self._connection_for(request.url.origin)

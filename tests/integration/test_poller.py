@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+import stamina
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 from structlog.testing import capture_logs
@@ -385,6 +386,35 @@ async def test_stale_detail_is_refetched_until_current(world: World) -> None:
     assert counts.stale_details == 2 * counts.listed > 0
     await world.catch_up()
     assert_latest_versions_emitted_once(world)
+
+
+async def test_rereads_keep_their_schedule_and_retry_hooks(world: World) -> None:
+    """The first read is made outside stamina and its failure replayed into it: every
+    submission is still read exactly `stale_reads + 1` times, and stamina's retry hooks
+    still see retries 1 and 2 after the first and second stale read, waiting `stale_wait`
+    and then twice that."""
+    world.activity(10)
+    twister = twist(world, stale_reads=2, advance=0)
+    seen: list[tuple[int, float, str]] = []
+
+    def hook(details: stamina.instrumentation.RetryDetails) -> None:
+        seen.append(
+            (details.retry_num, round(details.wait_for, 6), type(details.caused_by).__name__)
+        )
+
+    hooks = stamina.instrumentation.get_on_retry_hooks()
+    stamina.instrumentation.set_on_retry_hooks([hook])
+    try:
+        counts = await world.poller(stale_attempts=4, stale_wait=0.001).run(None)
+    finally:
+        stamina.instrumentation.set_on_retry_hooks(hooks)
+    assert counts.listed == len(twister.reads) > 0
+    assert set(twister.reads.values()) == {3}
+    assert counts.stale_details == 2 * counts.listed
+    assert sorted(seen) == sorted(
+        [(1, 0.001, "_StillStale"), (2, 0.002, "_StillStale")] * counts.listed
+    )
+    assert counts.deferred == 0
 
 
 async def test_persistently_stale_detail_is_left_to_the_sweep_not_the_stream(
