@@ -2,20 +2,32 @@
 
 The rate is kept by GCRA evaluated at the moment a request is released (not by handing out
 slots in advance): a request goes when the real clock says it conforms, so a stalled event
-loop cannot release a pile of pre-booked requests at once. What leaves the client always
-conforms to a token bucket of `requests_per_second * (1 - headroom)` per second holding
-`burst + 0.25` tokens (and starting with `burst`):
+loop cannot release a pile of pre-booked requests at once.
 
-- the quarter token lets a request that woke late (timers are about 1 ms coarse) be followed
-  by one a little early, so late wake-ups do not cost throughput;
+The GCRA is a model of the server's token bucket built from our own send times: a bucket
+refilled at `requests_per_second * (1 - headroom)` holding `burst + 1` tokens (the server is
+assumed to hold at least one token more than the burst we use back to back; the contract
+publishes no limit). A request goes as soon as the modelled bucket holds a token and
+`SERVER_MARGIN` (half a token) besides, so what leaves always conforms to a bucket of
+`burst + 1 - SERVER_MARGIN` tokens at 98 % of the rate:
+
+- lateness is caught up within the burst instead of accumulating: a request that woke or
+  was written late leaves the modelled bucket fuller, and the next ones may follow it
+  closer, up to half an interval (`CATCH_UP_TOKENS`). Each request is late by
+  the event loop's timer (epoll sleeps in whole milliseconds: 0-1 ms) plus the path from
+  release to write (0.35-0.55 ms at the median): 1-1.3 ms at the median in B2, about what
+  a catch-up of a quarter token (1.25 ms at 200/s, the previous setting) forgave, so half
+  the requests lost time (B2: 0.926 of the limit; BENCHMARKS.md item 27);
+- the margin is the server's slack for requests that reach it closer together than we
+  sent them (its own event loop handling one request late and the next on time);
 - `headroom` (2 %) keeps the server's bucket refilling slightly faster than we drain it, so
   whatever phase it is in when we start (full, or drained by an earlier run) it drifts back
-  to full and absorbs network jitter instead of answering 429.
+  to full.
 
-A server bucket with the same rate and a capacity of at least `burst + 1` has three quarters
-of a token to absorb the jitter between our release and its arrival. (A server bucket of
-capacity 1 refuses any pair of requests that arrive closer than its interval, which jitter
-makes unavoidable at its full rate.)
+The first request starts the model as if the catch-up allowance were spent: a start-up,
+when new connections make arrivals uneven, gets no credit it did not earn by lateness.
+(A server bucket of capacity 1 refuses any pair of requests that arrive closer than its
+interval, which jitter makes unavoidable at its full rate.)
 
 Charged when sent, not when released. The server counts a request when it arrives, and
 a request released just before the event loop stalls (a collection, the worker thread
@@ -64,10 +76,14 @@ Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
 
-# Extra bucket capacity, in tokens, that absorbs timer lateness (see the module docstring).
-# A quarter token covers asyncio's ~1 ms timer granularity at a few hundred requests per
-# second and leaves three quarters of a server's spare token for network jitter.
-CATCH_UP_TOKENS = 0.25
+# What the modelled server bucket keeps in reserve, in tokens, and so how much lateness is
+# caught up (the rest of the spare token): see the module docstring. At 200/s the margin is
+# 2.45 ms of arrival jitter at the server (with the 2 % headroom), the catch-up 2.5 ms of
+# lateness: B2's release-to-write path and timer together stay below it in ~98 % of
+# requests. A catch-up of 0.75 (margin 0.25) measured no better rate in B2 and more 429s
+# on a loaded host (BENCHMARKS.md item 27).
+SERVER_MARGIN = 0.5
+CATCH_UP_TOKENS = 1.0 - SERVER_MARGIN
 # After a 429 the interval grows by half (up to 16 times the configured one) and shrinks back
 # by 1 % per request sent: one stray 429 costs a fraction of a second at a reduced rate,
 # while a limit truly below ours is approached from above instead of hit over and over.
