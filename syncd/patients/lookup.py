@@ -83,18 +83,12 @@ def lookup_statements(postgres: bool, provider: str, source: str) -> tuple[Any, 
         .on_conflict_do_nothing(index_elements=["row_key"])
     )
     keys = func.json_each(bindparam("keys")).table_valued("value").alias("keys")
+    # What a lookup returns per key, in the order `key_states` reads it.
+    state_columns = [rk.row_key, rk.seq, rk.line, m.payload_hash, m.source_row_hash]
+    state_columns += [q.row_hash, q.field, q.reason]
     # SQLite's planner probes the unique indexes here whatever the statistics say.
     lookup = (
-        select(
-            rk.row_key,
-            rk.seq,
-            rk.line,
-            m.payload_hash,
-            m.source_row_hash,
-            q.row_hash,
-            q.field,
-            q.reason,
-        )
+        select(*state_columns)
         .select_from(
             RUN_KEYS.outerjoin(
                 _MIRROR, and_(m.provider == provider, m.provider_id == rk.row_key)
@@ -107,16 +101,7 @@ def lookup_statements(postgres: bool, provider: str, source: str) -> tuple[Any, 
     batch = func.json_each(bindparam("claims")).table_valued("value").alias("batch")
     batch_key = func.json_extract(batch.c.value, "$[0]")
     unsettled = (
-        select(
-            rk.row_key,
-            rk.seq,
-            rk.line,
-            m.payload_hash,
-            m.source_row_hash,
-            q.row_hash,
-            q.field,
-            q.reason,
-        )
+        select(*state_columns)
         .select_from(
             batch.outerjoin(RUN_KEYS, rk.row_key == batch_key)
             .outerjoin(_MIRROR, and_(m.provider == provider, m.provider_id == batch_key))
