@@ -8,7 +8,6 @@ after the rows it covers were pushed.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -33,24 +32,9 @@ from syncd.voxares.contract import API_PREFIX
 from syncd.voxares.limits import ClientLimits
 from syncd.voxares.retry import RetryPolicy
 from tests.fhir_examples import SYSTEM, example, examples
+from tests.refusing_transport import RefusingTransport
 
 PROVIDER = "ehr"
-
-
-class Refusing(httpx.AsyncBaseTransport):
-    """The sandbox over ASGI, counting upserts; answers 500 for providerIds in `fail`."""
-
-    def __init__(self, app: Any) -> None:
-        self.inner = httpx.ASGITransport(app=app)
-        self.upserts = 0
-        self.fail: set[str] = set()
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if request.method == "POST":
-            self.upserts += 1
-            if json.loads(request.content).get("providerId") in self.fail:
-                return httpx.Response(500, json={"statusCode": 500, "message": "boom"})
-        return await self.inner.handle_async_request(request)
 
 
 @dataclass
@@ -59,7 +43,7 @@ class World:
     fhir: FhirFixture
     base_url: str
     sandbox: Sandbox
-    transport: Refusing
+    transport: RefusingTransport
     client: VoxaresClient
     http: httpx.Client
     cursors: CursorStore = field(init=False)
@@ -119,7 +103,7 @@ def fhir() -> Iterator[tuple[FhirFixture, str]]:
 @pytest.fixture
 async def world(state_engine: Engine, fhir: tuple[FhirFixture, str]) -> AsyncIterator[World]:
     sandbox = Sandbox()
-    transport = Refusing(create_app(sandbox))
+    transport = RefusingTransport(create_app(sandbox))
     client = VoxaresClient(
         base_url="http://sandbox" + API_PREFIX,
         api_key=DEMO_API_KEY,
@@ -180,25 +164,25 @@ async def test_cursor_does_not_move_when_a_push_failed_or_in_a_dry_run(world: Wo
     it); a dry run never moves it."""
     await world.run(dry_run=True)
     assert world.cursors.load() is None
-    world.transport.fail = {"654321"}
+    world.transport.refused = {"654321"}
     counts = await world.run()
     assert counts.failed == 1
     assert world.cursors.load() is None  # the first read's rows are not all pushed
-    world.transport.fail = set()
+    world.transport.refused = set()
     counts = await world.run()
     assert counts.created == 1  # pat1, read again by a full read
     saved = world.cursors.load()
     assert saved is not None
 
     world.fhir.put({**example("pat1"), "gender": "female"})  # a new version, same payload
-    world.transport.fail = {"654321"}
+    world.transport.refused = {"654321"}
     changed = example("pat1")
     changed["telecom"] = [{"system": "email", "value": "donald@example.org"}]
     world.fhir.put(changed)
     counts = await world.run()
     assert counts.failed == 1
     assert world.cursors.load() == saved
-    world.transport.fail = set()
+    world.transport.refused = set()
     counts = await world.run()
     assert counts.updated == 1
     assert world.cursors.load() != saved

@@ -31,30 +31,17 @@ from syncd.voxares.contract import API_PREFIX
 from syncd.voxares.limits import ClientLimits
 from syncd.voxares.retry import RetryPolicy
 from tests.hl7_messages import EXAMPLE_A01, EXAMPLE_A40, adt
+from tests.refusing_transport import RefusingTransport
 from tests.waiting import async_wait_until
 
 PROVIDER = "ehr"
-
-
-class FailingTransport(httpx.AsyncBaseTransport):
-    """The sandbox over ASGI; POSTs for providerIds in `down` answer 503."""
-
-    def __init__(self, app: Any) -> None:
-        self.inner = httpx.ASGITransport(app=app)
-        self.down: set[str] = set()
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if request.method == "POST" and self.down:  # noqa: SIM102 - parse only when needed
-            if json.loads(request.content).get("providerId") in self.down:
-                return httpx.Response(503, json={"statusCode": 503, "message": "down"})
-        return await self.inner.handle_async_request(request)
 
 
 @dataclass
 class Feed:
     engine: Engine
     sandbox: Sandbox
-    transport: FailingTransport
+    transport: RefusingTransport
     feed: Hl7Feed
     apply: Hl7Apply
     port: int
@@ -96,7 +83,7 @@ def _settings(**overrides: Any) -> Hl7Settings:
 @pytest.fixture
 async def world(state_engine: Engine, tmp_path: Path) -> AsyncIterator[Feed]:
     sandbox = Sandbox()
-    transport = FailingTransport(create_app(sandbox))
+    transport = RefusingTransport(create_app(sandbox), status=503)
     client = VoxaresClient(
         base_url="http://sandbox" + API_PREFIX,
         api_key=DEMO_API_KEY,
@@ -238,7 +225,7 @@ async def test_published_merge_example(world: Feed) -> None:
 async def test_failed_push_keeps_the_patients_messages_pending_in_order(world: Feed) -> None:
     """A 503 for one patient leaves all its messages pending; others apply; a later run
     applies them in order."""
-    world.transport.down.add("P1")
+    world.transport.refused.add("P1")
     await world.send(adt("f1", "P1", family="One"), adt("f2", "P2"), adt("f3", "P1", family="Two"))
     await async_wait_until(lambda: "P2" in world.patients(), "the condition")
     await async_wait_until(
@@ -246,7 +233,7 @@ async def test_failed_push_keeps_the_patients_messages_pending_in_order(world: F
         "P1 pending, P2 applied",
     )
     assert "P1" not in world.patients()
-    world.transport.down.clear()
+    world.transport.refused.clear()
     world.feed.wake()
     await world.applied()
     assert world.patients()["P1"].last_name == "Two"
