@@ -1,239 +1,158 @@
 """The HTTP transport every outgoing pool uses (Voxares client, webhook sink).
 
-httpx's default transport with two changes, both about cost per request, not behaviour:
+An `httpx.AsyncBaseTransport`, so httpx stays the API and tests still inject theirs, that
+serves requests on `syncd.http_connection.HTTP11Connection`s: asyncio's own transports
+with llhttp parsing, instead of httpcore, h11 and anyio (which cost ~0.6 ms of CPU per
+call at 16 in flight, most of a form-submission detail's; BENCHMARKS.md, B5).
 
-- TCP_NODELAY on every connection. httpcore writes a request's headers and body
-  separately; without it Nagle holds each body until the server's delayed ACK (up to
-  40 ms per request on Linux).
-- A cheap "is this idle connection readable?" check. On every request and on every
-  response close, httpcore's pool asks each of its connections `has_expired()`, which
-  asks the anyio stream for `is_readable`; anyio answers through `extra_attributes`,
-  which rebuilds a dict of every socket attribute and calls `getpeername()` each time,
-  and httpcore then builds a new `select.poll` object. That is ~30 µs per connection,
-  twice per request: O(connections) per request, so at 64 connections the daemon spent
-  5 ms of CPU per call in it and B1 fell from 594 to 191 patients/s (BENCHMARKS.md).
-  `ReadableCheckBackend` keeps each connection's socket and one registered poll object,
-  so the same check is one `poll(0)` system call.
+The pool: a connection serves one request at a time, by construction. A request takes a
+slot (at most `max_connections` at once, waiting at most the request's pool timeout, else
+`httpx.PoolTimeout`), then pops an idle connection to its origin (the most recently used
+first; one that is closed, expired, told not to persist or readable while idle is closed)
+or opens one; the connection goes back when the response body was read to its end, and is
+closed if the body was abandoned or failed. A request looks at one connection, not all of
+them (httpcore's pool scanned every connection per request, 5 ms of CPU at 64).
 
-The check keeps httpcore's meaning: an idle HTTP/1.1 connection whose socket is readable
-was closed (or spoken to) by the server and is not reused.
+`on_send`, a context variable the caller sets around a request, is called right before
+the request is written (the Voxares client's rate limiter charges the rate then, see
+`syncd.voxares.limits`).
 
-And one report: `on_send`, a context variable the caller sets around a request, is called
-on each write to the connection (the first one is the request's headers leaving). The
-Voxares client's rate limiter charges a request at that moment rather than when it let
-the request go (`syncd.voxares.limits`). httpcore writes an HTTP/1.1 request in the
-caller's task, so the variable set there is the one seen here.
+Not supported, as before this transport (httpx ignores environment proxies once a
+transport is given): proxies, HTTP/2, Unix sockets.
 """
 
-# ruff: noqa: ASYNC109 (the `timeout` parameters are httpcore's stream and backend interface)
+# ruff: noqa: ASYNC109 (timeouts are httpx's per phase, passed down from the request)
 from __future__ import annotations
 
 import asyncio
 import contextvars
-import select
-import socket
+import re
 import ssl
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Final
 
-import httpcore
 import httpx
 
-NO_DELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-# httpx.Limits allows max_connections=None (no bound); a pool of ours always has one.
-DEFAULT_MAX_CONNECTIONS = 100
-_POLL_READABLE = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
+from syncd.http_connection import HTTP11Connection
 
-# Called (no arguments, must be cheap and idempotent) on every write of the current request.
+# httpx.Limits allows max_connections=None (no bound); a pool of ours always has one.
+DEFAULT_MAX_CONNECTIONS: Final = 100
+_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+# RFC 9110 §5.1 (token) and §5.5 (no CR, LF or NUL in a value): a header that breaks
+# these could split the request.
+_FIELD_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_FIELD_VALUE_FORBIDDEN = re.compile(rb"[\r\n\x00]")
+
+# Called (no arguments, must be cheap and idempotent) when the current request is written.
 on_send: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar(
     "syncd_http_on_send", default=None
 )
 
-
-class ReadableCheckStream(httpcore.AsyncNetworkStream):
-    """A network stream that answers `is_readable` with one `poll(0)` on a kept poll object.
-
-    Everything else is passed to the wrapped stream unchanged.
-    """
-
-    def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
-        self._inner = inner
-        self._poll: Any = None  # select.poll has no public type name
-        # anyio hands out asyncio's TransportSocket here, not a socket.socket.
-        fileno = getattr(inner.get_extra_info("socket"), "fileno", None)
-        if fileno is not None and hasattr(select, "poll"):
-            self._poll = select.poll()
-            self._poll.register(fileno(), select.POLLIN)
-
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        """Read from the wrapped stream."""
-        return await self._inner.read(max_bytes, timeout)
-
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        """Write to the wrapped stream, reporting it to the current request's `on_send`."""
-        report = on_send.get()
-        if report is not None:
-            report()
-        await self._inner.write(buffer, timeout)
-
-    async def aclose(self) -> None:
-        """Close the wrapped stream; later readability checks say "readable" (expired)."""
-        self._poll = None
-        await self._inner.aclose()
-
-    async def start_tls(
-        self,
-        ssl_context: ssl.SSLContext,
-        server_hostname: str | None = None,
-        timeout: float | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        """TLS over the wrapped stream; the TLS stream gets the same cheap check."""
-        tls = await self._inner.start_tls(ssl_context, server_hostname, timeout)
-        return ReadableCheckStream(tls)
-
-    def get_extra_info(self, info: str) -> Any:
-        """As the wrapped stream's, except `is_readable`, answered from the kept poll object."""
-        if info == "is_readable":
-            if self._poll is None:
-                # Closed, or no poll() on this platform: ask the wrapped stream.
-                return self._inner.get_extra_info(info)
-            return any(events & _POLL_READABLE for _, events in self._poll.poll(0))
-        return self._inner.get_extra_info(info)
+Origin = tuple[str, str, int]
 
 
-class ReadableCheckBackend(httpcore.AsyncNetworkBackend):
-    """httpcore's network backend whose streams are `ReadableCheckStream`s."""
-
-    def __init__(self, inner: httpcore.AsyncNetworkBackend) -> None:
-        self._inner = inner
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        """A TCP connection through the wrapped backend."""
-        stream = await self._inner.connect_tcp(
-            host, port, timeout=timeout, local_address=local_address, socket_options=socket_options
-        )
-        return ReadableCheckStream(stream)
-
-    async def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        """A Unix socket connection through the wrapped backend."""
-        stream = await self._inner.connect_unix_socket(
-            path, timeout=timeout, socket_options=socket_options
-        )
-        return ReadableCheckStream(stream)
-
-    async def sleep(self, seconds: float) -> None:
-        """Sleep as the wrapped backend does."""
-        await self._inner.sleep(seconds)
-
-
-class ExclusivePool:
-    """A connection pool in which a connection serves one request at a time, by construction.
-
-    httpcore's `AsyncConnectionPool` assigns a queued request to the first idle connection
-    it sees, and a connection stays "idle" until the task it was given to runs; a second
-    request arriving meanwhile gets the same connection, loses the race
-    (`ConnectionNotAvailable`), and is assigned again, each pass scanning every connection
-    (`has_expired`, `is_available`). With responses arriving in bursts (a fixed latency wakes
-    them together) that thrash grows with the number of connections: 0.4 retries per request
-    at 16 connections, 5.8 at 64, where B1 fell to 0.06 of C/L (BENCHMARKS.md).
-
-    Here a request takes a slot (at most `max_connections` at once, waiting at most the
-    request's pool timeout), then pops an idle connection to its origin (the most recently
-    used first; expired ones are closed) or opens one; the connection is pushed back when
-    the response is closed. Nothing is shared, so nothing is retried, and a request looks
-    at one connection, not all of them.
-    """
+class PooledTransport(httpx.AsyncBaseTransport):
+    """HTTP/1.1 over pooled `HTTP11Connection`s; see the module docstring."""
 
     def __init__(
         self,
         *,
-        max_connections: int,
-        keepalive_expiry: float | None,
-        ssl_context: ssl.SSLContext | None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None,
-        network_backend: httpcore.AsyncNetworkBackend,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        keepalive_expiry: float | None = 5.0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._max_connections = max_connections
         self._keepalive_expiry = keepalive_expiry
         self._ssl_context = ssl_context
-        self._socket_options = socket_options
-        self._network_backend = network_backend
         self._slots = asyncio.Semaphore(max_connections)
-        self._idle: dict[tuple[bytes, bytes, int], list[httpcore.AsyncHTTPConnection]] = {}
+        self._idle: dict[Origin, list[HTTP11Connection]] = {}
 
     @property
     def idle_connections(self) -> int:
         """Connections kept open for reuse right now."""
         return sum(len(stack) for stack in self._idle.values())
 
-    async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
-        """Send `request` on a connection of its own; the response returns it when closed."""
-        if self._slots.locked():
-            timeouts = request.extensions.get("timeout", {})
-            try:
-                async with asyncio.timeout(timeouts.get("pool")):
-                    await self._slots.acquire()
-            except TimeoutError:
-                raise httpcore.PoolTimeout("no connection slot within the pool timeout") from None
-        else:
-            # A free slot is taken without suspending: no timer to arm and cancel.
-            await self._slots.acquire()
-        connection: httpcore.AsyncHTTPConnection | None = None
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Send `request` on a connection of its own; the response returns it when read."""
+        timeouts = request.extensions.get("timeout", {})
+        await self._take_slot(timeouts.get("pool"), request)
+        connection: HTTP11Connection | None = None
         try:
-            connection = await self._connection_for(request.url.origin)
-            response = await connection.handle_async_request(request)
+            data = await request_bytes(request)
+            connection = await self._connection_for(request, timeouts.get("connect"))
+            report = on_send.get()
+            if report is not None:
+                report()
+            await connection.send(request, data, timeouts.get("write"))
+            status, reason, headers = await connection.read_head(timeouts.get("read"))
         except BaseException:
-            await self._give_back(connection)
+            if connection is not None:
+                connection.close()
+            self._slots.release()
             raise
-        assert isinstance(response.stream, AsyncIterable)
-        response.stream = _ReturningStream(response.stream, self, connection)
-        return response
-
-    async def _connection_for(self, origin: httpcore.Origin) -> httpcore.AsyncHTTPConnection:
-        stack = self._idle.get(_origin_key(origin), [])
-        while stack:
-            connection = stack.pop()
-            if connection.is_available() and not connection.has_expired():
-                return connection
-            await connection.aclose()
-        if self.idle_connections >= self._max_connections:  # other origins hold them all
-            await self._close_one_idle()
-        return httpcore.AsyncHTTPConnection(
-            origin,
-            ssl_context=self._ssl_context,
-            keepalive_expiry=self._keepalive_expiry,
-            network_backend=self._network_backend,
-            socket_options=self._socket_options,
+        return httpx.Response(
+            status,
+            headers=headers,
+            stream=_ResponseBody(self, connection, timeouts.get("read")),
+            extensions={"http_version": b"HTTP/1.1", "reason_phrase": reason},
         )
 
-    async def _close_one_idle(self) -> None:
+    async def _take_slot(self, timeout: float | None, request: httpx.Request) -> None:
+        if not self._slots.locked():
+            # A free slot is taken without suspending: no timer to arm and cancel.
+            await self._slots.acquire()
+            return
+        try:
+            async with asyncio.timeout(timeout):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise httpx.PoolTimeout(
+                "no connection slot within the pool timeout", request=request
+            ) from None
+
+    async def _connection_for(
+        self, request: httpx.Request, timeout: float | None
+    ) -> HTTP11Connection:
+        url = request.url
+        scheme = url.scheme
+        if scheme not in _DEFAULT_PORTS:
+            raise httpx.UnsupportedProtocol(f"no {scheme!r} transport", request=request)
+        origin = (scheme, url.host, url.port or _DEFAULT_PORTS[scheme])
+        stack = self._idle.get(origin)
+        while stack:
+            connection = stack.pop()
+            if connection.reusable(self._keepalive_expiry):
+                return connection
+            connection.close()
+        if self.idle_connections >= self._max_connections:  # other origins hold them all
+            self._close_one_idle()
+        connection = HTTP11Connection(request)
+        tls = self._tls_context() if scheme == "https" else None
+        await connection.open(origin, tls, timeout)
+        return connection
+
+    def _tls_context(self) -> ssl.SSLContext:
+        if self._ssl_context is None:
+            # httpx's: certifi's CAs, or SSL_CERT_FILE / SSL_CERT_DIR when set.
+            self._ssl_context = httpx.create_ssl_context()
+        return self._ssl_context
+
+    def _close_one_idle(self) -> None:
         for stack in self._idle.values():
             if stack:
-                await stack.pop(0).aclose()
+                stack.pop(0).close()
                 return
 
-    async def _give_back(self, connection: httpcore.AsyncHTTPConnection | None) -> None:
-        """Keep a reusable connection, close any other; free the slot whatever happens."""
+    def give_back(self, connection: HTTP11Connection, *, read_to_end: bool) -> None:
+        """Keep a connection whose response was read to its end and may persist; close any
+        other. Frees the request's slot."""
         try:
-            if connection is None:
-                return
-            if connection.is_available():
-                origin = connection._origin
-                self._idle.setdefault(_origin_key(origin), []).append(connection)
-            elif not connection.is_closed():
-                await connection.aclose()
+            if read_to_end:
+                connection.release()
+            if read_to_end and connection.reusable(self._keepalive_expiry):
+                self._idle.setdefault(connection.origin, []).append(connection)
+            else:
+                connection.close()
         finally:
             self._slots.release()
 
@@ -242,68 +161,71 @@ class ExclusivePool:
         stacks, self._idle = self._idle, {}
         for stack in stacks.values():
             for connection in stack:
-                await connection.aclose()
-
-    async def __aenter__(self) -> ExclusivePool:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
+                connection.close()
 
 
-class _ReturningStream:
-    """A response body that gives its connection back to the pool once closed."""
+class _ResponseBody(httpx.AsyncByteStream):
+    """A response body read from its connection, which it gives back once, when read to
+    its end (reusable) or closed early or failed (closed)."""
 
     def __init__(
-        self,
-        stream: AsyncIterable[bytes],
-        pool: ExclusivePool,
-        connection: httpcore.AsyncHTTPConnection,
+        self, pool: PooledTransport, connection: HTTP11Connection, timeout: float | None
     ) -> None:
-        self._stream = stream
         self._pool = pool
-        self._connection: httpcore.AsyncHTTPConnection | None = connection
+        self._connection: HTTP11Connection | None = connection
+        self._timeout = timeout
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
+        connection = self._connection
+        if connection is None:
+            raise httpx.StreamClosed()
         try:
-            async for part in self._stream:
+            while part := await connection.read_body(self._timeout):
                 yield part
         except BaseException:
-            await self.aclose()
+            self._finish(read_to_end=False)
             raise
+        self._finish(read_to_end=True)
 
     async def aclose(self) -> None:
-        """Close the body (httpcore then marks the connection idle or closes it), once."""
+        """Abandon whatever is unread: the connection is closed, not reused."""
+        self._finish(read_to_end=False)
+
+    def _finish(self, *, read_to_end: bool) -> None:
         connection, self._connection = self._connection, None
-        if connection is None:
-            return
-        try:
-            closer = getattr(self._stream, "aclose", None)
-            if closer is not None:
-                await closer()
-        finally:
-            await self._pool._give_back(connection)
+        if connection is not None:
+            self._pool.give_back(connection, read_to_end=read_to_end)
 
 
-def _origin_key(origin: httpcore.Origin) -> tuple[bytes, bytes, int]:
-    return (origin.scheme, origin.host, origin.port)
+async def request_bytes(request: httpx.Request) -> bytes:
+    """The request as it goes on the wire: request line, headers, body (one buffer).
 
-
-def pooled_transport(limits: httpx.Limits) -> httpx.AsyncHTTPTransport:
-    """httpx's transport with TCP_NODELAY, the cheap readability check and `ExclusivePool`.
-
-    httpx takes neither a pool nor a network backend as an argument, so its pool is replaced
-    after construction, keeping its TLS context and keep-alive expiry (httpx 0.28 / httpcore
-    1.0; `tests/unit/test_http_transport.py` fails if those attributes move).
+    Header names and values are checked first (`httpx.LocalProtocolError`): a CR or LF in
+    a value would let it write a second request.
     """
-    transport = httpx.AsyncHTTPTransport(limits=limits, socket_options=[NO_DELAY])
-    default = transport._pool
-    assert isinstance(default, httpcore.AsyncConnectionPool)
-    transport._pool = ExclusivePool(  # type: ignore[assignment]
+    lines = [request.method.encode("ascii"), b" ", request.url.raw_path, b" HTTP/1.1\r\n"]
+    chunked = False
+    for name, value in request.headers.raw:
+        if not _FIELD_NAME.fullmatch(name) or _FIELD_VALUE_FORBIDDEN.search(value):
+            raise httpx.LocalProtocolError("a header name or value is malformed", request=request)
+        if name.lower() == b"transfer-encoding":
+            chunked = value.lower() == b"chunked"
+        lines += (name, b": ", value, b"\r\n")
+    lines.append(b"\r\n")
+    body = await request.aread()
+    if chunked and body:
+        lines += (b"%x\r\n" % len(body), body, b"\r\n0\r\n\r\n")
+    elif chunked:
+        lines.append(b"0\r\n\r\n")
+    else:
+        lines.append(body)
+    return b"".join(lines)
+
+
+def pooled_transport(limits: httpx.Limits) -> PooledTransport:
+    """The transport for a pool of `limits.max_connections` connections, kept alive for
+    `limits.keepalive_expiry` seconds when idle."""
+    return PooledTransport(
         max_connections=limits.max_connections or DEFAULT_MAX_CONNECTIONS,
-        keepalive_expiry=default._keepalive_expiry,
-        ssl_context=default._ssl_context,
-        socket_options=default._socket_options,
-        network_backend=ReadableCheckBackend(default._network_backend),
+        keepalive_expiry=limits.keepalive_expiry,
     )
-    return transport

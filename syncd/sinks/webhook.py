@@ -163,9 +163,8 @@ class WebhookSink:
         pool = httpx.Limits(
             max_connections=max_concurrency, max_keepalive_connections=max_concurrency
         )
-        # TCP_NODELAY and a cheap idle-connection check (see syncd.http_transport): without
-        # them each body waits for the receiver's delayed ACK, and CPU per event grows with
-        # the number of pooled connections.
+        # The daemon's own pooled transport (syncd.http_transport): one request per
+        # connection at a time, a cheap check before an idle connection is reused.
         self._client = httpx.AsyncClient(
             transport=transport or pooled_transport(pool),
             timeout=httpx.Timeout(

@@ -160,17 +160,6 @@ def _check_page(page: int, page_size: int) -> None:
         raise ValueError(f"page_size must be between 1 and {contract.MAX_PAGE_SIZE}")
 
 
-def no_delay_transport(limits: httpx.Limits) -> httpx.AsyncHTTPTransport:
-    """httpx's transport with TCP_NODELAY and a cheap idle-connection check.
-
-    See `syncd.http_transport`: without TCP_NODELAY each POST body waited for the server's
-    delayed ACK (POST throughput at 16 in flight halved against a loopback server), and
-    httpcore's own readability check of every pooled connection on every request made the
-    client's CPU per call grow with `max_concurrency`.
-    """
-    return pooled_transport(limits)
-
-
 class _ResponseCookies(httpx.Cookies):
     """httpx's cookie jar, which reads a response's cookies only when it sets some.
 
@@ -240,7 +229,9 @@ class VoxaresClient:
         )
         self._http = httpx.AsyncClient(
             base_url=base_url,
-            transport=transport or no_delay_transport(pool),
+            # Ours unless one is injected: asyncio connections parsed by llhttp, one request
+            # per connection at a time (syncd.http_transport).
+            transport=transport or pooled_transport(pool),
             timeout=self._timeouts.to_httpx(),
             limits=pool,
             headers={"Accept": "application/json", "User-Agent": USER_AGENT},

@@ -5,15 +5,9 @@ A real TLS handshake over a socket, with a certificate made for the test (crypto
 from __future__ import annotations
 
 import ssl
-from datetime import UTC, datetime, timedelta
-from ipaddress import ip_address
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from sqlalchemy import Engine
 
 from syncd.config_hl7 import Hl7Settings
@@ -25,37 +19,8 @@ from syncd.hl7.mapping import Hl7Mapping
 from syncd.hl7.mllp import MllpClient, ack_code
 from syncd.jobs import JobRunner
 from syncd.normalize import NormalizePolicy
+from tests.certificates import write_certificate
 from tests.hl7_messages import adt
-
-
-def write_certificate(directory: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1 and its key (0600), as PEM files."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "syncd-test")])
-    now = datetime.now(UTC)
-    loopback = x509.SubjectAlternativeName([x509.IPAddress(ip_address("127.0.0.1"))])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(days=1))
-        .add_extension(loopback, critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = directory / "mllp.crt", directory / "mllp.key"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    key_file.chmod(0o600)
-    return cert_file, key_file
 
 
 async def test_a_sender_over_tls_gets_its_ack_and_plain_text_gets_nothing(

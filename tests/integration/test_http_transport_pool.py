@@ -1,4 +1,4 @@
-"""ExclusivePool against a real loopback HTTP/1.1 server (syncd.http_transport)."""
+"""The pooled transport against a real loopback HTTP/1.1 server (syncd.http_transport)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 
-from syncd.http_transport import ExclusivePool, on_send, pooled_transport
+from syncd.http_transport import PooledTransport, on_send, pooled_transport
 from tests.waiting import async_wait_until
 
 
@@ -114,10 +114,8 @@ async def test_unread_response_frees_its_slot(server: Server) -> None:
         async with client.stream("GET", "/big") as response:
             assert response.status_code == 200
         assert (await client.get("/")).text == "ok"
-        transport = client._transport
-        assert isinstance(transport, httpx.AsyncHTTPTransport)
-        pool = transport._pool
-        assert isinstance(pool, ExclusivePool)
+        pool = client._transport
+        assert isinstance(pool, PooledTransport)
         assert pool.idle_connections == 1
 
 
