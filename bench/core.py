@@ -13,6 +13,7 @@ from sqlalchemy import Engine
 
 from syncd.compose import Runtime, runtime
 from syncd.config import Settings
+from syncd.daemon import freeze_start_up_objects
 from syncd.jobs import Job, JobRunner, RunResult
 from syncd.state.db import upgrade
 
@@ -81,6 +82,7 @@ async def run_job(
         await asyncio.to_thread(upgrade, rt.engine)
         job = build(rt)
         job.name = name
+        freeze_start_up_objects()  # as the daemon does once composed
         started = time.perf_counter()
         result = await JobRunner(rt.engine).run_once(job)
         elapsed = time.perf_counter() - started

@@ -8,6 +8,7 @@ PostgreSQL state database.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, select
@@ -293,3 +295,26 @@ async def test_a_lease_left_by_a_killed_local_process_is_taken_over(engine: Engi
             held.release()
     with Session(engine) as session:
         assert session.scalars(select(JobLock)).all() == []
+
+
+async def test_objects_alive_at_start_up_are_frozen_before_the_first_run(engine: Engine) -> None:
+    """What the daemon composed before its jobs start (the job object here) is out of the
+    collector's generations by the first run: full collections no longer traverse it."""
+    job = SleepyJob("tick", 0.01)
+    frozen_at_first_run: list[bool] = []
+    run = job.run
+
+    async def recording_run(*args: Any, **kwargs: Any) -> Any:
+        frozen_at_first_run.append(gc.get_freeze_count() > 0)
+        frozen_at_first_run.append(any(o is job for o in gc.get_objects()))
+        return await run(*args, **kwargs)
+
+    job.run = recording_run  # type: ignore[method-assign]
+    gc.unfreeze()
+    try:
+        daemon = Daemon(JobRunner(engine), [Schedule(job, interval_seconds=3600)])
+        await run_daemon_until(daemon, lambda: frozen_at_first_run, "the first run")
+    finally:
+        gc.unfreeze()
+    # Frozen: counted by get_freeze_count, and no longer in any generation's list.
+    assert frozen_at_first_run[:2] == [True, False]
