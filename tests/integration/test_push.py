@@ -26,7 +26,8 @@ from syncd import testing_hooks
 from syncd.exceptions import SourceError, Unauthorized
 from syncd.jobs import JobRunner
 from syncd.normalize import NormalizePolicy
-from syncd.patients.push import PatientPush, PushCounts
+from syncd.patients.counts import PushCounts
+from syncd.patients.push import PatientPush
 from syncd.patients.store import PushStore
 from syncd.sandbox import DEMO_API_KEY
 from syncd.sandbox.app import create_app
