@@ -61,6 +61,11 @@ from syncd.state.models import (
 )
 from syncd.voxares.contract import parse_timestamp
 
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as a script: the config files the tests write
+
+from tests import config_files  # noqa: E402 (after the path set-up)
+
 SINK = "files"
 # Where the seeded submissions' history lies: in the past, several sharing each timestamp
 # (inclusive window bounds put many items on one boundary).
@@ -172,67 +177,43 @@ def write_csv(path: Path, rows: list[dict[str, str]]) -> None:
 def write_config(directory: Path, base_url: str, spec: SoakSpec, *, faulted: bool) -> Path:
     """The daemon's TOML for one run: low read timeout (faulted), fast retries, a file sink."""
     read_timeout = spec.read_timeout if faulted else spec.fault_free_read_timeout
-    text = f"""
-[voxares]
-base_url = "{base_url}"
-provider = "soak-ehr"
-requests_per_second = 500.0
-max_concurrency = 8
-connect_timeout = 2.0
-read_timeout = {read_timeout}
-write_timeout = 2.0
-pool_timeout = 5.0
-retry_attempts = 6
-retry_initial_seconds = 0.02
-retry_max_backoff_seconds = 0.3
-
-[database]
-url = "sqlite:///{directory}/state.db"
-
-[health]
-enabled = false
-
-[patients]
-interval_seconds = 60.0
-batch_size = 25
-
-[patients.source]
-type = "csv"
-name = "soak"
-path = "{directory}/patients.csv"
-
-[patients.source.columns]
-providerId = "id"
-firstName = "first"
-lastName = "last"
-mobileNumber = "mobile"
-email = "email"
-dateOfBirth = "dob"
-
-[submissions]
-interval_seconds = 5.0
-overlap_seconds = 2.0
-settle_seconds = {spec.settle_seconds}
-page_size = {spec.page_size}
-max_window_items = 200
-detail_concurrency = 8
-
-[outbox]
-batch_size = 50
-
-[outbox.sinks.{SINK}]
-type = "file"
-directory = "{directory}/events"
-
-[messages]
-enabled = true
-
-[content]
-enabled = false
-"""
-    path = directory / "config.toml"
-    path.write_text(text, encoding="utf-8")
-    return path
+    client = {
+        "provider": "soak-ehr",
+        "requests_per_second": 500.0,
+        "max_concurrency": 8,
+        "connect_timeout": 2.0,
+        "read_timeout": read_timeout,
+        "write_timeout": 2.0,
+        "pool_timeout": 5.0,
+        "retry_attempts": 6,
+        "retry_initial_seconds": 0.02,
+        "retry_max_backoff_seconds": 0.3,
+    }
+    return config_files.write(
+        directory / "config.toml",
+        {
+            **config_files.installation(
+                base_url=base_url, directory=directory, client=client, json_logs=False
+            ),
+            **config_files.csv_patients(
+                {"interval_seconds": 60.0, "batch_size": 25},
+                name="soak",
+                path=directory / "patients.csv",
+                columns=config_files.SHORT_COLUMNS,
+            ),
+            "submissions": {
+                "interval_seconds": 5.0,
+                "overlap_seconds": 2.0,
+                "settle_seconds": spec.settle_seconds,
+                "page_size": spec.page_size,
+                "max_window_items": 200,
+                "detail_concurrency": 8,
+            },
+            "outbox": {"batch_size": 50},
+            f"outbox.sinks.{SINK}": {"type": "file", "directory": f"{directory}/events"},
+            "messages": {"enabled": True},
+        },
+    )
 
 
 def _prepare(workdir: Path, spec: SoakSpec) -> None:

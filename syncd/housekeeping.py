@@ -9,6 +9,10 @@ latest success whatever their age (what `syncd status`, `/readyz` and the
 With no sink configured there is no delivery job, which otherwise applies outbox retention
 as it runs; the poller, SMS and content jobs still write events, so this job applies
 `outbox.retention_days` to them too.
+
+Crash safety: each chunk of runs is deleted in one transaction with its audit entry, so a
+kill (`STEP_DELETED_BEFORE_AUDIT`, `STEP_CHUNK_COMMITTED`) loses nothing but the chunk in
+hand, which the next run deletes again; the keep rules are evaluated afresh per chunk.
 """
 
 from __future__ import annotations
@@ -24,9 +28,14 @@ from sqlalchemy.orm import Session
 from syncd.outbox.retention import prune as prune_outbox
 from syncd.state.models import JobRun
 from syncd.state.runs import SUCCEEDED, audit
+from syncd.testing_hooks import step
 
 JOB_NAME: Final = "housekeeping"
 _CHUNK: Final = 5_000  # runs deleted per transaction
+# Crash points (`syncd.testing_hooks`): a chunk deleted but not yet audited nor committed,
+# and a chunk committed with its audit entry.
+STEP_DELETED_BEFORE_AUDIT: Final = "housekeeping.deleted_before_audit"
+STEP_CHUNK_COMMITTED: Final = "housekeeping.chunk_committed"
 
 
 @dataclass(slots=True)
@@ -70,10 +79,13 @@ def prune_runs(
             if ids:
                 session.execute(delete(JobRun).where(JobRun.id.in_(ids)))
                 deleted += len(ids)
+                step(STEP_DELETED_BEFORE_AUDIT)
                 audit(
                     session, JOB_NAME, run_id, "job_runs.pruned", "job_runs", "runs",
                     f"runs={len(ids)} first_id={ids[0]} last_id={ids[-1]}",
                 )  # fmt: skip
+        if ids:
+            step(STEP_CHUNK_COMMITTED)
         if len(ids) < chunk_size:
             return deleted
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import asdict
 from typing import Annotated
 
 import typer
-from sqlalchemy import select
 
 from syncd.cli_support import (
     ConfigOption,
@@ -19,7 +19,7 @@ from syncd.cli_support import (
     out,
     print_json,
 )
-from syncd.hl7.inbound import INBOUND, STATUSES
+from syncd.hl7.inbound import STATUSES, list_messages, show_message
 from syncd.hl7.message import MessageRejected, decode
 from syncd.render import Column, print_records
 
@@ -50,15 +50,9 @@ def hl7_list(
     at_least_one("--limit", limit)
     if status is not None:
         one_of("--status", status, STATUSES)
-    c = INBOUND.c
-    query = select(
-        c.id, c.status, c.sender, c.control_id, c.message_type, c.received_at, c.reason
-    ).order_by(c.id.desc())
-    if status is not None:
-        query = query.where(c.status == status)
-    with migrated_state(settings) as engine, engine.connect() as conn:
-        rows = conn.execute(query.limit(limit)).all()
-    records = [dict(row._mapping) for row in rows]
+    with migrated_state(settings) as engine:
+        messages = list_messages(engine, status=status, limit=limit)
+    records = [asdict(message) for message in messages]
     if as_json:
         print_json(records)
         return
@@ -73,17 +67,17 @@ def hl7_show(
     """One message as received (patient data: shown only when asked; segments one a line).
     Kept while pending, rejected or quarantined; an applied message keeps none."""
     settings = load_config(config)
-    c = INBOUND.c
-    with migrated_state(settings) as engine, engine.connect() as conn:
-        row = conn.execute(select(c.status, c.reason, c.raw).where(c.id == message_id)).first()
-    if row is None:
+    with migrated_state(settings) as engine:
+        message = show_message(engine, message_id)
+    if message is None:
         err.print(f"error: no inbound message {message_id}", markup=False)
         raise typer.Exit(1)
-    out.print(f"{message_id}: {row.status}" + (f" ({row.reason})" if row.reason else ""))
-    if row.raw is None:
+    reason = f" ({message.reason})" if message.reason else ""
+    out.print(f"{message_id}: {message.status}" + reason)
+    if message.raw is None:
         out.print("(the message content is no longer kept)")
         return
-    raw = bytes(row.raw)
+    raw = message.raw
     try:
         text = decode(raw, default_charset=settings.hl7.default_charset).text
     except MessageRejected:

@@ -4,13 +4,14 @@ Receive side (`record`): one INSERT per message in its own transaction, with
 `ON CONFLICT DO NOTHING` on `(sender, control_id)`, so a message sent again after a lost
 ACK is recognised (`duplicate`) and never stored twice. Apply side (`pending`, `finish`):
 pending rows in arrival order, and their new status written in the apply job's batch
-transaction (the same one as the mirror).
+transaction (the same one as the mirror). Operator side (`list_messages`, `show_message`):
+what `syncd hl7 list|show` print.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final, Literal
 from typing import cast as typing_cast
@@ -132,3 +133,53 @@ def counts_by_status(engine: Engine) -> dict[str, int]:
     with engine.connect() as conn:
         rows = conn.execute(select(c.status, func.count()).group_by(c.status)).all()
     return {str(s): int(n) for s, n in rows}
+
+
+@dataclass(frozen=True, slots=True)
+class MessageSummary:
+    """An inbound message without its content: what `hl7 list` shows."""
+
+    id: int
+    status: str
+    sender: str
+    control_id: str | None
+    message_type: str | None
+    received_at: datetime
+    reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """An inbound message's status and bytes, for `hl7 show` only (an operator's explicit
+    request). `raw` holds patient data: it is kept out of the repr and must never be logged;
+    it is None once the message no longer needs it (see `finish`)."""
+
+    status: str
+    reason: str | None
+    raw: bytes | None = field(repr=False)
+
+
+def list_messages(
+    engine: Engine, *, status: str | None = None, limit: int = 200
+) -> list[MessageSummary]:
+    """Up to `limit` inbound messages, newest first, without their content; only those in
+    `status` when given."""
+    c = INBOUND.c
+    query = select(
+        c.id, c.status, c.sender, c.control_id, c.message_type, c.received_at, c.reason
+    ).order_by(c.id.desc())
+    if status is not None:
+        query = query.where(c.status == status)
+    with engine.connect() as conn:
+        rows = conn.execute(query.limit(limit)).all()
+    return [MessageSummary(**row._mapping) for row in rows]
+
+
+def show_message(engine: Engine, message_id: int) -> StoredMessage | None:
+    """One inbound message's status, reason and bytes, or None if there is no such id."""
+    c = INBOUND.c
+    with engine.connect() as conn:
+        row = conn.execute(select(c.status, c.reason, c.raw).where(c.id == message_id)).first()
+    if row is None:
+        return None
+    return StoredMessage(row.status, row.reason, None if row.raw is None else bytes(row.raw))

@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from syncd.sandbox.server import ServedSandbox
+from tests import config_files
 
 # The provider name syncd pushes under when `voxares.provider` is not set.
 PROVIDER = "voxares-syncd"
@@ -128,55 +129,39 @@ def config_text(*, base_url: str, directory: Path, submissions: bool) -> str:
 
     Fast client settings (a loopback sandbox needs no rate limit), JSON logs on stderr.
     """
-    d = directory.as_posix()
-    return f"""\
-[voxares]
-base_url = "{base_url}"
-requests_per_second = 2000
-max_concurrency = 16
-retry_initial_seconds = 0.05
-retry_max_backoff_seconds = 0.5
-
-[database]
-url = "sqlite:///{d}/state.db"
-
-[logging]
-level = "INFO"
-format = "json"
-
-[health]
-enabled = false
-
-[patients]
-default_region = "HR"
-date_formats = ["%Y-%m-%d", "%d.%m.%Y"]
-batch_size = 40
-
-[patients.source]
-type = "csv"
-name = "ehr-export"
-path = "{d}/ehr-export.csv"
-
-[patients.source.columns]
-providerId = "PatientID"
-firstName = "FirstName"
-lastName = "LastName"
-mobileNumber = "MobilePhone"
-email = "Email"
-dateOfBirth = "BirthDate"
-
-[submissions]
-enabled = {"true" if submissions else "false"}
-interval_seconds = 1
-overlap_seconds = 5
-settle_seconds = 0
-page_size = 20
-max_window_items = 2000
-detail_concurrency = 4
-
-[content]
-enabled = false
-"""
+    return config_files.render(
+        {
+            **config_files.installation(
+                base_url=base_url, directory=directory, client=config_files.FAST_CLIENT
+            ),
+            **config_files.csv_patients(
+                {
+                    "default_region": "HR",
+                    "date_formats": ["%Y-%m-%d", "%d.%m.%Y"],
+                    "batch_size": 40,
+                },
+                name="ehr-export",
+                path=directory / "ehr-export.csv",
+                columns={
+                    "providerId": "PatientID",
+                    "firstName": "FirstName",
+                    "lastName": "LastName",
+                    "mobileNumber": "MobilePhone",
+                    "email": "Email",
+                    "dateOfBirth": "BirthDate",
+                },
+            ),
+            "submissions": {
+                "enabled": submissions,
+                "interval_seconds": 1,
+                "overlap_seconds": 5,
+                "settle_seconds": 0,
+                "page_size": 20,
+                "max_window_items": 2000,
+                "detail_concurrency": 4,
+            },
+        }
+    )
 
 
 @pytest.fixture(scope="session")

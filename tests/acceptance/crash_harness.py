@@ -43,6 +43,7 @@ from syncd.sandbox.server import ServedSandbox
 from syncd.sandbox.state import send_fingerprint
 from syncd.state.db import make_engine, upgrade
 from syncd.voxares.contract import FINAL_MESSAGE_STATUSES, parse_timestamp
+from tests import config_files
 from tests.acceptance.conftest import PROVIDER, clean_env, syncd_command
 
 KILLED: Final = -signal.SIGKILL
@@ -334,75 +335,51 @@ class Activity:
 
 
 def _config_text(directory: Path, base_url: str, receiver_url: str) -> str:
-    d = directory.as_posix()
-    return f"""\
-[voxares]
-base_url = "{base_url}"
-requests_per_second = 2000
-max_concurrency = 16
-# No fault is injected: a read timeout here would only be a busy machine, and would turn
-# an SMS `unknown` that the invariants expect `sent`.
-read_timeout = 30.0
-retry_initial_seconds = 0.05
-retry_max_backoff_seconds = 0.5
-
-[database]
-url = "sqlite:///{d}/state.db"
-
-[logging]
-level = "INFO"
-format = "json"
-
-[health]
-enabled = false
-
-[patients]
-interval_seconds = 1.0
-jitter_seconds = 0
-freshness_seconds = 60.0
-default_region = "HR"
-batch_size = 10
-
-[patients.source]
-type = "csv"
-name = "ehr-export"
-path = "{d}/patients.csv"
-
-[patients.source.columns]
-providerId = "id"
-firstName = "first"
-lastName = "last"
-mobileNumber = "mobile"
-email = "email"
-dateOfBirth = "dob"
-
-[submissions]
-interval_seconds = 1.0
-overlap_seconds = 2.0
-settle_seconds = 0
-page_size = 10
-max_window_items = 2000
-detail_concurrency = 4
-
-[outbox]
-deliver_interval_seconds = 0.5
-batch_size = 10
-
-[outbox.sinks.{SINK}]
-type = "webhook"
-url = "{receiver_url}"
-secret = "{SECRET}"
-connect_timeout = 2.0
-read_timeout = 5.0
-
-[messages]
-enabled = true
-interval_seconds = 0.5
-status_interval_seconds = 1.0
-
-[content]
-enabled = false
-"""
+    installation = config_files.installation(
+        base_url=base_url,
+        directory=directory,
+        client={
+            **config_files.FAST_CLIENT,
+            # No fault is injected: a read timeout here would only be a busy machine, and
+            # would turn an SMS `unknown` that the invariants expect `sent`.
+            "read_timeout": 30.0,
+        },
+    )
+    patients = config_files.csv_patients(
+        {
+            "interval_seconds": 1.0,
+            "jitter_seconds": 0,
+            "freshness_seconds": 60.0,
+            "default_region": "HR",
+            "batch_size": 10,
+        },
+        name="ehr-export",
+        path=directory / "patients.csv",
+        columns=config_files.SHORT_COLUMNS,
+    )
+    return config_files.render(
+        {
+            **installation,
+            **patients,
+            "submissions": {
+                "interval_seconds": 1.0,
+                "overlap_seconds": 2.0,
+                "settle_seconds": 0,
+                "page_size": 10,
+                "max_window_items": 2000,
+                "detail_concurrency": 4,
+            },
+            "outbox": {"deliver_interval_seconds": 0.5, "batch_size": 10},
+            f"outbox.sinks.{SINK}": {
+                "type": "webhook",
+                "url": receiver_url,
+                "secret": SECRET,
+                "connect_timeout": 2.0,
+                "read_timeout": 5.0,
+            },
+            "messages": {"enabled": True, "interval_seconds": 0.5, "status_interval_seconds": 1.0},
+        }
+    )
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,8 @@ from sqlalchemy import Engine, select
 
 from syncd.exceptions import VoxaresMalformedResponse, VoxaresTransportError
 from syncd.normalize import NormalizePolicy
-from syncd.patients.push import PatientPush, PushCounts
+from syncd.patients.counts import PushCounts
+from syncd.patients.push import PatientPush
 from syncd.sandbox.app import create_app
 from syncd.sandbox.faults import FaultConfig, FaultRule
 from syncd.sandbox.state import DEMO_API_KEY, Sandbox

@@ -18,7 +18,8 @@ import pytest
 from sqlalchemy import Engine, select
 
 from syncd.normalize import NormalizePolicy
-from syncd.patients.push import PatientPush, PushCounts
+from syncd.patients.counts import PushCounts
+from syncd.patients.push import PatientPush
 from syncd.sandbox import DEMO_API_KEY
 from syncd.sandbox.app import create_app
 from syncd.sandbox.fhir_server import FhirFixture, serve_in_thread

@@ -57,6 +57,7 @@ from syncd.voxares.contract import API_PREFIX
 from syncd.voxares.limits import ClientLimits
 from syncd.voxares.models import PatientUpsert, SendMessage
 from syncd.voxares.retry import RetryPolicy
+from tests.config_files import SHORT_COLUMNS
 
 PROVIDER = "ehr"
 FIRST, LAST = "Zephyrinus", "Quillfeatherby"
@@ -105,14 +106,7 @@ CSV_ROWS = [
     f"C2,{FIRST},{LAST}-Two,{PHONE_LOCAL},{EMAIL},{BORN}",  # refused (422) echoing values
     f"C3,{FIRST},{LAST},{PHONE_LOCAL},{EMAIL}@@,{BORN}",  # quarantined locally (email)
 ]
-COLUMNS = {
-    "providerId": "id",
-    "firstName": "first",
-    "lastName": "last",
-    "mobileNumber": "mobile",
-    "email": "email",
-    "dateOfBirth": "dob",
-}
+COLUMNS = SHORT_COLUMNS
 
 
 def echo_422(body: dict[str, Any]) -> httpx.Response:

@@ -26,7 +26,8 @@ from syncd import testing_hooks
 from syncd.exceptions import SourceError, Unauthorized
 from syncd.jobs import JobRunner
 from syncd.normalize import NormalizePolicy
-from syncd.patients.push import PatientPush, PushCounts
+from syncd.patients.counts import PushCounts
+from syncd.patients.push import PatientPush
 from syncd.patients.store import PushStore
 from syncd.sandbox import DEMO_API_KEY
 from syncd.sandbox.app import create_app
@@ -42,18 +43,12 @@ from syncd.voxares.client import VoxaresClient
 from syncd.voxares.contract import API_PREFIX
 from syncd.voxares.limits import ClientLimits
 from syncd.voxares.retry import RetryPolicy
+from tests.config_files import SHORT_COLUMNS
 from tests.waiting import async_wait_until
 
 PROVIDER = "ehr"
 HEADER = "id,first,last,mobile,email,dob"
-COLUMNS = {
-    "providerId": "id",
-    "firstName": "first",
-    "lastName": "last",
-    "mobileNumber": "mobile",
-    "email": "email",
-    "dateOfBirth": "dob",
-}
+COLUMNS = SHORT_COLUMNS
 VALID = [
     "P1,Ana,Horvat,091 234 5678,ana@example.com,1990-01-15",
     "P2,Ivo,Kovač,,ivo@example.com,",

@@ -12,15 +12,9 @@ from syncd.exceptions import ConfigError, SourceError
 from syncd.hashing import row_hash
 from syncd.sources import Source
 from syncd.sources.csv import CsvSource
+from tests.config_files import SHORT_COLUMNS
 
-COLUMNS = {
-    "providerId": "id",
-    "firstName": "first",
-    "lastName": "last",
-    "mobileNumber": "mobile",
-    "email": "email",
-    "dateOfBirth": "dob",
-}
+COLUMNS = SHORT_COLUMNS
 HEADER = "id,first,last,mobile,email,dob,notes\n"
 
 
