@@ -121,8 +121,14 @@ BENCHES = {
         Bench(
             "B4", "re-sync, 1% of rows changed", "sqlite_calls", "exactly 1%", _calls_as_expected
         ),
+        # Issue 13's target: issue 6's 0.85 lay above the 0.82 ceiling of any client on
+        # this machine (BENCHMARKS.md, "What limits each figure now").
         Bench(
-            "B5", "poll submissions, L=20ms, C=16", "ratio", ">= 0.85", lambda f: f["ratio"] >= 0.85
+            "B5",
+            "poll submissions, L=20ms, C=16",
+            "ratio",
+            ">= 0.6, <= 1.2ms",
+            lambda f: f["ratio"] >= 0.6 and f["daemon_cpu_ms_per_call"] <= 1.2,
         ),
         Bench(
             "B6",
