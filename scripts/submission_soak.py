@@ -51,6 +51,7 @@ from syncd.sandbox.admin_client import SandboxAdmin  # noqa: E402 (after the pat
 from syncd.sandbox.faults import FaultConfig  # noqa: E402
 from syncd.sandbox.server import ServedSandbox  # noqa: E402
 from syncd.voxares.contract import parse_timestamp  # noqa: E402
+from tests import config_files  # noqa: E402
 from tests.acceptance.conftest import clean_env, syncd_command  # noqa: E402
 
 
@@ -77,49 +78,33 @@ def freedoms(seed: int, *, max_late_seconds: float) -> FaultConfig:
     )
 
 
-def config_text(directory: Path, base_url: str) -> str:
+def write_config(directory: Path, base_url: str) -> Path:
     """`syncd run` with only the poller, fast intervals and a sweep every few seconds."""
-    d = directory.as_posix()
-    return f"""\
-[voxares]
-base_url = "{base_url}"
-requests_per_second = 2000
-max_concurrency = 16
-read_timeout = 5.0
-retry_initial_seconds = 0.05
-retry_max_backoff_seconds = 0.5
-
-[database]
-url = "sqlite:///{d}/state.db"
-auto_migrate = true
-
-[logging]
-level = "INFO"
-format = "json"
-
-[health]
-enabled = false
-
-[patients]
-enabled = false
-
-[submissions]
-interval_seconds = 1.0
-overlap_seconds = 3.0
-settle_seconds = 1.0
-page_size = 10
-max_window_items = 40
-detail_concurrency = 4
-sweep_interval_seconds = 4.0
-sweep_lookback_seconds = 3600.0
-deep_sweep_interval_seconds = 0
-
-[messages]
-enabled = false
-
-[content]
-enabled = false
-"""
+    installation = config_files.installation(
+        base_url=base_url,
+        directory=directory,
+        client={**config_files.FAST_CLIENT, "read_timeout": 5.0},
+    )
+    return config_files.write(
+        directory / "config.toml",
+        {
+            **installation,
+            "database": {**installation["database"], "auto_migrate": True},
+            "patients": {"enabled": False},
+            "submissions": {
+                "interval_seconds": 1.0,
+                "overlap_seconds": 3.0,
+                "settle_seconds": 1.0,
+                "page_size": 10,
+                "max_window_items": 40,
+                "detail_concurrency": 4,
+                "sweep_interval_seconds": 4.0,
+                "sweep_lookback_seconds": 3600.0,
+                "deep_sweep_interval_seconds": 0,
+            },
+            "messages": {"enabled": False},
+        },
+    )
 
 
 class Activity:
@@ -275,7 +260,7 @@ def soak_seed(seed: int, args: argparse.Namespace, workdir: Path) -> Outcome:
         practice = served.admin.create_practice(f"soak-{uuid.uuid4().hex[:8]}")
         practice_id, key = practice["id"], practice["keys"][0]["key"]
         patients = served.admin.seed_patients(20, practice_id=practice_id)
-        (workdir / "config.toml").write_text(config_text(workdir, served.base_url))
+        write_config(workdir, served.base_url)
         daemon = Daemon(workdir, key)
         activity = Activity(served.admin, practice_id, patients, seed)
         activity.start()

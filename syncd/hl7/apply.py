@@ -29,10 +29,11 @@ forms not moved). What to do with it is left to whoever consumes `patient.merged
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, Final, Literal, TypeVar
 from typing import cast as typing_cast
 
@@ -46,9 +47,10 @@ from syncd.hl7 import inbound
 from syncd.hl7.inbound import Finished, PendingMessage
 from syncd.hl7.mapping import Hl7Mapping, Merge, PatientData, map_message
 from syncd.hl7.message import MessageRejected, decode
-from syncd.normalize import NormalizePolicy, Rejection, normalize_row
+from syncd.normalize import NormalizePolicy
 from syncd.outbox.events import NewEvent, emit_many
 from syncd.patients import api_errors
+from syncd.patients.payload import normalise, upsert_body
 from syncd.patients.plan import Normalized, Push, Quarantine, Rejected, Unchanged, plan_row, row_key
 from syncd.patients.store import BatchWrites, PushedRow, PushStore, QuarantineWrite
 from syncd.sources.base import SourceRow
@@ -61,7 +63,6 @@ log = structlog.get_logger(__name__)
 
 JOB_NAME: Final = "apply_hl7"
 MERGED_EVENT: Final = "patient.merged"
-_OPTIONAL_FIELDS: Final = ("mobileNumber", "email", "dateOfBirth")
 _MIRROR = typing_cast(Table, PatientMirror.__table__)
 _MAX_BATCHES_PER_RUN: Final = 100
 
@@ -150,7 +151,9 @@ class Hl7Apply:
             raise ValueError("batch_size must be at least 1")
         self._engine = engine
         self._client = client
-        self._policy = policy
+        self._normalise: Callable[[SourceRow], Normalized | Rejected] = partial(
+            normalise, policy=policy
+        )
         self._mapping = mapping
         self._provider = provider
         self._source = source
@@ -232,7 +235,7 @@ class Hl7Apply:
                         "patients.quarantined", row_key=key, message=row.line, field=decision.field
                     )
             else:
-                batch.pushes[key] = (decision, self._upsert_body(decision.payload), row)
+                batch.pushes[key] = (decision, upsert_body(decision.payload, self._provider), row)
         return batch
 
     def _map(
@@ -276,17 +279,6 @@ class Hl7Apply:
             message.keys = keys
             messages.append(message)
         return messages, rows, False
-
-    def _normalise(self, row: SourceRow) -> Normalized | Rejected:
-        result = normalize_row(row, self._policy)
-        if isinstance(result, Rejection):
-            return Rejected(result.field, result.reason)
-        return Normalized(result.payload(), result.payload_hash(), result.dropped_phone)
-
-    def _upsert_body(self, payload: Mapping[str, Any]) -> PatientUpsert:
-        # Absent optional fields are sent as null: an upsert keeps what it omits.
-        cleared = {name: None for name in _OPTIONAL_FIELDS if name not in payload}
-        return PatientUpsert.model_validate({**cleared, **payload, "provider": self._provider})
 
     def _record(
         self,

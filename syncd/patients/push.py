@@ -10,28 +10,25 @@ whose `outcome` the job runner records.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any, Final, Literal
+from collections.abc import Callable
+from functools import partial
+from typing import Final, Literal
 
 import structlog
 from sqlalchemy import Engine
 
-from syncd.normalize import NormalizePolicy, Rejection, normalize_row
+from syncd.normalize import NormalizePolicy
 from syncd.patients.counts import PushCounts
 from syncd.patients.outage import DEFAULT_OUTAGE_AFTER
-from syncd.patients.plan import Normalized, Rejected
+from syncd.patients.payload import normalise, upsert_body
 from syncd.patients.run import PushRun, PushSetup
-from syncd.sources.base import Source, SourceRow
+from syncd.sources.base import Source
 from syncd.voxares.client import VoxaresClient
-from syncd.voxares.models import PatientUpsert
 
 log = structlog.get_logger(__name__)
 
 MissingRows = Literal["ignore", "mark_inactive"]
 JOB_NAME: Final = "push_patients"
-
-# The optional fields of POST /patients (`provider` is set per job, not per row).
-_OPTIONAL_FIELDS: Final = ("mobileNumber", "email", "dateOfBirth")
 
 
 class PatientPush:
@@ -63,7 +60,6 @@ class PatientPush:
             raise ValueError("outage_after must be at least 1")
         if missing_rows not in ("ignore", "mark_inactive"):
             raise ValueError("missing_rows must be 'ignore' or 'mark_inactive'")
-        self._policy = policy
         self._provider = provider
         self._setup = PushSetup(
             engine=engine,
@@ -73,8 +69,8 @@ class PatientPush:
             batch_size=batch_size,
             mark_missing_inactive=missing_rows == "mark_inactive",
             outage_after=outage_after,
-            normalise=self._normalise,
-            upsert_body=self._upsert_body,
+            normalise=partial(normalise, policy=policy),
+            upsert_body=partial(upsert_body, provider=provider),
         )
 
     def __repr__(self) -> str:
@@ -113,20 +109,3 @@ class PatientPush:
             dry_run=dry_run,
         )
         return counts
-
-    def _normalise(self, row: SourceRow) -> Normalized | Rejected:
-        """`normalize_row` in the plan's terms."""
-        result = normalize_row(row, self._policy)
-        if isinstance(result, Rejection):
-            return Rejected(result.field, result.reason)
-        return Normalized(result.payload(), result.payload_hash(), result.dropped_phone)
-
-    def _upsert_body(self, payload: Mapping[str, Any]) -> PatientUpsert:
-        """The request body for a normalised payload, under this job's provider name.
-
-        Optional fields the payload lacks are set to None explicitly: the contract keeps a
-        stored value when an upsert omits its field (`UPSERT_KEEPS_ABSENT_FIELDS`), so a
-        value removed in the source has to be sent as null to be removed in Voxares.
-        """
-        cleared = {name: None for name in _OPTIONAL_FIELDS if name not in payload}
-        return PatientUpsert.model_validate({**cleared, **payload, "provider": self._provider})

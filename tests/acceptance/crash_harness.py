@@ -50,8 +50,12 @@ KILLED: Final = -signal.SIGKILL
 SINK: Final = "receiver"
 SECRET: Final = "whsec_" + base64.b64encode(b"crash-harness-signing-secret-32b").decode()
 
-# Every named crash point of the daemon (`grep -rn 'step(' syncd/`), in the order work
-# reaches them, with what a kill there must not break.
+# The crash points of the jobs `syncd run` runs here (push, poller, delivery, messages), in
+# the order work reaches them, with what a kill there must not break. The HL7 receive and
+# apply points are killed in test_hl7_crash.py and housekeeping's in
+# test_housekeeping_crash.py; the HL7 file feed's is crashed in-process in
+# tests/integration/test_hl7_feed.py. tests/unit/test_crash_points.py fails when a crash
+# point under syncd/ is named by no test.
 CRASH_STEPS: Final = {
     "push.after_http": "Voxares holds the patient, the mirror does not: the rerun upserts "
     "it again (same id), no duplicate patient",
