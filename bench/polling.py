@@ -52,17 +52,17 @@ DETAIL = "GET /form-submissions/{submission_id}"
 def _bytes_read() -> Iterator[list[int]]:
     """Count the response body bytes the Voxares client reads (a measuring wrapper)."""
     total = [0]
-    original = voxares_client._json_or_none
+    original = voxares_client.json_or_none
 
     def counting(response: httpx.Response) -> Any:
         total[0] += len(response.content)
         return original(response)
 
-    voxares_client._json_or_none = counting
+    voxares_client.json_or_none = counting
     try:
         yield total
     finally:
-        voxares_client._json_or_none = original
+        voxares_client.json_or_none = original
 
 
 def _percentile(values: list[float], fraction: float) -> float:

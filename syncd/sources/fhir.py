@@ -32,11 +32,11 @@ import stamina
 import structlog
 
 from syncd.exceptions import SourceError
+from syncd.http_dates import parse_http_date
 from syncd.sources.base import SourceRead, SourceRow
 from syncd.sources.fhir_bundle import (
     NotABundle,
     outcome_summary,
-    parse_http_date,
     parse_page,
     same_origin,
 )

@@ -15,16 +15,13 @@ or timed-out connect, a pool timeout, or 429.
 from __future__ import annotations
 
 import asyncio
-import functools
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from types import TracebackType
 from typing import Any, TypeVar
-from urllib.parse import quote
 
 import httpx
 import structlog
@@ -40,6 +37,7 @@ from syncd.exceptions import (
     VoxaresError,
     VoxaresMalformedResponse,
 )
+from syncd.http_dates import parse_http_date
 from syncd.http_transport import on_send, pooled_transport
 from syncd.voxares import contract
 from syncd.voxares.errors import (
@@ -64,7 +62,9 @@ from syncd.voxares.models import (
     SubmissionSummary,
     UpsertResult,
 )
+from syncd.voxares.replies import NOT_JSON, Reply, ResponseCookies, json_or_none
 from syncd.voxares.retry import RetryPolicy, next_delay, parse_retry_after
+from syncd.voxares.urls import check_base_url, render_path
 
 log = structlog.get_logger(__name__)
 
@@ -72,7 +72,6 @@ M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T", bound=BaseModel)
 
 USER_AGENT = "voxares-syncd"
-_LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 # An API key travels in a header: printable ASCII without spaces.
 _KEY_SHAPE = re.compile(r"[\x21-\x7e]+")
 _PAGING = frozenset({"page", "pageSize"})
@@ -99,58 +98,8 @@ class Timeouts:
         return httpx.Timeout(connect=self.connect, read=self.read, write=self.write, pool=self.pool)
 
 
-@dataclass(frozen=True)
-class _Reply:
-    """One HTTP answer, parsed: status, JSON body, the server's `Date`."""
-
-    status: int
-    body: Any
-    server_date: datetime | None
-
-
 class AttemptDeadlineExceeded(Exception):
     """The whole-attempt deadline passed (stands in for an httpx timeout)."""
-
-
-def check_base_url(base_url: str, *, transport_injected: bool) -> None:
-    """Refuse a base URL that would send the key in clear text to a real network host.
-
-    https is required, except for localhost/127.0.0.1/::1 and, when a transport is injected
-    (in-process sandbox, mock), a single-label host such as `http://sandbox`.
-    """
-    try:
-        url = httpx.URL(base_url)
-    except httpx.InvalidURL:
-        raise ConfigError(["voxares.base_url is not a valid URL"]) from None
-    if url.scheme == "https" and url.host:
-        pass
-    elif url.scheme == "http" and url.host:
-        single_label = "." not in url.host and ":" not in url.host
-        if url.host not in _LOCAL_HOSTS and not (transport_injected and single_label):
-            raise ConfigError(
-                ["voxares.base_url must use https:// (plain http only for localhost)"]
-            )
-    else:
-        raise ConfigError(["voxares.base_url must be an https:// URL with a host"])
-    if url.userinfo or url.query or url.fragment:
-        raise ConfigError(["voxares.base_url must not carry credentials, a query or a fragment"])
-
-
-def path_segment(value: str) -> str:
-    """Percent-encode one path segment: `/`, `?`, `#`, `%` and dot-segments included.
-
-    "." and ".." would be resolved away by URL normalisation and reach another endpoint.
-    """
-    if not value:
-        raise ValueError("a path segment must not be empty")
-    if value in {".", ".."}:
-        return value.replace(".", "%2E")
-    return quote(value, safe="")
-
-
-def render_path(template: str, **segments: str) -> str:
-    """A path template filled with percent-encoded segments."""
-    return template.format(**{name: path_segment(value) for name, value in segments.items()})
 
 
 def _check_page(page: int, page_size: int) -> None:
@@ -158,36 +107,6 @@ def _check_page(page: int, page_size: int) -> None:
         raise ValueError("page must be >= 0")
     if not 1 <= page_size <= contract.MAX_PAGE_SIZE:
         raise ValueError(f"page_size must be between 1 and {contract.MAX_PAGE_SIZE}")
-
-
-class _ResponseCookies(httpx.Cookies):
-    """httpx's cookie jar, which reads a response's cookies only when it sets some.
-
-    `CookieJar.extract_cookies` takes cookies from `Set-Cookie` and `Set-Cookie2` headers
-    only, so a response without either leaves the jar as it was: skipping it changes
-    nothing but the cost.
-    """
-
-    def extract_cookies(self, response: httpx.Response) -> None:
-        """Keep the cookies `response` sets, as httpx does, if it sets any."""
-        headers = response.headers
-        if "set-cookie" in headers or "set-cookie2" in headers:
-            super().extract_cookies(response)
-
-
-# The `Date` of consecutive responses repeats within each second: parsing it (email.utils)
-# was ~1 % of a call's CPU. The result is an immutable datetime, so sharing it is safe.
-@functools.lru_cache(maxsize=8)
-def _http_date(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    try:
-        moment = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if moment.tzinfo is None:
-        return None
-    return moment.astimezone(UTC)
 
 
 class VoxaresClient:
@@ -241,7 +160,7 @@ class VoxaresClient:
         # urllib Request per response, its URL parsed again: ~4 % of a call's CPU) whether
         # or not it sets any; this jar skips the responses that set none.
         # (The public `cookies` setter would copy it back into a plain `httpx.Cookies`.)
-        self._http._cookies = _ResponseCookies(self._http.cookies.jar)
+        self._http._cookies = ResponseCookies(self._http.cookies.jar)
         # What `AsyncClient.request` would merge into every request, merged once here: the
         # client's headers with the key's, the base URL's prefix, the timeouts. Building the
         # request from these and handing it to `send` skips httpx's per-request parsing of
@@ -420,7 +339,7 @@ class VoxaresClient:
         result.server_date = reply.server_date
         return result
 
-    def _parse(self, model: type[M], reply: _Reply, method: str, template: str) -> M:
+    def _parse(self, model: type[M], reply: Reply, method: str, template: str) -> M:
         try:
             return model.model_validate(reply.body)
         except ValidationError as exc:
@@ -440,7 +359,7 @@ class VoxaresClient:
         params: Mapping[str, str] | None = None,
         body: Mapping[str, Any] | None = None,
         send: bool = False,
-    ) -> _Reply:
+    ) -> Reply:
         """One API call with its retries. `template` names the call in errors, logs, metrics."""
         path = render_path(template, **segments) if segments else template
         # What this call sent that an error message could echo back (ids, names, search).
@@ -499,7 +418,7 @@ class VoxaresClient:
         send: bool,
         number: int,
         sent_values: Sequence[object],
-    ) -> _Reply:
+    ) -> Reply:
         if self._limiter is None:
             self._limiter = limiter_for(self._api_key.get_secret_value(), self._limits)
         async with self._limiter.slot(send_reported=self._send_reported) as release:
@@ -571,7 +490,7 @@ class VoxaresClient:
         number: int,
         started: float,
         sent_values: Sequence[object],
-    ) -> _Reply:
+    ) -> Reply:
         status = response.status_code
         metrics.API_CALLS.labels(method, template, str(status)).inc()
         log.debug(
@@ -582,10 +501,10 @@ class VoxaresClient:
             elapsed_ms=round((time.monotonic() - started) * 1000),
             attempt=number,
         )
-        server_date = _http_date(response.headers.get("Date"))
+        server_date = parse_http_date(response.headers.get("Date"))
         if server_date is not None:
             self._server_date = server_date
-        body = _json_or_none(response)
+        body = json_or_none(response)
         if status >= 300:
             retry_after = parse_retry_after(
                 response.headers.get("Retry-After"), now=server_date or datetime.now(UTC)
@@ -606,7 +525,7 @@ class VoxaresClient:
                     "The send was answered with a server error.", status=status
                 ) from None
             raise error
-        if body is _NOT_JSON:
+        if body is NOT_JSON:
             if send:
                 raise self._send_unknown(
                     f"The send was answered {status} with a body that is not JSON.", status=status
@@ -614,7 +533,7 @@ class VoxaresClient:
             raise VoxaresMalformedResponse(
                 "The body is not JSON.", method=method, path=template, status=status
             )
-        return _Reply(status=status, body=body, server_date=server_date)
+        return Reply(status=status, body=body, server_date=server_date)
 
     def _send_unknown(self, detail: str, *, status: int | None = None) -> VoxaresError:
         log.error("voxares.send_outcome_unknown", endpoint=contract.MESSAGES_SEND, status=status)
@@ -624,19 +543,6 @@ class VoxaresClient:
             path=contract.MESSAGES_SEND,
             status=status,
         )
-
-
-_NOT_JSON: Any = object()
-
-
-def _json_or_none(response: httpx.Response) -> Any:
-    """The response's JSON, None for an empty body, `_NOT_JSON` when it does not parse."""
-    if not response.content:
-        return None
-    try:
-        return response.json()
-    except ValueError:  # JSONDecodeError and UnicodeDecodeError both
-        return _NOT_JSON
 
 
 def _wire_name(name: str) -> str:

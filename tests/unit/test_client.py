@@ -399,7 +399,7 @@ def test_naive_timestamps_are_read_as_utc() -> None:
 
 def test_the_server_date_is_parsed_the_same_when_it_repeats() -> None:
     """`_http_date` keeps recent answers; a repeated, new or broken Date still reads right."""
-    from syncd.voxares.client import _http_date
+    from syncd.http_dates import parse_http_date as _http_date
 
     first = "Fri, 04 Dec 2026 17:26:34 GMT"
     second = "Fri, 04 Dec 2026 17:26:35 GMT"

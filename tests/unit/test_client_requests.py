@@ -17,7 +17,9 @@ from hypothesis import strategies as st
 
 from syncd.exceptions import VoxaresMalformedResponse
 from syncd.voxares import ClientLimits, RetryPolicy, SubmissionFilters, VoxaresClient, contract
-from syncd.voxares.client import USER_AGENT, Timeouts, _ResponseCookies, render_path
+from syncd.voxares.client import USER_AGENT, Timeouts
+from syncd.voxares.replies import ResponseCookies
+from syncd.voxares.urls import render_path
 
 KEY = "vox-k1-requests-test"
 BASES = (
@@ -200,8 +202,8 @@ async def test_responses_are_read_for_cookies_only_when_they_set_some() -> None:
         limits=ClientLimits(requests_per_second=None),
         retry=RetryPolicy.no_wait(attempts=1),
     )
-    assert isinstance(client._http.cookies, _ResponseCookies)
-    client._http._cookies = _ResponseCookies(WatchingJar())
+    assert isinstance(client._http.cookies, ResponseCookies)
+    client._http._cookies = ResponseCookies(WatchingJar())
     async with client:
         for page in range(3):
             await client.list_forms(page=page)

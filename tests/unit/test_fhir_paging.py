@@ -6,10 +6,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from syncd.http_dates import parse_http_date
 from syncd.sources.fhir_bundle import (
     NotABundle,
     outcome_summary,
-    parse_http_date,
     parse_instant,
     parse_page,
     same_origin,
