@@ -576,3 +576,20 @@ async def test_connections_do_not_wait_for_delayed_acks(
         [connection] = pool_of(http)._idle[("http", "127.0.0.1", int(server.url.rsplit(":", 1)[1]))]
         sock = connection._transport.get_extra_info("socket")  # type: ignore[union-attr]
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
+async def test_ssl_cert_file_names_the_trusted_authorities(
+    scripted: Callable[..., Awaitable[Scripted]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`SSL_CERT_FILE` (deploy/README.md: a clinic's own CA, a TLS-inspecting firewall)
+    replaces the bundled CAs: a server whose certificate it holds is trusted."""
+    cert_file, key_file = write_certificate(tmp_path)
+    serving = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    serving.load_cert_chain(cert_file, key_file)
+    server = await scripted(lambda r, w: None, serving)
+    server.handler = keep_alive(server)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert_file))
+    async with client(server.url) as http:
+        assert (await http.get("/")).text == "ok"
