@@ -25,6 +25,7 @@ from syncd.exceptions import (
     VoxaresError,
     VoxaresTransportError,
 )
+from syncd.http_proxy import route_note
 from syncd.sink_checks import check_sinks
 from syncd.state.db import check_migrated
 
@@ -140,7 +141,8 @@ async def _api(rt: Runtime) -> list[Finding]:
             )
             continue
         except VoxaresTransportError as exc:
-            return [Finding("api", False, f"cannot reach the Voxares API: {exc}")]
+            route = route_note(s.voxares.base_url)
+            return [Finding("api", False, f"cannot reach the Voxares API{route}: {exc}")]
         except VoxaresError as exc:
             findings.append(Finding(f"api:{scope}", False, str(exc)))
             continue

@@ -27,11 +27,15 @@ from typing import Any, Final
 import httptools
 import httpx
 
+from syncd.http_proxy import Proxy
+
 # Body bytes buffered before the socket stops being read (back-pressure to the server).
 READ_BUFFER_LIMIT: Final = 1024 * 1024
 _POLL_READABLE = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
 # Statuses whose responses carry no body whatever their headers say (RFC 9110 §6.4.1).
 _NO_BODY_STATUSES = frozenset({204, 304})
+# A proxy's answer to CONNECT longer than this is not one.
+_TUNNEL_HEAD_LIMIT: Final = 16 * 1024
 
 
 class HTTP11Connection(asyncio.Protocol):
@@ -172,27 +176,67 @@ class HTTP11Connection(asyncio.Protocol):
         origin: tuple[str, str, int],
         ssl_context: ssl.SSLContext | None,
         timeout: float | None,
+        proxy: Proxy | None = None,
     ) -> None:
-        """Connect (and shake hands for TLS); `ConnectError`/`ConnectTimeout` on failure."""
+        """Connect (through `proxy`'s tunnel if given; TLS handshake included), within
+        `timeout` for all of it; `ConnectError`/`ConnectTimeout` on failure."""
         self.origin = origin
         _, host, port = origin
         try:
             async with asyncio.timeout(timeout):
-                await self._loop.create_connection(
-                    lambda: self,
-                    host,
-                    port,
-                    ssl=ssl_context,
-                    server_hostname=host if ssl_context is not None else None,
-                )
+                if proxy is None:
+                    await self._loop.create_connection(
+                        lambda: self,
+                        host,
+                        port,
+                        ssl=ssl_context,
+                        server_hostname=host if ssl_context is not None else None,
+                    )
+                else:
+                    await self._open_tunnel(proxy, host, port, ssl_context)
         except TimeoutError:
             self.close()
             raise httpx.ConnectTimeout("timed out connecting", request=self._request) from None
-        except OSError as exc:  # refused, unreachable, name not resolved, TLS refused
+        except _TunnelRefused as exc:
+            self.close()
+            raise httpx.ConnectError(
+                f"the proxy refused the tunnel ({exc.status})", request=self._request
+            ) from None
+        except OSError as exc:
+            # Refused, unreachable, name not resolved, TLS refused, a proxy that hung up.
             self.close()
             raise httpx.ConnectError(
                 f"could not connect ({type(exc).__name__})", request=self._request
             ) from None
+
+    async def _open_tunnel(
+        self, proxy: Proxy, host: str, port: int, ssl_context: ssl.SSLContext | None
+    ) -> None:
+        """`CONNECT host:port` through an HTTP proxy, then TLS inside the tunnel: the proxy
+        sees where we connect, never what we send."""
+        handshake = _TunnelHandshake(self._loop)
+        transport, _ = await self._loop.create_connection(lambda: handshake, proxy.host, proxy.port)
+        try:
+            target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            head = [f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n".encode("ascii")]
+            if proxy.authorization is not None:
+                head.append(b"Proxy-Authorization: " + proxy.authorization + b"\r\n")
+            transport.write(b"".join(head) + b"\r\n")
+            status = await handshake.status
+            if status != 200:
+                raise _TunnelRefused(status)
+            if ssl_context is not None:
+                upgraded = await self._loop.start_tls(
+                    transport, handshake, ssl_context, server_hostname=host
+                )
+                if upgraded is None:
+                    raise ConnectionError("the tunnel closed during the TLS handshake")
+                transport = upgraded
+        except BaseException:
+            transport.close()
+            raise
+        transport.set_protocol(self)
+        self.connection_made(transport)
 
     async def send(self, request: httpx.Request, data: bytes, timeout: float | None) -> None:
         """Write a whole request (head and body in one buffer), waiting while the server
@@ -306,6 +350,38 @@ class HTTP11Connection(asyncio.Protocol):
         if self._failure is None:
             failure.request = self._request
             self._failure = failure
+
+
+class _TunnelHandshake(asyncio.Protocol):
+    """The proxy's answer to CONNECT: `status` resolves to its status code once the head
+    has arrived (0 when unreadable); a proxy that hangs up first is a ConnectionError."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.status: asyncio.Future[int] = loop.create_future()
+        self._head = b""
+
+    def data_received(self, data: bytes) -> None:
+        if self.status.done():
+            return  # nothing may follow the head before our TLS hello
+        self._head += data
+        if b"\r\n\r\n" in self._head:
+            parts = self._head.split(b"\r\n", 1)[0].split(b" ", 2)
+            code = parts[1] if len(parts) > 1 else b""
+            self.status.set_result(int(code) if code.isdigit() else 0)
+        elif len(self._head) > _TUNNEL_HEAD_LIMIT:
+            self.status.set_result(0)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.status.done():
+            self.status.set_exception(ConnectionError("the proxy closed the connection"))
+
+
+class _TunnelRefused(Exception):
+    """The proxy answered CONNECT with another status than 200."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
 
 
 def _time_out(waiter: asyncio.Future[None]) -> None:

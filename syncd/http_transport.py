@@ -17,8 +17,8 @@ them (httpcore's pool scanned every connection per request, 5 ms of CPU at 64).
 the request is written (the Voxares client's rate limiter charges the rate then, see
 `syncd.voxares.limits`).
 
-Not supported, as before this transport (httpx ignores environment proxies once a
-transport is given): proxies, HTTP/2, Unix sockets.
+HTTPS goes through the proxy `HTTPS_PROXY` names, as a tunnel (`syncd.http_proxy`). Not
+supported: HTTP/2, Unix sockets.
 """
 
 # ruff: noqa: ASYNC109 (timeouts are httpx's per phase, passed down from the request)
@@ -34,6 +34,7 @@ from typing import Final
 import httpx
 
 from syncd.http_connection import HTTP11Connection
+from syncd.http_proxy import ProxyRoutes, routes_from_environment
 
 # httpx.Limits allows max_connections=None (no bound); a pool of ours always has one.
 DEFAULT_MAX_CONNECTIONS: Final = 100
@@ -60,8 +61,10 @@ class PooledTransport(httpx.AsyncBaseTransport):
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         keepalive_expiry: float | None = 5.0,
         ssl_context: ssl.SSLContext | None = None,
+        proxies: ProxyRoutes | None = None,
     ) -> None:
         self._max_connections = max_connections
+        self._proxies = proxies or ProxyRoutes()
         self._keepalive_expiry = keepalive_expiry
         self._ssl_context = ssl_context
         self._slots = asyncio.Semaphore(max_connections)
@@ -128,7 +131,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
             self._close_one_idle()
         connection = HTTP11Connection(request)
         tls = self._tls_context() if scheme == "https" else None
-        await connection.open(origin, tls, timeout)
+        await connection.open(origin, tls, timeout, self._proxies.for_origin(scheme, url.host))
         return connection
 
     def _tls_context(self) -> ssl.SSLContext:
@@ -224,8 +227,10 @@ async def request_bytes(request: httpx.Request) -> bytes:
 
 def pooled_transport(limits: httpx.Limits) -> PooledTransport:
     """The transport for a pool of `limits.max_connections` connections, kept alive for
-    `limits.keepalive_expiry` seconds when idle."""
+    `limits.keepalive_expiry` seconds when idle, tunnelling HTTPS through the proxy that
+    `HTTPS_PROXY` names (`syncd.http_proxy`; a bad one is a `ConfigError`)."""
     return PooledTransport(
         max_connections=limits.max_connections or DEFAULT_MAX_CONNECTIONS,
         keepalive_expiry=limits.keepalive_expiry,
+        proxies=routes_from_environment(),
     )

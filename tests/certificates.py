@@ -12,12 +12,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 
-def write_certificate(directory: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1 and its key (0600), as PEM files."""
+def write_certificate(directory: Path, *dns_names: str) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (and `dns_names`) and its key (0600), as
+    PEM files."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "syncd-test")])
     now = datetime.now(UTC)
-    loopback = x509.SubjectAlternativeName([x509.IPAddress(ip_address("127.0.0.1"))])
+    loopback = x509.SubjectAlternativeName(
+        [x509.IPAddress(ip_address("127.0.0.1")), *(x509.DNSName(name) for name in dns_names)]
+    )
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)

@@ -149,3 +149,33 @@ def test_a_windows_1250_export_fails_the_source_check(installed: Workspace) -> N
         f"undecodable byte on line {first_bad})"
     )
     assert "cp1250" in lines["source"]
+
+
+def test_an_unreachable_proxy_is_named_by_the_api_check(installed: Workspace) -> None:
+    """With HTTPS_PROXY set, an API that cannot be reached is reported with the proxy it
+    was reached through, so the admin knows which hop to look at."""
+    installed.write_config()
+    config = installed.config.read_text(encoding="utf-8")
+    real_looking = "https://api.voxares.test/api/v1/integration"
+    installed.config.write_text(
+        config.replace(installed.practice.sandbox.base_url, real_looking), encoding="utf-8"
+    )
+    port = closed_port()
+    proxy = f"http://127.0.0.1:{port}"
+    result = installed.run("doctor", env=installed.env(COLUMNS=WIDE, HTTPS_PROXY=proxy))
+    assert result.returncode != 0
+    api = [line for line in result.stdout.splitlines() if " api" in line]
+    assert api == [
+        f"FAIL api: cannot reach the Voxares API through the proxy 127.0.0.1:{port} "
+        "(HTTPS_PROXY): The request did not complete (ConnectError). call=GET /patients"
+    ]
+
+
+def test_a_proxy_that_is_not_an_http_url_stops_start_up(installed: Workspace) -> None:
+    """HTTPS_PROXY=socks5://... is refused at start-up in one line naming the variable."""
+    installed.write_config()
+    result = installed.run("doctor", env=installed.env(HTTPS_PROXY="socks5://proxy.lan:1080"))
+    assert result.returncode == 78
+    assert result.stderr.strip().splitlines() == [
+        "config error: HTTPS_PROXY must be an http://host:port URL"
+    ]

@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from syncd import http_connection
+from syncd.http_proxy import ProxyRoutes, parse_proxy_url
 from syncd.http_transport import PooledTransport, on_send
 from tests.certificates import write_certificate
 from tests.waiting import async_wait_until
@@ -593,3 +594,91 @@ async def test_ssl_cert_file_names_the_trusted_authorities(
     monkeypatch.setenv("SSL_CERT_FILE", str(cert_file))
     async with client(server.url) as http:
         assert (await http.get("/")).text == "ok"
+
+
+@dataclass
+class TunnellingProxy:
+    """An HTTP proxy that answers CONNECT by piping to `target_port` on loopback, whatever
+    host was asked for (as a proxy resolving a public name would); it keeps what it saw."""
+
+    target_port: int
+    require: bytes | None = None  # a Proxy-Authorization value it insists on
+    heads: list[bytes] = field(default_factory=list)
+    piped: bytearray = field(default_factory=bytearray)
+    port: int = 0
+    tunnels_closed: int = 0
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        self.heads.append(head)
+        if self.require is not None and b"Proxy-Authorization: " + self.require not in head:
+            writer.write(b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n")
+            await writer.drain()
+            writer.close()
+            return
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            try:
+                while data := await source.read(65536):
+                    self.piped += data
+                    sink.write(data)
+                    await sink.drain()
+            except ConnectionError:
+                pass
+            finally:
+                sink.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        await up_writer.wait_closed()
+        self.tunnels_closed += 1
+
+
+async def start_proxy(proxy: TunnellingProxy) -> asyncio.Server:
+    server = await asyncio.start_server(proxy.serve, "127.0.0.1", 0)
+    proxy.port = server.sockets[0].getsockname()[1]
+    return server
+
+
+async def test_https_through_a_proxy_is_a_tunnel_with_tls_end_to_end(
+    scripted: Callable[..., Awaitable[Scripted]], tmp_path: Path
+) -> None:
+    """Through `HTTPS_PROXY` the client asks for `CONNECT host:443` (with its credentials),
+    checks the real server's certificate for that name inside the tunnel, and reuses the
+    tunnel; the proxy never sees the request in clear."""
+    cert_file, key_file = write_certificate(tmp_path, "api.voxares.test")
+    serving = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    serving.load_cert_chain(cert_file, key_file)
+    server = await scripted(lambda r, w: None, serving)
+    server.handler = keep_alive(server)
+    proxy = TunnellingProxy(int(server.url.rsplit(":", 1)[1]), require=b"Basic aXQ6cHc=")
+    listener = await start_proxy(proxy)
+    routes = ProxyRoutes(https=parse_proxy_url(f"http://it:pw@127.0.0.1:{proxy.port}"))
+    transport = PooledTransport(
+        ssl_context=ssl.create_default_context(cafile=str(cert_file)), proxies=routes
+    )
+    async with httpx.AsyncClient(transport=transport) as http:
+        for _ in range(2):
+            reply = await http.get("https://api.voxares.test/form-submissions?x=secret")
+            assert reply.text == "ok"
+    await async_wait_until(lambda: proxy.tunnels_closed, "the tunnel to close")
+    listener.close()
+    assert len(proxy.heads) == 1  # one tunnel, reused
+    assert proxy.heads[0].startswith(b"CONNECT api.voxares.test:443 HTTP/1.1\r\n")
+    assert server.requests[0].startswith(b"GET /form-submissions?x=secret HTTP/1.1")
+    assert b"form-submissions" not in proxy.piped
+    assert b"secret" not in proxy.piped
+
+
+async def test_a_refused_tunnel_is_a_connect_error(tmp_path: Path) -> None:
+    """A proxy answering CONNECT with 407 (or any other refusal) is a ConnectError: the
+    request provably never reached Voxares, so even an SMS send may be retried."""
+    proxy = TunnellingProxy(target_port=1, require=b"Basic c29tZW9uZTplbHNl")
+    listener = await start_proxy(proxy)
+    routes = ProxyRoutes(https=parse_proxy_url(f"http://127.0.0.1:{proxy.port}"))
+    async with httpx.AsyncClient(transport=PooledTransport(proxies=routes)) as http:
+        with pytest.raises(httpx.ConnectError, match="refused the tunnel \\(407\\)"):
+            await http.get("https://api.voxares.test/")
+    listener.close()
+    assert b"Proxy-Authorization" not in proxy.heads[0]
