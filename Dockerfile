@@ -61,8 +61,10 @@ EXPOSE 8787
 
 # No curl in slim: probe /healthz with the interpreter we already ship. Any exception
 # (refused, 503, timeout) exits 1 = unhealthy.
+# The probe ignores HTTP_PROXY/HTTPS_PROXY (a container given them for its outbound HTTPS
+# would otherwise send its own loopback probe to the proxy and turn unhealthy).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
-  CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('SYNCD_HEALTH__PORT', '8787') + '/healthz', timeout=4)"]
+  CMD ["python", "-c", "import os, urllib.request as r; r.build_opener(r.ProxyHandler({})).open('http://127.0.0.1:' + os.environ.get('SYNCD_HEALTH__PORT', '8787') + '/healthz', timeout=4)"]
 
 # `run` migrates first; every other command runs as given (deploy/docker/entrypoint.sh).
 ENTRYPOINT ["syncd-entrypoint"]

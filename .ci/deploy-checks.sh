@@ -215,6 +215,11 @@ asyncio.run(main())
   # The HEALTHCHECK's `python` is the image's venv python, first on PATH.
   (cd "$work" && PATH="$venv/bin:$PATH" SYNCD_HEALTH__PORT="$port" timeout 10 "${hc_argv[@]}") ||
     fail "HEALTHCHECK command failed against a healthy server on port $port"
+  # A container given a proxy for its outbound HTTPS must still pass its loopback probe.
+  (cd "$work" && PATH="$venv/bin:$PATH" SYNCD_HEALTH__PORT="$port" \
+    HTTP_PROXY=http://127.0.0.1:9 http_proxy=http://127.0.0.1:9 \
+    HTTPS_PROXY=http://127.0.0.1:9 timeout 10 "${hc_argv[@]}") ||
+    fail "HEALTHCHECK command went to HTTP_PROXY instead of the loopback health server"
   kill "$server_pid"
   wait "$server_pid" 2>/dev/null || true
   server_pid=""
@@ -222,7 +227,7 @@ asyncio.run(main())
     2>/dev/null; then
     fail "HEALTHCHECK command succeeded with no server listening"
   fi
-  say "ok: HEALTHCHECK command (healthy -> 0, no server -> non-zero)"
+  say "ok: HEALTHCHECK command (healthy -> 0, also with HTTP_PROXY set; no server -> non-zero)"
 
   if [ ! -f syncd/cli.py ]; then
     say "SKIP syncd --help: syncd/cli.py does not exist yet"
