@@ -221,10 +221,7 @@ class Hl7Apply:
             decision = plan_row(row, state.mirror, state.quarantined, self._normalise)
             if isinstance(decision, Unchanged):
                 batch.unchanged += 1
-                if decision.refresh_row_hash:
-                    batch.writes.refreshed.append((key, row.raw_hash))
-                if decision.clear_quarantine:
-                    batch.writes.cleared.append(key)
+                batch.writes.keep_unchanged(key, row.raw_hash, decision)
             elif isinstance(decision, Quarantine):
                 batch.writes.quarantined.append(
                     QuarantineWrite(key, row.line, decision.field, decision.reason, row.raw_hash)

@@ -238,10 +238,7 @@ class PushRun:
                 batch.writes.inactive.append(key)
             if isinstance(decision, Unchanged):
                 batch.unchanged += 1
-                if decision.refresh_row_hash:
-                    batch.writes.refreshed.append((key, row.raw_hash))
-                if decision.clear_quarantine:
-                    batch.writes.cleared.append(key)
+                batch.writes.keep_unchanged(key, row.raw_hash, decision)
             elif isinstance(decision, Quarantine):
                 batch.quarantined += 1
                 self.quarantine(batch, key, row.line, decision)

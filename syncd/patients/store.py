@@ -42,7 +42,7 @@ from syncd.patients.lookup import (
     lookup_statements,
     text_array,
 )
-from syncd.patients.plan import QuarantineEntry
+from syncd.patients.plan import QuarantineEntry, Unchanged
 from syncd.state.models import PatientMirror, QuarantinedRow
 from syncd.state.runs import AuditRecord, audit_many
 
@@ -100,6 +100,13 @@ class BatchWrites:
         return bool(
             self.pushed or self.refreshed or self.cleared or self.quarantined or self.inactive
         )
+
+    def keep_unchanged(self, key: str, raw_hash: str, decision: Unchanged) -> None:
+        """What a row found unchanged still writes: its new raw hash, its quarantine cleared."""
+        if decision.refresh_row_hash:
+            self.refreshed.append((key, raw_hash))
+        if decision.clear_quarantine:
+            self.cleared.append(key)
 
 
 def _insert(conn: Connection, table: Table) -> Any:
