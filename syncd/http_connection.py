@@ -312,11 +312,6 @@ class HTTP11Connection(asyncio.Protocol):
         self._lost = True
         self._wake()
 
-    @property
-    def closed(self) -> bool:
-        """Whether the connection is closed or closing."""
-        return self._lost
-
     # Waiting.
 
     async def _wait(self, timeout: float | None, closed_early: str) -> None:
